@@ -1,0 +1,145 @@
+"""The model registry itself: name -> (description, builder), plus the input checks builders share.
+
+Kept apart from ``__init__`` so the family modules (``mlp``, ``conv``, ``resnet``, ``vgg``) can
+import `register_model` without a circular import.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
+
+import torch
+from torch import nn
+
+from ..errors import TicketlabError
+
+#: A builder takes ``(input_shape, num_classes)`` and returns a freshly initialised module. It draws
+#: its random numbers from torch's global CPU generator; `create_model` seeds and isolates that.
+Builder = Callable[[tuple[int, ...], int], nn.Module]
+B = TypeVar("B", bound=Builder)
+
+# torch.Generator.manual_seed accepts exactly this range (negative seeds are wrapped around).
+_SEED_MIN, _SEED_MAX = -(1 << 63), (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered model's name (what ``--model`` takes) and a one-line description."""
+
+    name: str
+    description: str
+
+
+_REGISTRY: dict[str, tuple[ModelInfo, Builder]] = {}
+
+
+def register_model(name: str, description: str) -> Callable[[B], B]:
+    """Decorator registering ``builder(input_shape, num_classes) -> nn.Module`` under ``name``.
+
+    The builder is returned unchanged. Builders must validate ``input_shape`` themselves (raising
+    `TicketlabError` with one sentence) and must honour the models contract described in
+    `ticketlab.models`. Names are case-insensitive and must be unique.
+    """
+    key = name.strip().lower()
+    if not key:
+        raise TicketlabError("A model name must not be empty.")
+
+    def decorator(builder: B) -> B:
+        if key in _REGISTRY:
+            raise TicketlabError(f"A model named {key!r} is already registered.")
+        _REGISTRY[key] = (ModelInfo(key, description), builder)
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[ModelInfo]:
+    """Every registered model, in registration order."""
+    return [info for info, _ in _REGISTRY.values()]
+
+
+def create_model(name: str, input_shape: Sequence[int], num_classes: int, *, seed: int) -> nn.Module:
+    """Build model ``name`` for inputs of shape ``input_shape`` (one example, no batch dimension).
+
+    The returned module maps a float32 batch ``(N, *input_shape)`` to logits ``(N, num_classes)``
+    and carries ``input_shape`` and ``num_classes`` attributes. Its initial parameters depend only
+    on ``seed``: the same seed gives bit-identical parameters, on any call order, because the
+    build runs on a forked CPU RNG seeded with ``seed`` and the caller's RNG state (CPU and
+    accelerators alike) is left exactly as it was. Raises `TicketlabError` for an unknown name,
+    bad ``num_classes``/``seed``, or an input shape the model cannot take.
+    """
+    key = str(name).strip().lower()
+    if key not in _REGISTRY:
+        raise TicketlabError(f"Unknown model {name!r}; known models: {', '.join(_REGISTRY)}.")
+    shape = _check_shape(input_shape)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise TicketlabError(f"The number of classes must be an integer of at least 2, not {num_classes!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not _SEED_MIN <= seed <= _SEED_MAX:
+        raise TicketlabError(f"The model seed must be an integer between -2**63 and 2**64-1, not {seed!r}.")
+    _, builder = _REGISTRY[key]
+    # devices=[]: only the CPU state is saved and restored, and only the CPU generator is seeded
+    # (torch.manual_seed would also reseed, and thereby disturb, every CUDA generator).
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        model = builder(shape, num_classes)
+    model.input_shape = shape
+    model.num_classes = num_classes
+    return model
+
+
+def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    if (not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)):
+        raise TicketlabError(f"An input shape must be a non-empty tuple of positive integers, not {input_shape!r}.")
+    return shape
+
+
+# --- helpers for builders ---------------------------------------------------------------------
+
+def num_features(input_shape: tuple[int, ...]) -> int:
+    """The length of one flattened input: ``prod(input_shape)``."""
+    return math.prod(input_shape)
+
+
+def image_shape(model: str, input_shape: tuple[int, ...], min_size: int) -> tuple[int, int, int]:
+    """``input_shape`` as ``(channels, height, width)``, or a TicketlabError naming ``model``.
+
+    ``min_size`` is the smallest height/width the model's downsampling leaves non-empty (e.g.
+    ``2 ** pools`` for a stack of 2x2 max-pools).
+    """
+    if len(input_shape) != 3 or min(input_shape[1:]) < min_size:
+        raise TicketlabError(
+            f"{model} needs image inputs of shape (channels, height, width) with height and width at "
+            f"least {min_size}; this dataset's inputs have shape {tuple(input_shape)}."
+        )
+    c, h, w = input_shape
+    return c, h, w
+
+
+def glorot_init_(model: nn.Module) -> nn.Module:
+    """Gaussian Glorot (``xavier_normal_``) weights and zero biases for every Linear/Conv2d."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
+
+
+def kaiming_bn_init_(model: nn.Module) -> nn.Module:
+    """OpenLTH's init for BN nets: Kaiming normal (fan-in, ReLU gain) weights for every Linear and
+    Conv2d, zero biases, BatchNorm scale 1 and shift 0."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model

@@ -1,0 +1,98 @@
+"""Tables and plots from a run directory's ``summary.json``.
+
+The library returns text and writes files; the command line decides what to print.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import TicketlabError
+from .runs import atomic_path, read_json
+
+
+def load_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(run_dir) / "summary.json"
+    if not Path(run_dir).is_dir():
+        raise TicketlabError(f"Run directory {str(run_dir)!r} does not exist.")
+    if not path.exists():
+        raise TicketlabError(f"{str(run_dir)!r} has no summary.json yet: no round has finished there.")
+    summary = read_json(path)
+    if not isinstance(summary, dict) or "rounds" not in summary:
+        raise TicketlabError(f"{str(path)!r} is not a ticketlab summary.")
+    return summary
+
+
+def _pm(mean: float, std: float, seeds: int) -> str:
+    return f"{mean:6.2f} ± {std:4.2f}" if seeds > 1 else f"{mean:6.2f}"
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A plain-text table: one row per round with the ticket and each control."""
+    controls = summary.get("controls", [])
+    n_seeds = len(summary.get("seeds", [0]))
+    header = ["round", "% left", "ticket acc", "early stop", "winner"] + [f"{c} acc" for c in controls]
+    rows = [header]
+    for entry in summary["rounds"]:
+        row = [str(entry["round"]), f"{100 * entry['density']:.2f}",
+               _pm(entry["test_accuracy"], entry["test_accuracy_std"], n_seeds),
+               f"{entry['early_stop_iteration']:.0f}", "yes" if entry["winning_ticket"] else "no"]
+        for c in controls:
+            ctl = entry["controls"].get(c)
+            row.append(_pm(ctl["test_accuracy"], ctl["test_accuracy_std"], n_seeds) if ctl else "-")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    title = (f"{summary.get('model')} on {summary.get('data')}: test accuracy (%) at the end of training, "
+             f"{n_seeds} seed(s); dense = {summary['dense_test_accuracy']:.2f}")
+    return "\n".join([title, *lines])
+
+
+def plot_report(summary: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write a two-panel PNG: test accuracy and early-stopping iteration vs % of weights remaining.
+
+    The x axis is logarithmic and runs from dense (left) to sparse (right), as in the LTH paper;
+    lines are means over seeds, bands one standard deviation.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = summary["rounds"]
+    if not rounds:
+        raise TicketlabError("The summary has no finished round to plot.")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label in ["ticket", *summary.get("controls", [])]:
+        points = []
+        for entry in rounds:
+            source = entry if label == "ticket" else entry["controls"].get(label)
+            if source is not None:
+                points.append((100 * entry["density"], source))
+        if not points:
+            continue
+        xs = [p for p, _ in points]
+        for ax, field in zip(axes, ("test_accuracy", "early_stop_iteration")):
+            mean = [s[field] for _, s in points]
+            std = [s[f"{field}_std"] for _, s in points]
+            ax.plot(xs, mean, marker="o", markersize=3, label=label)
+            ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    axes[0].axhline(summary["dense_test_accuracy"], color="gray", linestyle="--", linewidth=1, label="dense")
+    for ax, ylabel in zip(axes, ("test accuracy (%)", "early-stop iteration (min val loss)")):
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("% of weights remaining")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    n_seeds = len(summary.get("seeds", [0]))
+    fig.suptitle(f"{summary.get('model')} on {summary.get('data')} ({n_seeds} seed(s), mean ± std)")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny synthetic splits and small models, so the suite stays fast."""
+
+import pytest
+import torch
+from torch import nn
+
+from ticketlab.data import DataSplits
+
+
+def make_splits(n_train=240, n_eval=60, features=12, classes=3, seed=0) -> DataSplits:
+    """A linearly separable-ish toy problem: class = argmax of a fixed projection (+ noise)."""
+    g = torch.Generator().manual_seed(seed)
+    proj = torch.randn(features, classes, generator=g)
+
+    def part(n):
+        x = torch.randn(n, features, generator=g)
+        y = (x @ proj + 0.3 * torch.randn(n, classes, generator=g)).argmax(dim=1)
+        return x, y
+
+    (tx, ty), (vx, vy), (sx, sy) = part(n_train), part(n_eval), part(n_eval)
+    return DataSplits(name="toy", train_x=tx, train_y=ty, val_x=vx, val_y=vy, test_x=sx, test_y=sy,
+                      input_shape=(features,), num_classes=classes, source="generated in tests")
+
+
+@pytest.fixture
+def toy_splits() -> DataSplits:
+    return make_splits()
+
+
+def tiny_mlp(seed=0, features=12, classes=3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(features, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, classes))

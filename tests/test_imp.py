@@ -1,0 +1,170 @@
+"""IMP end to end on a toy problem: rewinding, shrinking masks, controls, determinism, resume."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import ticketlab.lottery.imp as imp_module
+from ticketlab.errors import TicketlabError
+from ticketlab.lottery import IMPConfig, IMPExperiment, run_imp
+from ticketlab.masks import Mask
+from ticketlab.train import TrainConfig, train
+
+FAST = TrainConfig(steps="2ep", batch_size=40, eval_every="3it", lr=5e-3)
+
+
+def _config(**overrides):
+    base = dict(model="lenet300", data="toy", rounds=2, rate=0.5, controls=("reinit", "random", "shuffle"),
+                seeds=(0,), train=FAST)
+    base.update(overrides)
+    return IMPConfig(**base)
+
+
+def _strip_times(summary):
+    text = json.dumps(summary, sort_keys=True)
+    data = json.loads(text)
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items() if not k.startswith("wall_time")}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(data)
+
+
+def test_rewinding_copies_theta0_and_masks_shrink(tmp_path, toy_splits, monkeypatch):
+    starts = []
+    real_train = imp_module.train
+
+    def recording_train(model, *args, **kwargs):
+        starts.append((kwargs["metrics_key"], {k: v.detach().clone() for k, v in model.state_dict().items()}))
+        return real_train(model, *args, **kwargs)
+
+    monkeypatch.setattr(imp_module, "train", recording_train)
+    summary = run_imp(_config(), tmp_path / "run", data=toy_splits)
+    theta0 = load_file(str(tmp_path / "run" / "seed-0" / "init.safetensors"))
+    for key, state in starts:
+        same = all(torch.equal(state[k], theta0[k]) for k in theta0)
+        assert same == (key["run"] != "reinit"), key
+    masks = [Mask.load(tmp_path / "run" / "seed-0" / f"round-{r:02d}" / "mask.safetensors") for r in range(3)]
+    assert masks[2].is_subset_of(masks[1]) and masks[1].is_subset_of(masks[0])
+    # hidden layers lose exactly half of their remaining weights per round, the output layer a quarter
+    counts = [[int(m[n].sum()) for n in m] for m in masks]
+    names = list(masks[0])
+    for r in (1, 2):
+        for i, name in enumerate(names):
+            rate = 0.25 if i == len(names) - 1 else 0.5
+            prev = counts[r - 1][i]
+            assert counts[r][i] == prev - int(rate * prev + 0.5), (r, name)
+    # every kept weight of round 1 had larger trained magnitude than every pruned survivor of round 0
+    trained0 = load_file(str(tmp_path / "run" / "seed-0" / "round-00" / "weights.safetensors"))
+    for name in names:
+        kept, pruned = trained0[name][masks[1][name]].abs(), trained0[name][~masks[1][name]].abs()
+        assert kept.min() >= pruned.max()
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert set(rounds[1]["controls"]) == {"reinit", "random", "shuffle"}
+    control_dir = tmp_path / "run" / "seed-0" / "round-02" / "controls"
+    for control in ("random", "shuffle"):
+        cm = Mask.load(control_dir / control / "mask.safetensors")
+        assert cm.layer_densities() == masks[2].layer_densities() and cm != masks[2]
+    assert summary["complete"]
+
+
+def test_late_rewinding_saves_theta_k(tmp_path, toy_splits):
+    run_imp(_config(rounds=1, controls=(), rewind="4it"), tmp_path / "run", data=toy_splits)
+    from ticketlab.models import create_model
+    model = create_model("lenet300", toy_splits.input_shape, toy_splits.num_classes, seed=0)
+    train(model, toy_splits, TrainConfig(steps="4it", batch_size=40, lr=5e-3), data_seed=0)
+    theta_k = load_file(str(tmp_path / "run" / "seed-0" / "rewind.safetensors"))
+    assert all(torch.equal(theta_k[k], v) for k, v in model.state_dict().items())
+    result = json.loads((tmp_path / "run" / "seed-0" / "round-01" / "result.json").read_text())
+    assert result["iterations"] == 12 - 4
+
+
+def test_same_seed_same_everything(tmp_path, toy_splits):
+    a = run_imp(_config(rounds=1, controls=("shuffle",)), tmp_path / "a", data=toy_splits)
+    b = run_imp(_config(rounds=1, controls=("shuffle",)), tmp_path / "b", data=toy_splits)
+    assert _strip_times(a) == _strip_times(b)
+    for r in ("round-00", "round-01"):
+        assert Mask.load(tmp_path / "a/seed-0" / r / "mask.safetensors") == \
+            Mask.load(tmp_path / "b/seed-0" / r / "mask.safetensors")
+        wa = load_file(str(tmp_path / "a/seed-0" / r / "weights.safetensors"))
+        wb = load_file(str(tmp_path / "b/seed-0" / r / "weights.safetensors"))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (tmp_path / "a/metrics.jsonl").read_text() == (tmp_path / "b/metrics.jsonl").read_text()
+
+
+def test_resume_after_interrupt_gives_same_summary(tmp_path, toy_splits):
+    config = _config(seeds=(0, 1), controls=("reinit",))
+    reference = run_imp(config, tmp_path / "ref", data=toy_splits)
+
+    class Interrupt(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    class Bar:
+        def update(self, n):
+            calls["n"] += 1
+            if calls["n"] == 40:  # in the middle of seed 0, round 1
+                raise Interrupt
+
+        def close(self):
+            pass
+
+    def ExplodingProgress():
+        return lambda description, total, initial: Bar()
+
+    with pytest.raises(Interrupt):
+        run_imp(config, tmp_path / "run", data=toy_splits, progress=ExplodingProgress())
+    assert list((tmp_path / "run").rglob("checkpoint.pt")), "the interrupted round left a checkpoint"
+    done_before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("result.json")}
+    resumed = run_imp(config, tmp_path / "run", data=toy_splits)
+    assert _strip_times(resumed) == _strip_times(reference)
+    # finished units were not recomputed
+    assert all(p.stat().st_mtime_ns == t for p, t in done_before.items())
+    ref_lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+    new_lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert sorted(ref_lines) == sorted(new_lines)
+    assert not list((tmp_path / "run").rglob("checkpoint.pt"))
+
+
+def test_different_config_is_refused_and_nothing_changes(tmp_path, toy_splits):
+    run_imp(_config(rounds=1, controls=()), tmp_path / "run", data=toy_splits)
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(TicketlabError, match="different configuration.*rounds"):
+        IMPExperiment.prepare(_config(rounds=2, controls=()), tmp_path / "run", data=toy_splits)
+    after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_global_scope_prunes_exact_total(tmp_path, toy_splits):
+    run_imp(_config(rounds=1, controls=(), scope="global", rate=0.3), tmp_path / "run", data=toy_splits)
+    m0 = Mask.load(tmp_path / "run/seed-0/round-00/mask.safetensors")
+    m1 = Mask.load(tmp_path / "run/seed-0/round-01/mask.safetensors")
+    assert m1.num_kept() == m0.num_kept() - int(0.3 * m0.num_kept() + 0.5)
+    assert len(set(round(d, 3) for d in m1.layer_densities().values())) > 1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(rate=1.0), "strictly between"),
+    (dict(rate=0.0), "strictly between"),
+    (dict(controls=("bogus",)), "Unknown control"),
+    (dict(scope="row"), "Unknown scope"),
+    (dict(layer_rates=(("output", 1.5),)), "strictly between"),
+    (dict(rewind="5ep"), "rewind"),
+])
+def test_invalid_configs(overrides, message):
+    with pytest.raises(TicketlabError, match=message):
+        _config(**overrides)
+
+
+def test_rewind_beyond_budget_in_other_units(tmp_path, toy_splits):
+    with pytest.raises(TicketlabError, match="rewind step"):
+        IMPExperiment.prepare(_config(rewind="100it"), tmp_path / "run", data=toy_splits)
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,54 @@
+"""The ``ticketlab`` command line: parses flags into the library's config objects and prints.
+
+One module per family of commands (`lottery`: imp, report, mask, models, datasets); this module
+only builds the group and turns every user-facing failure into one sentence on stderr and exit
+code 2. No algorithm lives in the CLI.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import TicketlabError
+from . import lottery
+
+EXIT_USAGE = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             invoke_without_command=True)
+@click.version_option(package_name="ticketlab")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """ticketlab: find, test and deploy sparse subnetworks (lottery tickets) of neural networks.
+
+    Start with `ticketlab imp` (lottery tickets on real MNIST digits, a few minutes on a CPU).
+    """
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+for _command in (lottery.imp, lottery.report, lottery.mask_info, lottery.models, lottery.datasets):
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, turning user errors into one sentence and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="ticketlab", standalone_mode=False)
+    except TicketlabError as err:
+        click.echo(f"ticketlab: error: {err}", err=True)
+        return EXIT_USAGE
+    except click.ClickException as err:
+        click.echo(f"ticketlab: error: {err.format_message()}", err=True)
+        return EXIT_USAGE
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("ticketlab: interrupted; run the same command again to resume.", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

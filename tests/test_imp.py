@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import ticketlab.lottery.imp as imp_module
+import ticketlab.experiments.unit as unit_module
 from ticketlab.errors import TicketlabError
 from ticketlab.lottery import IMPConfig, IMPExperiment, run_imp
 from ticketlab.masks import Mask
@@ -38,13 +38,13 @@ def _strip_times(summary):
 
 def test_rewinding_copies_theta0_and_masks_shrink(tmp_path, toy_splits, monkeypatch):
     starts = []
-    real_train = imp_module.train
+    real_train = unit_module.train
 
     def recording_train(model, *args, **kwargs):
         starts.append((kwargs["metrics_key"], {k: v.detach().clone() for k, v in model.state_dict().items()}))
         return real_train(model, *args, **kwargs)
 
-    monkeypatch.setattr(imp_module, "train", recording_train)
+    monkeypatch.setattr(unit_module, "train", recording_train)
     summary = run_imp(_config(), tmp_path / "run", data=toy_splits)
     theta0 = load_file(str(tmp_path / "run" / "seed-0" / "init.safetensors"))
     for key, state in starts:

@@ -33,12 +33,16 @@ def format_table(summary: dict[str, Any]) -> str:
     """A plain-text table: one row per round with the ticket and each control."""
     controls = summary.get("controls", [])
     n_seeds = len(summary.get("seeds", [0]))
-    header = ["round", "% left", "ticket acc", "early stop", "winner"] + [f"{c} acc" for c in controls]
+    is_imp = summary.get("kind", "imp") == "imp"
+    name = "ticket" if is_imp else str(summary.get("method"))
+    header = ["round" if is_imp else "target", "% left", f"{name} acc", "early stop", "winner" if is_imp else "collapsed"]
+    header += [f"{c} acc" for c in controls]
     rows = [header]
     for entry in summary["rounds"]:
-        row = [str(entry["round"]), f"{100 * entry['density']:.2f}",
-               _pm(entry["test_accuracy"], entry["test_accuracy_std"], n_seeds),
-               f"{entry['early_stop_iteration']:.0f}", "yes" if entry["winning_ticket"] else "no"]
+        first = str(entry["round"]) if is_imp else f"{100 * entry['target_density']:g}%"
+        last = ("yes" if entry["winning_ticket"] else "no") if is_imp else str(len(entry.get("collapsed_layers", [])))
+        row = [first, f"{100 * entry['density']:.2f}", _pm(entry["test_accuracy"], entry["test_accuracy_std"], n_seeds),
+               f"{entry['early_stop_iteration']:.0f}", last]
         for c in controls:
             ctl = entry["controls"].get(c)
             row.append(_pm(ctl["test_accuracy"], ctl["test_accuracy_std"], n_seeds) if ctl else "-")
@@ -46,8 +50,11 @@ def format_table(summary: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    title = (f"{summary.get('model')} on {summary.get('data')}: test accuracy (%) at the end of training, "
-             f"{n_seeds} seed(s); dense = {summary['dense_test_accuracy']:.2f}")
+    dense = summary.get("dense_test_accuracy")
+    title = (f"{summary.get('model')} on {summary.get('data')}"
+             + ("" if is_imp else f", {summary.get('kind')} {summary.get('method')}")
+             + f": test accuracy (%) at the end of training, {n_seeds} seed(s)"
+             + (f"; dense = {dense:.2f}" if dense is not None else ""))
     return "\n".join([title, *lines])
 
 
@@ -66,10 +73,11 @@ def plot_report(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     if not rounds:
         raise TicketlabError("The summary has no finished round to plot.")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for label in ["ticket", *summary.get("controls", [])]:
+    main_label = "ticket" if summary.get("kind", "imp") == "imp" else str(summary.get("method"))
+    for label in [main_label, *summary.get("controls", [])]:
         points = []
         for entry in rounds:
-            source = entry if label == "ticket" else entry["controls"].get(label)
+            source = entry if label == main_label else entry["controls"].get(label)
             if source is not None:
                 points.append((100 * entry["density"], source))
         if not points:
@@ -80,7 +88,8 @@ def plot_report(summary: dict[str, Any], path: str | os.PathLike) -> Path:
             std = [s[f"{field}_std"] for _, s in points]
             ax.plot(xs, mean, marker="o", markersize=3, label=label)
             ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
-    axes[0].axhline(summary["dense_test_accuracy"], color="gray", linestyle="--", linewidth=1, label="dense")
+    if summary.get("dense_test_accuracy") is not None:
+        axes[0].axhline(summary["dense_test_accuracy"], color="gray", linestyle="--", linewidth=1, label="dense")
     for ax, ylabel in zip(axes, ("test accuracy (%)", "early-stop iteration (min val loss)")):
         ax.set_xscale("log")
         ax.invert_xaxis()

@@ -1,6 +1,7 @@
 """The ``ticketlab`` command line: parses flags into the library's config objects and prints.
 
-One module per family of commands (`lottery`: imp, report, mask, models, datasets); this module
+One module per family of commands (`lottery`: imp, report, mask, models, datasets; `sparse`:
+prune-init, sparse-train, compare); this module
 only builds the group and turns every user-facing failure into one sentence on stderr and exit
 code 2. No algorithm lives in the CLI.
 """
@@ -12,7 +13,7 @@ import sys
 import click
 
 from ..errors import TicketlabError
-from . import lottery
+from . import lottery, sparse
 
 EXIT_USAGE = 2
 
@@ -30,7 +31,8 @@ def cli(ctx: click.Context) -> None:
         click.echo(ctx.get_help())
 
 
-for _command in (lottery.imp, lottery.report, lottery.mask_info, lottery.models, lottery.datasets):
+for _command in (lottery.imp, sparse.prune_init, sparse.sparse_train, sparse.compare, lottery.report,
+                 lottery.mask_info, lottery.models, lottery.datasets):
     cli.add_command(_command)
 
 

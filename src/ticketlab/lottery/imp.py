@@ -17,13 +17,11 @@ like an uninterrupted one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..data import DataSplits, load_dataset
@@ -31,31 +29,15 @@ from ..errors import TicketlabError
 from ..masks import Mask
 from ..methods import magnitude_scores
 from ..models import create_model
-from ..runs import MetricsLog, atomic_path, claim_run_directory, read_json, write_json
+from ..experiments import ProgressFactory, load_state, save_state, train_unit
+from ..runs import MetricsLog, claim_run_directory, write_json
 from ..seeding import derive_seed
 from ..select import keep_counts_after_pruning, select
 from ..targets import prunable_parameters, resolve_patterns
-from ..train import iterations_per_epoch, train
+from ..train import iterations_per_epoch
 from .config import IMPConfig
 from .controls import random_mask_like, shuffled_mask
 from .summary import summarize
-
-#: progress(description, total_iterations, done_iterations) -> handle with update(n) and close().
-ProgressFactory = Callable[[str, int, int], Any]
-
-
-def save_state(model: nn.Module, path: Path) -> None:
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
-
-
-def load_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except Exception as err:
-        raise TicketlabError(f"Cannot read weights file {str(path)!r} ({type(err).__name__}).") from None
-
 
 def layer_rates(config: IMPConfig, model: nn.Module, names: list[str]) -> dict[str, float]:
     """Pruning rate per prunable parameter: ``config.rate`` overridden by ``layer_rates`` patterns."""
@@ -191,44 +173,14 @@ class IMPExperiment:
 
     def _train_unit(self, unit_dir: Path, seed: int, rnd: int, run: str, start_state: dict[str, torch.Tensor],
                     mask: Mask, start_iteration: int, capture: dict | None = None) -> dict[str, Any]:
-        result_path = unit_dir / "result.json"
-        if result_path.exists():
-            return read_json(result_path)
-        if run != "ticket" and not (unit_dir / "mask.safetensors").exists():
+        if run != "ticket" and not (unit_dir / "mask.safetensors").exists() and not (unit_dir / "result.json").exists():
             mask.save(unit_dir / "mask.safetensors", {"seed": seed, "round": rnd, "control": run})
-        model = self.new_model(seed)
-        model.load_state_dict(start_state)  # copies the values: the rewind point is never aliased
-        ipe = iterations_per_epoch(self.data, self.config.train.batch_size)
-        total = self.config.train.steps.iterations(ipe)
-        bar = None
-        if self.progress is not None:
-            label = f"seed {seed} round {rnd} {run} ({100 * mask.density():.1f}% left)"
-            bar = self.progress(label, total, start_iteration)
-        checkpoint = unit_dir / "checkpoint.pt"
-        try:
-            result = train(
-                model, self.data, self.config.train, data_seed=seed, mask=mask,
-                start_iteration=start_iteration, device=self.device, checkpoint_path=checkpoint,
-                metrics=self.metrics, metrics_key={"seed": seed, "round": rnd, "run": run},
-                capture=capture, on_step=(lambda i: bar.update(1)) if bar is not None else None,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-        save_state(model, unit_dir / "weights.safetensors")
-        best = result.early_stop
-        record = {
-            "seed": seed, "round": rnd, "run": run, "density": mask.density(),
-            "layer_densities": mask.layer_densities(), "collapsed_layers": mask.collapsed_layers(),
-            "test_accuracy": result.final["test_accuracy"], "val_accuracy": result.final["val_accuracy"],
-            "test_loss": result.final["test_loss"], "val_loss": result.final["val_loss"],
-            "early_stop_iteration": best["iteration"], "early_stop_val_loss": best["val_loss"],
-            "early_stop_test_accuracy": best["test_accuracy"], "iterations": total - start_iteration,
-            "wall_time": result.wall_time,
-        }
-        write_json(result_path, record)
-        checkpoint.unlink(missing_ok=True)
-        return record
+        return train_unit(
+            unit_dir, model=self.new_model(seed), start_state=start_state, mask=mask, data=self.data,
+            config=self.config.train, data_seed=seed, device=self.device, metrics=self.metrics,
+            metrics_key={"seed": seed, "round": rnd, "run": run}, label=f"seed {seed} round {rnd} {run}",
+            start_iteration=start_iteration, capture=capture, progress=self.progress,
+        )
 
 
 def run_imp(config: IMPConfig, out: str | Path, *, device: torch.device | str = "cpu",

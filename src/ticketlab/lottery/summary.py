@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any
 
+from ..experiments import aggregate as _aggregate
 from ..runs import read_json
 from .config import IMPConfig
-
-#: Per-run fields averaged over seeds in the summary.
-AVERAGED = ("density", "test_accuracy", "val_accuracy", "early_stop_iteration",
-            "early_stop_test_accuracy", "wall_time")
-
-
-def _aggregate(records: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Mean of each averaged field over seeds, ``<field>_std`` (population std), and the seeds."""
-    out: dict[str, Any] = {}
-    for field in AVERAGED:
-        values = [r[field] for r in records.values()]
-        out[field] = statistics.fmean(values)
-        out[f"{field}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
-    first = next(iter(records.values()))
-    out["layer_densities"] = first["layer_densities"]
-    out["collapsed_layers"] = sorted({n for r in records.values() for n in r["collapsed_layers"]})
-    out["seeds"] = {str(s): r for s, r in sorted(records.items())}
-    return out
-
 
 def summarize(out: Path, config: IMPConfig) -> dict[str, Any]:
     """Collect every finished ``result.json`` under ``out`` into the summary structure.

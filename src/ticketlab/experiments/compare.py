@@ -1,0 +1,257 @@
+"""Every method side by side on one training recipe: IMP, pruning at init, dynamic sparse training.
+
+`compare` runs (or resumes) one sub-experiment per method inside ``out``::
+
+    out/config.json            the comparison's resolved config
+    out/imp/                   an IMP run (`ticketlab imp` layout), enough rounds to reach the
+                               smallest density; each target density reads the nearest round
+    out/<method>/              a `SparseExperiment` run (prune-init or sparse-train layout)
+    out/compare.csv, compare.md, compare.json, compare.png
+
+Each sub-directory is a full run directory of its own, so finished cells are never recomputed
+and any cell can be inspected with `ticketlab report out/<method>`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import DataSplits, load_dataset
+from ..densities import DISTRIBUTIONS
+from ..errors import TicketlabError
+from ..flops import network_cost
+from ..lottery import IMPConfig, IMPExperiment
+from ..lottery.imp import layer_rates
+from ..masks import Mask
+from ..models import create_model
+from ..runs import atomic_path, claim_run_directory, write_json
+from ..select import keep_counts_after_pruning
+from ..targets import prunable_parameters
+from ..train import TrainConfig
+from .sparse import DST_METHODS, PAI_METHODS, SparseConfig, SparseExperiment, density_label
+from .unit import ProgressFactory
+
+METHODS: tuple[str, ...] = ("imp", *PAI_METHODS, *DST_METHODS)
+#: Pruning-at-init scorers rank globally (as their papers do); random, RigL and SET use `distribution`.
+GLOBAL_SCORERS: tuple[str, ...] = ("snip", "grasp", "synflow", "magnitude")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Which methods, at which densities, on which model and data, with one training recipe."""
+
+    methods: tuple[str, ...] = ("imp", "snip", "grasp", "synflow", "random", "rigl", "set")
+    densities: tuple[float, ...] = (0.2, 0.05, 0.01)
+    model: str = "lenet300"
+    data: str = "mnist5k"
+    data_dir: str | None = None
+    seeds: tuple[int, ...] = (0,)
+    distribution: str = "erk"
+    imp_rate: float = 0.2
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "densities", tuple(sorted((float(d) for d in self.densities), reverse=True)))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise TicketlabError(f"Unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}.")
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise TicketlabError("--methods needs at least one method, each listed once.")
+        if self.distribution not in DISTRIBUTIONS:
+            raise TicketlabError(f"Unknown density distribution {self.distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}.")
+        for config in self.sub_configs().values():  # validates densities, seeds, rates
+            del config
+
+    def sub_configs(self) -> dict[str, SparseConfig | IMPConfig]:
+        """The config of every method's sub-experiment (IMP's rounds are set in `CompareExperiment`)."""
+        common = dict(model=self.model, data=self.data, data_dir=self.data_dir, seeds=self.seeds,
+                      val_fraction=self.val_fraction, split_seed=self.split_seed, train=self.train)
+        out: dict[str, Any] = {}
+        for method in self.methods:
+            if method == "imp":
+                out[method] = IMPConfig(rate=self.imp_rate, controls=(), rounds=0, **common)
+            elif method in DST_METHODS:
+                out[method] = SparseConfig(kind="sparse-train", method=method, densities=self.densities,
+                                           scope="layer", distribution=self.distribution, **common)
+            else:
+                scope = "global" if method in GLOBAL_SCORERS else "layer"
+                out[method] = SparseConfig(kind="prune-init", method=method, densities=self.densities, scope=scope,
+                                           distribution="uniform" if scope == "global" else self.distribution,
+                                           allow_collapse=True, **common)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"methods": list(self.methods), "densities": list(self.densities), "model": self.model,
+                "data": self.data, "data_dir": self.data_dir, "seeds": list(self.seeds),
+                "distribution": self.distribution, "imp_rate": self.imp_rate, "val_fraction": self.val_fraction,
+                "split_seed": self.split_seed, "train": self.train.to_json()}
+
+
+def imp_round_densities(config: IMPConfig, model: torch.nn.Module, smallest: float, limit: int = 200) -> list[float]:
+    """Overall density after each IMP round (index = round) until it falls to ``smallest`` or below."""
+    params = prunable_parameters(model, ignore=config.ignore)
+    mask = Mask.ones_like(params)
+    names = list(mask)
+    overrides = layer_rates(config, model, names)
+    rates = {n: overrides.get(n, config.rate) for n in names}
+    densities = [1.0]
+    counts = {n: t.numel() for n, t in mask.items()}
+    total = sum(counts.values())
+    while densities[-1] > smallest and len(densities) <= limit:
+        current = Mask({n: torch.arange(t.numel()).view(t.shape) < counts[n] for n, t in mask.items()})
+        counts = keep_counts_after_pruning(current, rates)
+        densities.append(sum(counts.values()) / total)
+    return densities
+
+
+def nearest_round(round_densities: list[float], target: float) -> int:
+    """The pruned round whose density is closest to ``target`` on a log scale."""
+    return min(range(1, len(round_densities)), key=lambda r: abs(math.log(round_densities[r] / target)))
+
+
+@dataclass
+class CompareExperiment:
+    config: CompareConfig
+    out: Path
+    data: DataSplits
+    device: torch.device
+    progress: ProgressFactory | None = None
+
+    @classmethod
+    def prepare(cls, config: CompareConfig, out: str | Path, *, device: torch.device | str = "cpu",
+                data: DataSplits | None = None, progress: ProgressFactory | None = None) -> "CompareExperiment":
+        data = data or load_dataset(config.data, root=config.data_dir, val_fraction=config.val_fraction,
+                                    split_seed=config.split_seed)
+        create_model(config.model, data.input_shape, data.num_classes, seed=0)
+        out = claim_run_directory(out, config.to_json(), kind="compare")
+        return cls(config, Path(out), data, torch.device(device), progress)
+
+    def imp_config(self) -> IMPConfig:
+        base = self.config.sub_configs()["imp"]
+        model = create_model(self.config.model, self.data.input_shape, self.data.num_classes, seed=0)
+        rounds = len(imp_round_densities(base, model, min(self.config.densities))) - 1
+        return IMPConfig(**{**base.__dict__, "rounds": rounds})
+
+    def run(self) -> dict[str, Any]:
+        """Run or resume every method, then write the tables and the plot; return the table rows."""
+        summaries: dict[str, dict[str, Any]] = {}
+        for method, sub in self.config.sub_configs().items():
+            kwargs = dict(device=self.device, data=self.data, progress=self.progress)
+            if method == "imp":
+                summaries[method] = IMPExperiment.prepare(self.imp_config(), self.out / method, **kwargs).run()
+            else:
+                summaries[method] = SparseExperiment.prepare(sub, self.out / method, **kwargs).run()
+        rows = self.rows(summaries)
+        self.write_outputs(rows)
+        return {"config": self.config.to_json(), "rows": rows}
+
+    # --- the table -----------------------------------------------------------------------------
+    def _cost(self, mask_path: Path) -> tuple[float, float]:
+        model = create_model(self.config.model, self.data.input_shape, self.data.num_classes, seed=0)
+        cost = network_cost(model, self.data.input_shape, Mask.load(mask_path))
+        return cost.params_ratio, cost.macs_ratio
+
+    def rows(self, summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """One row per (method, target density) plus a dense row when IMP ran."""
+        rows: list[dict[str, Any]] = []
+        seed0 = self.config.seeds[0]
+        if "imp" in summaries:
+            dense = summaries["imp"]["rounds"][0]
+            rows.append(self._row("dense", 1.0, dense, (1.0, 1.0)))
+            round_densities = [e["density"] for e in summaries["imp"]["rounds"]]
+            for target in self.config.densities:
+                r = nearest_round(round_densities, target)
+                mask_path = self.out / "imp" / f"seed-{seed0}" / f"round-{r:02d}" / "mask.safetensors"
+                rows.append(self._row("imp", target, summaries["imp"]["rounds"][r], self._cost(mask_path), imp_round=r))
+        for method, summary in summaries.items():
+            if method == "imp":
+                continue
+            for entry in summary["rounds"]:
+                target = entry["target_density"]
+                mask_path = self.out / method / f"seed-{seed0}" / density_label(target) / "mask.safetensors"
+                rows.append(self._row(method, target, entry, self._cost(mask_path)))
+        return rows
+
+    @staticmethod
+    def _row(method: str, target: float, entry: dict[str, Any], cost: tuple[float, float], **extra: Any) -> dict[str, Any]:
+        return {
+            "method": method, "target_density": target, "density": entry["density"],
+            "test_accuracy": entry["test_accuracy"], "test_accuracy_std": entry["test_accuracy_std"],
+            "early_stop_iteration": entry["early_stop_iteration"], "params_ratio": cost[0], "flops_ratio": cost[1],
+            "collapsed_layers": entry["collapsed_layers"], "seeds": len(entry["seeds"]), **extra,
+        }
+
+    def write_outputs(self, rows: list[dict[str, Any]]) -> None:
+        write_json(self.out / "compare.json", {"config": self.config.to_json(), "rows": rows})
+        buffer = io.StringIO()
+        fields = ["method", "target_density", "density", "test_accuracy", "test_accuracy_std",
+                  "early_stop_iteration", "params_ratio", "flops_ratio", "collapsed_layers", "seeds"]
+        writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "collapsed_layers": ";".join(row["collapsed_layers"])})
+        with atomic_path(self.out / "compare.csv") as tmp:
+            tmp.write_text(buffer.getvalue())
+        with atomic_path(self.out / "compare.md") as tmp:
+            tmp.write_text(format_compare(rows, self.config) + "\n")
+        plot_compare(rows, self.config, self.out / "compare.png")
+
+
+def format_compare(rows: list[dict[str, Any]], config: CompareConfig) -> str:
+    """A markdown table: accuracy (mean ± std over seeds), density, params and FLOPs vs dense."""
+    lines = [f"{config.model} on {config.data}, {len(config.seeds)} seed(s), {config.train.steps} per run "
+             f"({config.train.optimizer}, lr {config.train.lr:g}, batch {config.train.batch_size})", "",
+             "| method | target | % left | test acc (%) | params vs dense | FLOPs vs dense | collapsed layers |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        collapsed = ", ".join(r["collapsed_layers"]) or "-"
+        lines.append(f"| {r['method']} | {100 * r['target_density']:g}% | {100 * r['density']:.2f} | "
+                     f"{r['test_accuracy']:.2f} ± {r['test_accuracy_std']:.2f} | {r['params_ratio']:.3f} | "
+                     f"{r['flops_ratio']:.3f} | {collapsed} |")
+    return "\n".join(lines)
+
+
+def plot_compare(rows: list[dict[str, Any]], config: CompareConfig, path: Path) -> Path:
+    """Test accuracy vs % of weights remaining (log x, dense on the left), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        points = sorted((r for r in rows if r["method"] == method), key=lambda r: -r["density"])
+        if method == "dense":
+            ax.axhline(points[0]["test_accuracy"], color="gray", linestyle="--", linewidth=1, label="dense")
+            continue
+        ax.errorbar([100 * p["density"] for p in points], [p["test_accuracy"] for p in points],
+                    yerr=[p["test_accuracy_std"] for p in points], marker="o", markersize=4, capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("% of weights remaining")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{config.model} on {config.data} ({len(config.seeds)} seed(s), mean ± std)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
+def run_compare(config: CompareConfig, out: str | Path, *, device: torch.device | str = "cpu",
+                data: DataSplits | None = None, progress: ProgressFactory | None = None) -> dict[str, Any]:
+    """Run (or resume) the comparison into ``out``; return ``{"config", "rows"}``."""
+    return CompareExperiment.prepare(config, out, device=device, data=data, progress=progress).run()

@@ -1,0 +1,329 @@
+"""Sparse networks trained once at a fixed density: pruning at init and dynamic sparse training.
+
+* ``kind="prune-init"``: score the network at θ0 (SNIP, GraSP, SynFlow, magnitude, random), keep
+  the requested density, train the masked network from θ0. Controls (Frankle et al. 2021's sanity
+  checks): ``shuffle`` (the mask permuted within each layer), ``reinit`` (same mask, fresh init),
+  ``invert`` (keep the lowest-scoring weights instead).
+* ``kind="sparse-train"``: start from a random mask with a layer-wise distribution (ERK or
+  uniform) and let RigL or SET move it during training at constant per-layer density. Control
+  ``static``: the same initial mask trained without updates.
+
+Layout of a run directory (every file atomic; finished units are never recomputed)::
+
+    config.json  metrics.jsonl  summary.json
+    seed-<s>/init.safetensors                      θ0 (the same θ0 as an IMP run of that seed)
+    seed-<s>/density-<d>/mask.safetensors          the mask trained (DST: the initial mask)
+    seed-<s>/density-<d>/scoring.json              scoring time, collapsed layers
+    seed-<s>/density-<d>/{weights.safetensors, result.json, checkpoint.pt, final_mask.safetensors}
+    seed-<s>/density-<d>/controls/<name>/          the same files for each control
+
+``summary.json`` has the fields of an IMP summary, with one entry per density in ``rounds``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import DataSplits, load_dataset
+from ..densities import DISTRIBUTIONS
+from ..errors import TicketlabError
+from ..masks import Mask
+from ..methods import ScoringContext
+from ..models import create_model
+from ..runs import MetricsLog, claim_run_directory, read_json, write_json
+from ..seeding import derive_seed, generator
+from ..targets import prunable_parameters
+from ..train import TrainConfig
+from .aggregate import aggregate
+from .unit import ProgressFactory, load_state, save_state, train_unit
+
+KINDS: tuple[str, ...] = ("prune-init", "sparse-train")
+PAI_METHODS: tuple[str, ...] = ("snip", "grasp", "synflow", "magnitude", "random")
+DST_METHODS: tuple[str, ...] = ("rigl", "set")
+CONTROLS: dict[str, tuple[str, ...]] = {"prune-init": ("shuffle", "reinit", "invert"), "sparse-train": ("static",)}
+
+
+def density_label(density: float) -> str:
+    """Directory name of one density: ``density-0.05``."""
+    return f"density-{density:g}"
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    """One sparse-training experiment: a method, one or more target densities, replicate seeds.
+
+    ``scope`` and ``distribution`` say how the density is spread: ``global`` ranks all layers
+    together (pruning at init only), ``layer`` gives each layer the density of ``distribution``
+    (``uniform``, ``er``, ``erk``). SNIP and GraSP score ``score_batches`` batches of
+    ``score_batch_size`` training examples. ``allow_collapse`` lets a mask with a fully pruned
+    layer be trained (otherwise it is refused before any training).
+    """
+
+    kind: str = "prune-init"
+    method: str = "snip"
+    densities: tuple[float, ...] = (0.05,)
+    model: str = "lenet300"
+    data: str = "mnist5k"
+    data_dir: str | None = None
+    scope: str = "global"
+    distribution: str = "uniform"
+    ignore: tuple[str, ...] = ()
+    controls: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    allow_collapse: bool = False
+    score_batches: int = 1
+    score_batch_size: int = 256
+    synflow_iterations: int = 100
+    synflow_double: bool = False
+    update_every: str = "100it"
+    alpha: float = 0.3
+    end_fraction: float = 0.75
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("densities", "ignore", "controls"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "densities", tuple(float(d) for d in self.densities))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if self.kind not in KINDS:
+            raise TicketlabError(f"Unknown experiment kind {self.kind!r}; choose one of {', '.join(KINDS)}.")
+        methods = PAI_METHODS if self.kind == "prune-init" else DST_METHODS
+        if self.method not in methods:
+            raise TicketlabError(f"Unknown {self.kind} method {self.method!r}; choose one of {', '.join(methods)}.")
+        if not self.densities:
+            raise TicketlabError("At least one density is needed.")
+        for d in self.densities:
+            if not 0 < d < 1:
+                raise TicketlabError(f"A density must lie strictly between 0 and 1 (got {d}).")
+        if len({density_label(d) for d in self.densities}) != len(self.densities):
+            raise TicketlabError("A density is listed twice.")
+        if self.scope not in ("global", "layer"):
+            raise TicketlabError(f"Unknown scope {self.scope!r}; choose global or layer.")
+        if self.kind == "sparse-train" and self.scope != "layer":
+            raise TicketlabError("Dynamic sparse training keeps every layer's density fixed: use --scope layer.")
+        if self.distribution not in DISTRIBUTIONS:
+            raise TicketlabError(f"Unknown density distribution {self.distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}.")
+        if self.scope == "global" and self.distribution != "uniform":
+            raise TicketlabError("--distribution applies to --scope layer only (global ranking sets its own densities).")
+        allowed = CONTROLS[self.kind]
+        for c in self.controls:
+            if c not in allowed:
+                raise TicketlabError(f"Unknown control {c!r} for {self.kind}; choose from {', '.join(allowed)}.")
+        if len(set(self.controls)) != len(self.controls):
+            raise TicketlabError("A control is listed twice in --controls.")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise TicketlabError("--seeds needs at least one seed, each listed once.")
+        if self.score_batches < 1 or self.score_batch_size < 1:
+            raise TicketlabError("--score-batches and --score-batch-size must be at least 1.")
+        if self.synflow_iterations < 1:
+            raise TicketlabError("--synflow-iterations must be at least 1.")
+        if self.kind == "sparse-train":
+            self.dst_config()  # validates update_every, alpha, end_fraction
+
+    def dst_config(self):
+        """The `DSTConfig` of a sparse-train experiment."""
+        from ..methods.dynamic import DSTConfig
+
+        return DSTConfig(method=self.method, update_every=self.update_every, alpha=self.alpha,
+                         end_fraction=self.end_fraction)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "train"}
+        for k in ("densities", "ignore", "controls", "seeds"):
+            out[k] = list(out[k])
+        if self.kind == "prune-init":
+            for k in ("update_every", "alpha", "end_fraction"):
+                out.pop(k)
+        else:
+            for k in ("score_batches", "score_batch_size", "synflow_iterations", "synflow_double", "allow_collapse"):
+                out.pop(k)
+        out["train"] = self.train.to_json()
+        return out
+
+
+@dataclass
+class SparseExperiment:
+    """A `SparseConfig` bound to a run directory; `run` does (or resumes) all the work."""
+
+    config: SparseConfig
+    out: Path
+    data: DataSplits
+    device: torch.device
+    progress: ProgressFactory | None = None
+
+    @classmethod
+    def prepare(cls, config: SparseConfig, out: str | Path, *, device: torch.device | str = "cpu",
+                data: DataSplits | None = None, progress: ProgressFactory | None = None) -> "SparseExperiment":
+        """Check what can be checked before touching ``out``, then claim it."""
+        data = data or load_dataset(config.data, root=config.data_dir, val_fraction=config.val_fraction,
+                                    split_seed=config.split_seed)
+        model = create_model(config.model, data.input_shape, data.num_classes, seed=0)
+        prunable_parameters(model, ignore=config.ignore)
+        out = claim_run_directory(out, config.to_json(), kind=config.kind)
+        return cls(config, Path(out), data, torch.device(device), progress)
+
+    @property
+    def metrics(self) -> MetricsLog:
+        return MetricsLog(self.out / "metrics.jsonl")
+
+    def new_model(self, seed: int) -> nn.Module:
+        return create_model(self.config.model, self.data.input_shape, self.data.num_classes, seed=seed)
+
+    def unit_dir(self, seed: int, density: float) -> Path:
+        return self.out / f"seed-{seed}" / density_label(density)
+
+    def run(self) -> dict[str, Any]:
+        """Score every mask first (so a refused layer collapse stops the run before any training),
+        then train every unit; return (and write) the summary."""
+        for seed in self.config.seeds:
+            for density in self.config.densities:
+                self.mask(seed, density)
+        for seed in self.config.seeds:
+            for density in self.config.densities:
+                self._train_density(seed, density)
+                self.write_summary()
+        return self.write_summary()
+
+    def write_summary(self) -> dict[str, Any]:
+        summary = summarize_sparse(self.out, self.config)
+        write_json(self.out / "summary.json", summary)
+        return summary
+
+    # --- masks ---------------------------------------------------------------------------------
+    def theta0(self, seed: int) -> dict[str, torch.Tensor]:
+        path = self.out / f"seed-{seed}" / "init.safetensors"
+        if not path.exists():
+            save_state(self.new_model(seed), path)
+        return load_state(path)
+
+    def score_batches(self, seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """``score_batches`` seeded batches of training examples for SNIP / GraSP."""
+        cfg, n = self.config, len(self.data.train_y)
+        order = torch.randperm(n, generator=generator(seed, "score-batches"))
+        size = min(cfg.score_batch_size, n)
+        batches = []
+        for b in range(cfg.score_batches):
+            index = order[(b * size) % n: (b * size) % n + size]
+            batches.append((self.data.train_x[index].to(self.device), self.data.train_y[index].to(self.device)))
+        return tuple(batches)
+
+    def _score(self, seed: int, density: float, *, invert: bool = False) -> tuple[Mask, float]:
+        """The initial mask of one (seed, density) and the seconds it took to compute."""
+        from ..methods.pai import prune_at_init
+
+        cfg = self.config
+        model = self.new_model(seed)
+        model.load_state_dict(self.theta0(seed))
+        model.to(self.device)
+        params = prunable_parameters(model, ignore=cfg.ignore)
+        label = ("invert" if invert else "mask", density)
+        if cfg.kind == "sparse-train":
+            method, scope = "random", "layer"
+            context = ScoringContext(generator=generator(seed, "dst-init", *label))
+        else:
+            method, scope = cfg.method, cfg.scope
+            batches = self.score_batches(seed) if cfg.method in ("snip", "grasp") else ()
+            context = ScoringContext(generator=generator(seed, "scores", *label), batches=batches,
+                                     input_shape=self.data.input_shape, synflow_double=cfg.synflow_double)
+        started = time.perf_counter()
+        mask = prune_at_init(model, params, density, method=method, scope=scope, distribution=cfg.distribution,
+                             context=context, invert=invert, synflow_iterations=cfg.synflow_iterations)
+        return Mask({n: t.cpu() for n, t in mask.items()}), time.perf_counter() - started
+
+    def _stored_mask(self, directory: Path, seed: int, density: float, invert: bool = False) -> Mask:
+        mask_path, info_path = directory / "mask.safetensors", directory / "scoring.json"
+        if mask_path.exists() and info_path.exists():
+            return Mask.load(mask_path)
+        mask, seconds = self._score(seed, density, invert=invert)
+        collapsed = mask.collapsed_layers()
+        if collapsed and not self.config.allow_collapse:
+            raise TicketlabError(
+                f"{self.config.method} at density {density:g} prunes every weight of {', '.join(collapsed)} "
+                "(layer collapse); pass --allow-collapse to train it anyway."
+            )
+        mask.save(mask_path, {"seed": seed, "density": density, "method": self.config.method})
+        write_json(info_path, {"scoring_time": seconds, "collapsed_layers": collapsed})
+        return mask
+
+    def mask(self, seed: int, density: float) -> Mask:
+        """The (cached) mask of one seed and target density."""
+        return self._stored_mask(self.unit_dir(seed, density), seed, density)
+
+    # --- training ------------------------------------------------------------------------------
+    def _train_density(self, seed: int, density: float) -> None:
+        cfg, unit = self.config, self.unit_dir(seed, density)
+        theta0 = self.theta0(seed)
+        mask = self.mask(seed, density)
+        scoring = read_json(unit / "scoring.json")
+        extra = {"method": cfg.method, "target_density": density, "scoring_time": scoring["scoring_time"]}
+        updater = None
+        if cfg.kind == "sparse-train":
+            from ..methods.dynamic import make_updater
+
+            updater = make_updater(cfg.dst_config(), seed=derive_seed(seed, "dst", density))
+        self._unit(unit, seed, density, "ticket", theta0, mask, updater, extra)
+        for control in cfg.controls:
+            directory = unit / "controls" / control
+            start, control_mask, control_extra = theta0, mask, dict(extra)
+            if control == "shuffle":
+                control_mask = mask.shuffled(generator(seed, "shuffle", density))
+            elif control == "reinit":
+                start = self.new_model(derive_seed(seed, "reinit", density)).state_dict()
+            elif control == "invert":
+                control_mask = self._stored_mask(directory, seed, density, invert=True)
+                control_extra["scoring_time"] = read_json(directory / "scoring.json")["scoring_time"]
+            # "static": the initial DST mask, no updates
+            if control != "invert" and not (directory / "mask.safetensors").exists():
+                control_mask.save(directory / "mask.safetensors", {"seed": seed, "density": density, "control": control})
+            self._unit(directory, seed, density, control, start, control_mask, None, control_extra)
+
+    def _unit(self, directory: Path, seed: int, density: float, run: str, start: dict[str, torch.Tensor],
+              mask: Mask, updater: Any, extra: dict[str, Any]) -> dict[str, Any]:
+        return train_unit(
+            directory, model=self.new_model(seed), start_state=start, mask=Mask({n: t.clone() for n, t in mask.items()}), data=self.data,
+            config=self.config.train, data_seed=seed, device=self.device, metrics=self.metrics,
+            metrics_key={"seed": seed, "density": density, "run": run},
+            label=f"seed {seed} {self.config.method} {run}", mask_updater=updater, progress=self.progress,
+            extra=extra,
+        )
+
+
+def summarize_sparse(out: Path, config: SparseConfig) -> dict[str, Any]:
+    """``summary.json`` of a sparse experiment: one entry per target density (in ``rounds``)."""
+    entries: list[dict[str, Any]] = []
+    for index, density in enumerate(config.densities):
+        ticket, controls = {}, {c: {} for c in config.controls}
+        for seed in config.seeds:
+            unit = out / f"seed-{seed}" / density_label(density)
+            if (unit / "result.json").exists():
+                ticket[seed] = read_json(unit / "result.json")
+            for control in config.controls:
+                path = unit / "controls" / control / "result.json"
+                if path.exists():
+                    controls[control][seed] = read_json(path)
+        if len(ticket) < len(config.seeds):
+            continue
+        entry = {"round": index, "target_density": density, **aggregate(ticket), "winning_ticket": None}
+        entry["controls"] = {c: aggregate(r) for c, r in controls.items() if len(r) == len(config.seeds)}
+        entries.append(entry)
+    return {
+        "kind": config.kind, "method": config.method, "model": config.model, "data": config.data,
+        "seeds": list(config.seeds), "controls": list(config.controls), "dense_test_accuracy": None,
+        "complete": len(entries) == len(config.densities)
+        and all(len(e["controls"]) == len(config.controls) for e in entries),
+        "rounds": entries,
+    }
+
+
+def run_sparse(config: SparseConfig, out: str | Path, *, device: torch.device | str = "cpu",
+               data: DataSplits | None = None, progress: ProgressFactory | None = None) -> dict[str, Any]:
+    """Run (or resume) a pruning-at-init or dynamic-sparse-training experiment into ``out``."""
+    return SparseExperiment.prepare(config, out, device=device, data=data, progress=progress).run()

@@ -1,0 +1,108 @@
+"""One unit of work shared by every experiment: train a masked network from a given state, once.
+
+IMP rounds, their controls, pruning-at-init runs and dynamic sparse training all reduce to "start
+from these weights with this mask, train with this recipe, store the result". A unit lives in its
+own directory::
+
+    weights.safetensors   the trained state dict
+    result.json           the record below (its presence means: done, never recomputed)
+    checkpoint.pt         while training (resumed from if present, deleted at the end)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..data import DataSplits
+from ..errors import TicketlabError
+from ..masks import Mask
+from ..runs import MetricsLog, atomic_path, read_json, write_json
+from ..train import TrainConfig, iterations_per_epoch, train
+
+#: progress(description, total_iterations, done_iterations) -> handle with update(n) and close().
+ProgressFactory = Callable[[str, int, int], Any]
+
+
+def save_state(model: nn.Module, path: Path) -> None:
+    """Write the whole state dict (CPU copies) atomically as safetensors."""
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise TicketlabError(f"Cannot read weights file {str(path)!r} ({type(err).__name__}).") from None
+
+
+def train_unit(
+    unit_dir: Path,
+    *,
+    model: nn.Module,
+    start_state: Mapping[str, torch.Tensor],
+    mask: Mask,
+    data: DataSplits,
+    config: TrainConfig,
+    data_seed: int,
+    device: torch.device,
+    metrics: MetricsLog,
+    metrics_key: Mapping[str, Any],
+    label: str,
+    start_iteration: int = 0,
+    capture: dict | None = None,
+    mask_updater: Any = None,
+    progress: ProgressFactory | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` (loaded with a *copy* of ``start_state``) under ``mask``; return its record.
+
+    If ``unit_dir/result.json`` exists the stored record is returned without training. With a
+    ``mask_updater`` (RigL, SET) the mask changes during training; the record then describes the
+    final mask and counts the updates. ``extra`` fields are stored in the record as given.
+    """
+    result_path = unit_dir / "result.json"
+    if result_path.exists():
+        return read_json(result_path)
+    model.load_state_dict(start_state)  # copies the values: the start point is never aliased
+    ipe = iterations_per_epoch(data, config.batch_size)
+    total = config.steps.iterations(ipe)
+    bar = progress(f"{label} ({100 * mask.density():.1f}% left)", total, start_iteration) if progress else None
+    optional = {"mask_updater": mask_updater} if mask_updater is not None else {}
+    checkpoint = unit_dir / "checkpoint.pt"
+    try:
+        result = train(
+            model, data, config, data_seed=data_seed, mask=mask, start_iteration=start_iteration,
+            device=device, checkpoint_path=checkpoint, metrics=metrics, metrics_key=metrics_key,
+            capture=capture, on_step=(lambda i: bar.update(1)) if bar is not None else None, **optional,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    save_state(model, unit_dir / "weights.safetensors")
+    best = result.early_stop
+    record = {
+        **dict(metrics_key),
+        "density": mask.density(),
+        "layer_densities": mask.layer_densities(), "collapsed_layers": mask.collapsed_layers(),
+        "test_accuracy": result.final["test_accuracy"], "val_accuracy": result.final["val_accuracy"],
+        "test_loss": result.final["test_loss"], "val_loss": result.final["val_loss"],
+        "early_stop_iteration": best["iteration"], "early_stop_val_loss": best["val_loss"],
+        "early_stop_test_accuracy": best["test_accuracy"], "iterations": total - start_iteration,
+        "wall_time": result.wall_time,
+        **dict(extra or {}),
+    }
+    if mask_updater is not None:
+        record["mask_updates"] = getattr(result, "mask_updates", 0)
+        record["mask_changed_fraction"] = getattr(result, "mask_changed_fraction", 0.0)
+        mask.save(unit_dir / "final_mask.safetensors", {"label": label})
+    write_json(result_path, record)
+    checkpoint.unlink(missing_ok=True)
+    return record

@@ -55,11 +55,22 @@ class NMPattern:
 
 
 def _top_k_flat(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask over a 1-D score vector keeping exactly ``k`` entries; ties -> lower index kept."""
-    keep = torch.zeros(scores.numel(), dtype=torch.bool)
-    if k > 0:
-        order = torch.argsort(scores, descending=True, stable=True)
-        keep[order[:k]] = True
+    """Bool mask over a 1-D score vector keeping exactly ``k`` entries; ties -> lower index kept.
+
+    Equivalent to taking the first ``k`` entries of a stable descending sort, in O(n): find the
+    k-th largest value, keep everything above it, then the lowest-index entries equal to it.
+    """
+    n = scores.numel()
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool)
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool)
+    threshold = torch.kthvalue(scores, n - k + 1).values
+    keep = scores > threshold
+    missing = k - int(keep.sum())
+    if missing:
+        ties = torch.nonzero(scores == threshold).flatten()[:missing]
+        keep[ties] = True
     return keep
 
 

@@ -108,6 +108,13 @@ def train_options(func: Callable) -> Callable:
     return func
 
 
+def quiet_here(quiet: bool) -> bool:
+    """Under ``torchrun`` only rank 0 shows progress bars and tables (every rank does the work)."""
+    from ..train.distributed import is_main_process
+
+    return quiet or not is_main_process()
+
+
 def train_config_from(opts: dict[str, Any]):
     """The `TrainConfig` described by the flags of `train_options`."""
     from ..train import TrainConfig

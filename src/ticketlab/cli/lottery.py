@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from ..errors import TicketlabError
-from .common import (TqdmProgress, data_options, default_out, parse_controls, parse_seeds, train_config_from,
-                     train_options)
+from .common import (TqdmProgress, data_options, default_out, parse_controls, parse_seeds, quiet_here,
+                     train_config_from, train_options)
 
 def _parse_layer_rates(items: tuple[str, ...]) -> tuple[tuple[str, float], ...] | None:
     if not items:
@@ -65,6 +65,7 @@ def imp(**opts) -> None:
         seeds=parse_seeds(opts["seeds"]), tolerance=opts["tolerance"], val_fraction=opts["val_fraction"],
         split_seed=opts["split_seed"], train=train_config_from(opts),
     )
+    opts["quiet"] = quiet_here(opts["quiet"])
     out = opts["out"]
     if out is None:
         out = default_out("imp", config.to_json(), config.model, config.data)
@@ -75,7 +76,7 @@ def imp(**opts) -> None:
         click.echo(f"ticketlab imp: {config.model} on {config.data}, {config.rounds} rounds, "
                    f"seeds {list(config.seeds)}, device {device}; writing to {out}", err=True)
     summary = experiment.run()
-    plot = plot_report(summary, Path(out) / "report.png")
+    plot = plot_report(summary, experiment.out / "report.png")
     if not opts["quiet"]:
         click.echo(format_table(summary))
         click.echo(f"\nWrote {Path(out) / 'summary.json'} and {plot}.")

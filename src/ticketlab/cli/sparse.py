@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from .common import (TqdmProgress, data_options, default_out, parse_controls, parse_floats, parse_seeds, split_list,
-                     train_config_from, train_options)
+from .common import (TqdmProgress, data_options, default_out, parse_controls, parse_floats, parse_seeds, quiet_here,
+                     split_list, train_config_from, train_options)
 
 
 def _finish(summary: dict, out: Path, quiet: bool) -> None:
@@ -23,6 +23,7 @@ def _run_sparse(kind: str, opts: dict) -> None:
     from ..experiments.sparse import SparseConfig, SparseExperiment
     from ..train import resolve_device
 
+    opts["quiet"] = quiet_here(opts["quiet"])
     extra = {}
     if kind == "prune-init":
         extra = dict(allow_collapse=opts["allow_collapse"], score_batches=opts["score_batches"],
@@ -43,7 +44,7 @@ def _run_sparse(kind: str, opts: dict) -> None:
     if not opts["quiet"]:
         click.echo(f"ticketlab {kind}: {config.method} on {config.model}/{config.data}, densities "
                    f"{list(config.densities)}, seeds {list(config.seeds)}, device {device}; writing to {out}", err=True)
-    _finish(experiment.run(), out, opts["quiet"])
+    _finish(experiment.run(), experiment.out, opts["quiet"])
 
 
 _common_sparse = [
@@ -120,6 +121,7 @@ def compare(**opts) -> None:
     from ..experiments.compare import CompareConfig, CompareExperiment, format_compare
     from ..train import resolve_device
 
+    opts["quiet"] = quiet_here(opts["quiet"])
     config = CompareConfig(
         methods=tuple(split_list(opts["methods"])), densities=parse_floats(opts["densities"], "--densities"),
         model=opts["model"], data=opts["data"], data_dir=opts["data_dir"], seeds=parse_seeds(opts["seeds"]),

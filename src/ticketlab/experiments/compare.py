@@ -31,12 +31,12 @@ from ..lottery import IMPConfig, IMPExperiment
 from ..lottery.imp import layer_rates
 from ..masks import Mask
 from ..models import create_model
-from ..runs import atomic_path, claim_run_directory, write_json
+from ..runs import atomic_path, write_json
 from ..select import keep_counts_after_pruning
 from ..targets import prunable_parameters
 from ..train import TrainConfig
 from .sparse import DST_METHODS, PAI_METHODS, SparseConfig, SparseExperiment, density_label
-from .unit import ProgressFactory
+from .unit import ProgressFactory, claim_for_process
 
 METHODS: tuple[str, ...] = ("imp", *PAI_METHODS, *DST_METHODS)
 #: Pruning-at-init scorers rank globally (as their papers do); random, RigL and SET use `distribution`.
@@ -134,7 +134,7 @@ class CompareExperiment:
         data = data or load_dataset(config.data, root=config.data_dir, val_fraction=config.val_fraction,
                                     split_seed=config.split_seed)
         create_model(config.model, data.input_shape, data.num_classes, seed=0)
-        out = claim_run_directory(out, config.to_json(), kind="compare")
+        out = claim_for_process(out, config.to_json(), kind="compare", device=device)
         return cls(config, Path(out), data, torch.device(device), progress)
 
     def imp_config(self) -> IMPConfig:

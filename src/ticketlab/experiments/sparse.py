@@ -35,16 +35,16 @@ from ..densities import DISTRIBUTIONS
 from ..errors import TicketlabError
 from ..masks import Mask
 from ..methods import ScoringContext
+from ..methods.pai import PAI_METHODS, prune_at_init
 from ..models import create_model
-from ..runs import MetricsLog, claim_run_directory, read_json, write_json
+from ..runs import MetricsLog, read_json, write_json
 from ..seeding import derive_seed, generator
 from ..targets import prunable_parameters
 from ..train import TrainConfig
 from .aggregate import aggregate
-from .unit import ProgressFactory, load_state, save_state, train_unit
+from .unit import ProgressFactory, claim_for_process, load_state, save_state, train_unit
 
 KINDS: tuple[str, ...] = ("prune-init", "sparse-train")
-PAI_METHODS: tuple[str, ...] = ("snip", "grasp", "synflow", "magnitude", "random")
 DST_METHODS: tuple[str, ...] = ("rigl", "set")
 CONTROLS: dict[str, tuple[str, ...]] = {"prune-init": ("shuffle", "reinit", "invert"), "sparse-train": ("static",)}
 
@@ -167,7 +167,7 @@ class SparseExperiment:
                                     split_seed=config.split_seed)
         model = create_model(config.model, data.input_shape, data.num_classes, seed=0)
         prunable_parameters(model, ignore=config.ignore)
-        out = claim_run_directory(out, config.to_json(), kind=config.kind)
+        out = claim_for_process(out, config.to_json(), kind=config.kind, device=device)
         return cls(config, Path(out), data, torch.device(device), progress)
 
     @property
@@ -217,8 +217,6 @@ class SparseExperiment:
 
     def _score(self, seed: int, density: float, *, invert: bool = False) -> tuple[Mask, float]:
         """The initial mask of one (seed, density) and the seconds it took to compute."""
-        from ..methods.pai import prune_at_init
-
         cfg = self.config
         model = self.new_model(seed)
         model.load_state_dict(self.theta0(seed))

@@ -22,7 +22,7 @@ from torch import nn
 from ..data import DataSplits
 from ..errors import TicketlabError
 from ..masks import Mask
-from ..runs import MetricsLog, atomic_path, read_json, write_json
+from ..runs import MetricsLog, atomic_path, claim_run_directory, read_json, write_json
 from ..train import TrainConfig, iterations_per_epoch, train
 
 #: progress(description, total_iterations, done_iterations) -> handle with update(n) and close().
@@ -41,6 +41,39 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as err:
         raise TicketlabError(f"Cannot read weights file {str(path)!r} ({type(err).__name__}).") from None
+
+
+RANK_PREFIX = ".rank-"
+
+
+def claim_for_process(out: str | Path, config: Mapping[str, Any], *, kind: str,
+                      device: torch.device | str = "cpu") -> Path:
+    """Claim the run directory this process writes to (see `claim_run_directory`).
+
+    In a single process that is ``out``. Under ``torchrun`` every rank runs the whole experiment
+    (DDP keeps their weights and masks identical); rank 0 claims ``out`` first, then every other
+    rank K claims ``out/.rank-K`` for its own replica of the files, including its own checkpoints,
+    so a resumed multi-process run resumes every rank. If rank 0 refuses ``out`` (another
+    configuration lives there), every rank raises the same error instead of hanging.
+    """
+    from ..train.distributed import init_from_env, is_distributed, rank
+
+    out = Path(out)
+    if not is_distributed() or any(part.startswith(RANK_PREFIX) for part in out.parts):
+        return claim_run_directory(out, config, kind=kind)
+    init_from_env(device)
+    import torch.distributed as dist
+
+    message = [None]
+    if rank() == 0:
+        try:
+            claim_run_directory(out, config, kind=kind)
+        except TicketlabError as err:
+            message = [str(err)]
+    dist.broadcast_object_list(message, src=0)
+    if message[0] is not None:
+        raise TicketlabError(message[0])
+    return out if rank() == 0 else claim_run_directory(out / f"{RANK_PREFIX}{rank()}", config, kind=kind)
 
 
 def train_unit(

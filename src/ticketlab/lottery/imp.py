@@ -29,8 +29,8 @@ from ..errors import TicketlabError
 from ..masks import Mask
 from ..methods import magnitude_scores
 from ..models import create_model
-from ..experiments import ProgressFactory, load_state, save_state, train_unit
-from ..runs import MetricsLog, claim_run_directory, write_json
+from ..experiments import ProgressFactory, claim_for_process, load_state, save_state, train_unit
+from ..runs import MetricsLog, write_json
 from ..seeding import derive_seed
 from ..select import keep_counts_after_pruning, select
 from ..targets import prunable_parameters, resolve_patterns
@@ -102,7 +102,7 @@ class IMPExperiment:
                 f"The rewind step {config.rewind} ({k} iterations) is not before the end of the "
                 f"training budget {config.train.steps} ({total} iterations)."
             )
-        out = claim_run_directory(out, config.to_json(), kind="imp")
+        out = claim_for_process(out, config.to_json(), kind="imp", device=device)
         return cls(config, Path(out), data, torch.device(device), progress)
 
     # --- helpers -----------------------------------------------------------------------------

@@ -151,15 +151,28 @@ def _check_count(k: int, available: int, where: str) -> None:
 
 
 def _select_rows(scores: torch.Tensor, k: int, name: str) -> torch.Tensor:
-    """Keep ``k / rows`` weights in every output row (dim 0) of one layer."""
+    """Keep ``k / rows`` weights in every output row (dim 0) of one layer.
+
+    Same rule as `_top_k_flat`, row by row and vectorised: each row's threshold is its
+    ``per_row``-th largest score (``kthvalue``, no sort); everything above is kept, then the
+    lowest-index entries equal to the threshold fill the row's quota.
+    """
     rows = scores.shape[0]
     if k % rows:
         raise TicketlabError(f"Row-wise selection in {name!r} needs a count divisible by its {rows} rows (got {k}).")
     per_row = k // rows
     flat = scores.reshape(rows, -1)
-    order = torch.argsort(flat, dim=1, descending=True, stable=True)
-    keep = torch.zeros_like(flat, dtype=torch.bool)
-    keep.scatter_(1, order[:, :per_row], True)
+    cols = flat.shape[1]
+    if per_row == 0:
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+    elif per_row == cols:
+        keep = torch.ones_like(flat, dtype=torch.bool)
+    else:
+        threshold = torch.kthvalue(flat, cols - per_row + 1, dim=1, keepdim=True).values
+        keep = flat > threshold
+        missing = per_row - keep.sum(dim=1, keepdim=True)
+        ties = flat == threshold
+        keep |= ties & (ties.cumsum(dim=1) <= missing)
     if torch.isinf(flat).logical_and(flat < 0).logical_and(keep).any():
         raise TicketlabError(f"Row-wise selection in {name!r} would keep weights that are already pruned.")
     return keep.view(scores.shape)

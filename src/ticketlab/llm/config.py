@@ -1,0 +1,108 @@
+"""`OneShotConfig`: what one-shot (post-training, calibrated) pruning of a transformer should do.
+
+A frozen, validated dataclass: every field a user can get wrong is checked in ``__post_init__`` and
+rejected with one sentence (`TicketlabError`), so the engine never starts a long calibration run
+with a contradictory request. The command line maps its flags one-to-one onto these fields.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import TicketlabError
+from ..select import NMPattern
+
+#: The one-shot methods the engine knows, in the order the papers introduced them.
+ONE_SHOT_METHODS: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt")
+MAGNITUDE_SCOPES: tuple[str, ...] = ("layer", "row")
+
+
+@dataclass(frozen=True)
+class OneShotConfig:
+    """One-shot pruning request.
+
+    Attributes:
+        method: ``"magnitude"`` (|W|), ``"wanda"`` (|W|·‖X_j‖₂, per output row) or ``"sparsegpt"``
+            (blocked OBS reconstruction with an fp32 Hessian).
+        sparsity: fraction of each target layer's weights set to zero, in (0, 1). With ``pattern``
+            it may be given only if it equals ``1 - N/M``.
+        pattern: ``"N:M"`` — keep N of every M consecutive weights along the input dimension.
+        targets: exact module names, dotted suffixes (``"q_proj"``, ``"mlp.down_proj"``) or regular
+            expressions (full match) of the Linear / GPT-2 Conv1D modules inside the repeated blocks
+            to prune; ``()`` means every one of them. A trailing ``".weight"`` is ignored.
+        exclude: patterns (same syntax) of modules to leave dense.
+        magnitude_scope: comparison group for magnitude pruning: ``"layer"`` or ``"row"``.
+        blocksize: SparseGPT's column block (mask chosen per block, lazy batch updates between blocks).
+        percdamp: SparseGPT's dampening, as a fraction of the mean diagonal of the Hessian.
+    """
+
+    method: str
+    sparsity: float | None = None
+    pattern: str | None = None
+    targets: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    magnitude_scope: str = "layer"
+    blocksize: int = 128
+    percdamp: float = 0.01
+
+    def __post_init__(self) -> None:
+        # Lists from a CLI or JSON config are accepted and frozen into tuples.
+        for field in ("targets", "exclude"):
+            value = getattr(self, field)
+            if isinstance(value, str):
+                value = (value,)
+            if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) and v for v in value):
+                raise TicketlabError(f"OneShotConfig.{field} must be a sequence of non-empty strings.")
+            object.__setattr__(self, field, tuple(value))
+        if self.method not in ONE_SHOT_METHODS:
+            raise TicketlabError(
+                f"Unknown one-shot pruning method {self.method!r}; choose one of {', '.join(ONE_SHOT_METHODS)}."
+            )
+        if self.sparsity is None and self.pattern is None:
+            raise TicketlabError("Give either a sparsity (e.g. 0.5) or an N:M pattern (e.g. 2:4) to prune to.")
+        if self.sparsity is not None:
+            if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
+                raise TicketlabError(f"The sparsity must be a number in (0, 1), got {self.sparsity!r}.")
+            if not (math.isfinite(self.sparsity) and 0.0 < self.sparsity < 1.0):
+                raise TicketlabError(f"The sparsity must lie strictly between 0 and 1, got {self.sparsity}.")
+            object.__setattr__(self, "sparsity", float(self.sparsity))
+        if self.pattern is not None:
+            if not isinstance(self.pattern, str):
+                raise TicketlabError(f"The pattern must be written as N:M, e.g. 2:4 (got {self.pattern!r}).")
+            nm = NMPattern.parse(self.pattern)  # raises for N >= M or bad text
+            object.__setattr__(self, "pattern", f"{nm.n}:{nm.m}")
+            if self.sparsity is not None and abs(self.sparsity - (1.0 - nm.density)) > 1e-9:
+                raise TicketlabError(
+                    f"Sparsity {self.sparsity} contradicts pattern {nm.n}:{nm.m}, which prunes {1.0 - nm.density:g} of the weights."
+                )
+        if self.magnitude_scope not in MAGNITUDE_SCOPES:
+            raise TicketlabError(
+                f"Unknown magnitude scope {self.magnitude_scope!r}; choose one of {', '.join(MAGNITUDE_SCOPES)}."
+            )
+        if isinstance(self.blocksize, bool) or not isinstance(self.blocksize, int) or self.blocksize < 1:
+            raise TicketlabError(f"The SparseGPT block size must be a positive integer, got {self.blocksize!r}.")
+        nm = self.nm_pattern
+        if nm is not None and self.method == "sparsegpt" and self.blocksize % nm.m:
+            raise TicketlabError(
+                f"The SparseGPT block size {self.blocksize} must be a multiple of M={nm.m} for an {nm.n}:{nm.m} pattern."
+            )
+        if (isinstance(self.percdamp, bool) or not isinstance(self.percdamp, (int, float))
+                or not math.isfinite(self.percdamp) or self.percdamp < 0):
+            raise TicketlabError(f"The SparseGPT dampening must be a non-negative number, got {self.percdamp!r}.")
+        object.__setattr__(self, "percdamp", float(self.percdamp))
+
+    @property
+    def nm_pattern(self) -> NMPattern | None:
+        """The parsed N:M pattern, or None for unstructured sparsity."""
+        return NMPattern.parse(self.pattern) if self.pattern is not None else None
+
+    @property
+    def target_sparsity(self) -> float:
+        """Fraction of each target layer that ends up zero (``1 - N/M`` for a pattern)."""
+        nm = self.nm_pattern
+        return 1.0 - nm.density if nm is not None else float(self.sparsity)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """Short human label, e.g. ``"wanda 2:4"`` or ``"sparsegpt 50%"``."""
+        return f"{self.method} {self.pattern}" if self.pattern else f"{self.method} {self.sparsity:.0%}"

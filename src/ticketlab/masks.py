@@ -2,10 +2,10 @@
 
 A mask maps parameter names to boolean tensors of the same shape (True = weight kept). It knows its
 densities, checks itself against a model, saves to and loads from safetensors, and is applied to a
-model in exactly one way: `Mask.apply_` zeroes the pruned entries in place. Keeping the pruned
-weights physically zero (rather than multiplying in every forward pass) costs nothing at inference
-and makes a saved state dict exactly sparse; the trainer keeps them zero during training
-(see `ticketlab.train.masked`).
+model through one mechanism, `BoundMask` (`Mask.apply_` and the trainer both use it), which zeroes
+the pruned entries in place. Keeping the pruned weights physically zero (rather than multiplying in
+every forward pass) costs nothing at inference and makes a saved state dict exactly sparse; the
+trainer keeps them zero during training (see `ticketlab.train.loop`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ from .runs import atomic_path
 
 
 class Mask(Mapping[str, torch.Tensor]):
-    """Parameter name -> bool tensor (True = kept). Immutable by convention: operations return new masks."""
+    """Parameter name -> bool tensor (True = kept).
+
+    Operations (``&``, `shuffled`, selection) return new masks. The one exception is dynamic
+    sparse training: a RigL / SET updater rewrites the tensors of the mask given to `train` in
+    place, so that mask describes the final network when training returns (copy it first to
+    keep the initial one).
+    """
 
     def __init__(self, tensors: Mapping[str, torch.Tensor]):
         self._tensors: dict[str, torch.Tensor] = {}
@@ -160,6 +166,17 @@ class BoundMask:
         self.factors: list[torch.Tensor] = [
             mask[n].to(device=p.device, dtype=p.dtype) for n, p in zip(mask, self.params)
         ]
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Re-read the mask's bool tensors after they were changed in place (RigL, SET).
+
+        Dynamic sparse training moves kept weights between update steps while the per-layer
+        counts stay fixed; the cached float factors are overwritten in place (not replaced), so
+        the lists handed to the fused ``_foreach`` kernels stay valid and nothing is reallocated.
+        """
+        for name, factor in zip(self.mask, self.factors):
+            factor.copy_(self.mask[name])
 
     @torch.no_grad()
     def zero_weights_(self) -> None:

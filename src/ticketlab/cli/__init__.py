@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"ticketlab: error: {err}", err=True)
         return EXIT_USAGE
     except click.ClickException as err:
-        click.echo(f"ticketlab: error: {err.format_message()}", err=True)
+        message = " ".join(line.strip() for line in err.format_message().splitlines() if line.strip())
+        click.echo(f"ticketlab: error: {message}", err=True)
         return EXIT_USAGE
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("ticketlab: interrupted; run the same command again to resume.", err=True)

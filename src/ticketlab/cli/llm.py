@@ -209,7 +209,8 @@ def eval_(**opts: Any) -> None:
     from ..llm.fidelity import text_fidelity
     from ..llm.io import default_model_path, load_pretrained
     from ..llm.perplexity import text_perplexity
-    from ..llm.text import context_length_of, packaged_text, read_text
+    from ..llm import context_length
+    from ..llm.text import packaged_text, read_text
 
     for flag in ("max_windows", "max_sentences", "batch_size"):
         if opts[flag] is not None and opts[flag] < 1:
@@ -238,7 +239,7 @@ def eval_(**opts: Any) -> None:
                                max_sentences=opts["max_sentences"], batch_size=32 * opts["batch_size"])
         record = {"model": str(model_dir), "kind": "encoder", "metric": "embedding_fidelity",
                   "reference": str(reference_dir), **result.to_json()}
-        lines = [f"model:          {model_dir} (encoder, context length {context_length_of(loaded.model)})",
+        lines = [f"model:          {model_dir} (encoder, context length {context_length(loaded.model)})",
                  f"reference:      {reference_dir}",
                  f"text:           {text.describe()}, part {opts['part']}",
                  f"sentences:      {result.sentences} (truncated to {result.max_length} tokens)",

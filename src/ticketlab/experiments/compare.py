@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..data import DataSplits, load_dataset
+from ..data import DataSplits
 from ..densities import DISTRIBUTIONS
 from ..errors import TicketlabError
 from ..flops import network_cost
@@ -36,7 +36,8 @@ from ..select import keep_counts_after_pruning
 from ..targets import prunable_parameters
 from ..train import TrainConfig
 from .sparse import DST_METHODS, PAI_METHODS, SparseConfig, SparseExperiment, density_label
-from .unit import ProgressFactory, claim_for_process
+from .base import Experiment
+from .unit import ProgressFactory
 
 METHODS: tuple[str, ...] = ("imp", *PAI_METHODS, *DST_METHODS)
 #: Pruning-at-init scorers rank globally (as their papers do); random, RigL and SET use `distribution`.
@@ -121,21 +122,14 @@ def nearest_round(round_densities: list[float], target: float) -> int:
 
 
 @dataclass
-class CompareExperiment:
+class CompareExperiment(Experiment):
+    """A `CompareConfig` bound to its directory; each method runs as a sub-experiment inside it."""
+
     config: CompareConfig
-    out: Path
-    data: DataSplits
-    device: torch.device
-    progress: ProgressFactory | None = None
 
     @classmethod
-    def prepare(cls, config: CompareConfig, out: str | Path, *, device: torch.device | str = "cpu",
-                data: DataSplits | None = None, progress: ProgressFactory | None = None) -> "CompareExperiment":
-        data = data or load_dataset(config.data, root=config.data_dir, val_fraction=config.val_fraction,
-                                    split_seed=config.split_seed)
-        create_model(config.model, data.input_shape, data.num_classes, seed=0)
-        out = claim_for_process(out, config.to_json(), kind="compare", device=device)
-        return cls(config, Path(out), data, torch.device(device), progress)
+    def kind_of(cls, config: CompareConfig) -> str:
+        return "compare"
 
     def imp_config(self) -> IMPConfig:
         base = self.config.sub_configs()["imp"]

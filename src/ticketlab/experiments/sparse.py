@@ -28,21 +28,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..data import DataSplits, load_dataset
+from ..data import DataSplits
 from ..densities import DISTRIBUTIONS
 from ..errors import TicketlabError
 from ..masks import Mask
 from ..methods import ScoringContext
 from ..methods.pai import PAI_METHODS, prune_at_init
 from ..models import create_model
-from ..runs import MetricsLog, read_json, write_json
+from ..runs import read_json, write_json
 from ..seeding import derive_seed, generator
 from ..targets import prunable_parameters
 from ..train import TrainConfig
 from .aggregate import aggregate
-from .unit import ProgressFactory, claim_for_process, load_state, save_state, train_unit
+from .base import Experiment
+from .unit import ProgressFactory, load_state, save_state, train_unit
 
 KINDS: tuple[str, ...] = ("prune-init", "sparse-train")
 DST_METHODS: tuple[str, ...] = ("rigl", "set")
@@ -150,32 +150,19 @@ class SparseConfig:
 
 
 @dataclass
-class SparseExperiment:
+class SparseExperiment(Experiment):
     """A `SparseConfig` bound to a run directory; `run` does (or resumes) all the work."""
 
     config: SparseConfig
-    out: Path
-    data: DataSplits
-    device: torch.device
-    progress: ProgressFactory | None = None
 
     @classmethod
-    def prepare(cls, config: SparseConfig, out: str | Path, *, device: torch.device | str = "cpu",
-                data: DataSplits | None = None, progress: ProgressFactory | None = None) -> "SparseExperiment":
-        """Check what can be checked before touching ``out``, then claim it."""
-        data = data or load_dataset(config.data, root=config.data_dir, val_fraction=config.val_fraction,
-                                    split_seed=config.split_seed)
-        model = create_model(config.model, data.input_shape, data.num_classes, seed=0)
-        prunable_parameters(model, ignore=config.ignore)
-        out = claim_for_process(out, config.to_json(), kind=config.kind, device=device)
-        return cls(config, Path(out), data, torch.device(device), progress)
+    def kind_of(cls, config: SparseConfig) -> str:
+        return config.kind
 
-    @property
-    def metrics(self) -> MetricsLog:
-        return MetricsLog(self.out / "metrics.jsonl")
-
-    def new_model(self, seed: int) -> nn.Module:
-        return create_model(self.config.model, self.data.input_shape, self.data.num_classes, seed=seed)
+    @classmethod
+    def check(cls, config: SparseConfig, data: DataSplits) -> None:
+        prunable_parameters(create_model(config.model, data.input_shape, data.num_classes, seed=0),
+                            ignore=config.ignore)
 
     def unit_dir(self, seed: int, density: float) -> Path:
         return self.out / f"seed-{seed}" / density_label(density)

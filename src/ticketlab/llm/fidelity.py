@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TicketlabError
-from .text import TextPart, TextSource, context_length_of, split_sentences
+from .adapters import context_length
+from .io import model_device
+from .text import TextPart, TextSource, split_sentences
 
 #: all-MiniLM-L6-v2's max_seq_length in sentence-transformers; longer sentences are truncated.
 DEFAULT_MAX_LENGTH = 256
@@ -41,22 +43,15 @@ class FidelityResult:
                 f"over {self.sentences} sentences")
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 @torch.no_grad()
 def sentence_embeddings(model: nn.Module, tokenizer: Any, sentences: list[str], *, batch_size: int = 32,
                         max_length: int | None = None) -> torch.Tensor:
     """(n, hidden) float32 embeddings: masked mean of the last hidden states, L2-normalised."""
     if not sentences:
         raise TicketlabError("No sentences to embed.")
-    context = context_length_of(model)
+    context = context_length(model)
     max_length = max_length or min(DEFAULT_MAX_LENGTH, context or DEFAULT_MAX_LENGTH)
-    device = _device_of(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     out = []
@@ -80,7 +75,7 @@ def embedding_fidelity(model: nn.Module, reference: nn.Module | torch.Tensor, to
                        source: str | None = None, part: str | None = None) -> FidelityResult:
     """Cosine similarity of ``model``'s sentence embeddings to ``reference``'s (a model, or its
     precomputed embeddings of the same sentences)."""
-    length = max_length or min(DEFAULT_MAX_LENGTH, context_length_of(model) or DEFAULT_MAX_LENGTH)
+    length = max_length or min(DEFAULT_MAX_LENGTH, context_length(model) or DEFAULT_MAX_LENGTH)
     ours = sentence_embeddings(model, tokenizer, sentences, batch_size=batch_size, max_length=length)
     if isinstance(reference, torch.Tensor):
         theirs = reference.float()

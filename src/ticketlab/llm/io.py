@@ -174,6 +174,14 @@ def load_pretrained(path: str | os.PathLike | None = None, *, kind: ModelKind | 
     return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, path=path)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
 def model_kind(model: nn.Module) -> ModelKind:
     """The kind of an in-memory model: ``causal`` for a class with an LM head (``*ForCausalLM``,
     ``*LMHeadModel``), ``encoder`` for any other (it returns hidden states, not logits)."""

@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TicketlabError
-from .text import TextPart, TextSource, context_length_of, resolve_seqlen, tokenize
+from .adapters import context_length
+from .io import model_device
+from .text import TextPart, TextSource, resolve_seqlen, tokenize
 
 
 @dataclass(frozen=True)
@@ -45,13 +47,6 @@ class PerplexityResult:
                 f"({self.tokens:,} predicted tokens; model context {self.context_length})")
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 @torch.no_grad()
 def perplexity(model: nn.Module, ids: torch.Tensor, *, seqlen: int, max_windows: int | None = None,
                batch_size: int = 1, source: str | None = None, part: str | None = None,
@@ -72,7 +67,7 @@ def perplexity(model: nn.Module, ids: torch.Tensor, *, seqlen: int, max_windows:
     if max_windows is not None:
         n_windows = min(n_windows, max_windows)
     windows = ids[:n_windows * seqlen].view(n_windows, seqlen)
-    device = _device_of(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     total_nll = 0.0
@@ -92,7 +87,7 @@ def perplexity(model: nn.Module, ids: torch.Tensor, *, seqlen: int, max_windows:
     tokens = n_windows * (seqlen - 1)
     mean = total_nll / tokens
     return PerplexityResult(perplexity=math.exp(mean), mean_nll=mean, windows=n_windows, tokens=tokens,
-                            seqlen=seqlen, context_length=context_length_of(model),
+                            seqlen=seqlen, context_length=context_length(model),
                             dropped_tokens=int(ids.numel() - (ids.numel() // seqlen) * seqlen),
                             source=source, part=part)
 

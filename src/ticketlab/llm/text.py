@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import TicketlabError
+from .adapters import context_length
 
 #: Share of a text (its tail, by characters, cut at a line break) held out from training and calibration.
 HOLDOUT_FRACTION = 0.1
@@ -128,23 +129,9 @@ def tokenize(tokenizer: Any, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def context_length_of(model: nn.Module) -> int | None:
-    """The longest sequence ``model`` accepts (positions), or None when it has no limit we can read."""
-    try:
-        from . import context_length  # the engine's definition, when present
-    except ImportError:  # pragma: no cover - only while the engine is not installed
-        config = getattr(model, "config", None)
-        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            value = getattr(config, attr, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return None
-    return context_length(model)
-
-
 def resolve_seqlen(model: nn.Module, seqlen: int | None, *, default: int = DEFAULT_SEQLEN) -> int:
     """``seqlen`` checked against the model's context; None gives ``min(default, context)``."""
-    context = context_length_of(model)
+    context = context_length(model)
     if seqlen is None:
         return min(default, context) if context else default
     if seqlen < 2:

@@ -24,13 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import DataSplits, load_dataset
+from ..data import DataSplits
 from ..errors import TicketlabError
 from ..masks import Mask
 from ..methods import magnitude_scores
 from ..models import create_model
-from ..experiments import ProgressFactory, claim_for_process, load_state, save_state, train_unit
-from ..runs import MetricsLog, write_json
+from ..experiments import Experiment, ProgressFactory, load_state, save_state, train_unit
+from ..runs import write_json
 from ..seeding import derive_seed
 from ..select import keep_counts_after_pruning, select
 from ..targets import prunable_parameters, resolve_patterns
@@ -77,21 +77,18 @@ def prune_round(config: IMPConfig, model: nn.Module, current: Mask, trained: dic
 
 
 @dataclass
-class IMPExperiment:
+class IMPExperiment(Experiment):
     """One IMP experiment bound to a run directory; `run` does (or resumes) all the work."""
 
     config: IMPConfig
-    out: Path
-    data: DataSplits
-    device: torch.device
-    progress: ProgressFactory | None = None
 
     @classmethod
-    def prepare(cls, config: IMPConfig, out: str | Path, *, device: torch.device | str = "cpu",
-                data: DataSplits | None = None, progress: ProgressFactory | None = None) -> "IMPExperiment":
-        """Check everything that can be checked before touching ``out``, then claim ``out``."""
-        data = data or load_dataset(config.data, root=config.data_dir, val_fraction=config.val_fraction,
-                                    split_seed=config.split_seed)
+    def kind_of(cls, config: IMPConfig) -> str:
+        return "imp"
+
+    @classmethod
+    def check(cls, config: IMPConfig, data: DataSplits) -> None:
+        """Patterns must match, and the rewind point must lie inside the training budget."""
         model = create_model(config.model, data.input_shape, data.num_classes, seed=0)
         names = list(prunable_parameters(model, ignore=config.ignore))
         layer_rates(config, model, names)
@@ -102,20 +99,10 @@ class IMPExperiment:
                 f"The rewind step {config.rewind} ({k} iterations) is not before the end of the "
                 f"training budget {config.train.steps} ({total} iterations)."
             )
-        out = claim_for_process(out, config.to_json(), kind="imp", device=device)
-        return cls(config, Path(out), data, torch.device(device), progress)
-
-    # --- helpers -----------------------------------------------------------------------------
-    @property
-    def metrics(self) -> MetricsLog:
-        return MetricsLog(self.out / "metrics.jsonl")
 
     @property
     def rewind_iteration(self) -> int:
         return self.config.rewind.iterations(iterations_per_epoch(self.data, self.config.train.batch_size))
-
-    def new_model(self, seed: int) -> nn.Module:
-        return create_model(self.config.model, self.data.input_shape, self.data.num_classes, seed=seed)
 
     def run(self) -> dict[str, Any]:
         """Run or resume every seed, round and control; return (and write) the summary."""

@@ -75,10 +75,16 @@ def _top_k_flat(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _prepared(scores: Mapping[str, torch.Tensor], within: Mask | None) -> dict[str, torch.Tensor]:
-    """Scores as float64 on CPU with already-pruned weights set to -inf; rejects NaN and bad shapes."""
+    """Scores on CPU with already-pruned weights set to -inf; rejects NaN and bad shapes.
+
+    Floating scores keep their dtype (converting is monotone, so it would not change a ranking,
+    only cost a copy); integer or bool scores become float64 so that -inf can mark pruned weights.
+    """
     out = {}
     for name, score in scores.items():
-        s = score.detach().to(device="cpu", dtype=torch.float64)
+        s = score.detach().to(device="cpu")
+        if not s.is_floating_point():
+            s = s.to(torch.float64)
         if torch.isnan(s).any():
             raise TicketlabError(f"The scores for {name!r} contain NaN, so no ranking is possible.")
         if within is not None:
@@ -171,9 +177,11 @@ def _select_rows(scores: torch.Tensor, k: int, name: str) -> torch.Tensor:
         threshold = torch.kthvalue(flat, cols - per_row + 1, dim=1, keepdim=True).values
         keep = flat > threshold
         missing = per_row - keep.sum(dim=1, keepdim=True)
-        ties = flat == threshold
-        keep |= ties & (ties.cumsum(dim=1) <= missing)
-    if torch.isinf(flat).logical_and(flat < 0).logical_and(keep).any():
+        if bool(missing.any()):
+            ties = flat == threshold
+            keep |= ties & (ties.cumsum(dim=1) <= missing)
+    if bool(torch.isneginf(threshold if 0 < per_row < cols else flat).any()) and \
+            bool(torch.isneginf(flat).logical_and(keep).any()):
         raise TicketlabError(f"Row-wise selection in {name!r} would keep weights that are already pruned.")
     return keep.view(scores.shape)
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+from ..runs import read_json
 
 #: Per-run fields averaged over seeds (those a record lacks are skipped).
 AVERAGED = ("density", "test_accuracy", "val_accuracy", "early_stop_iteration",
@@ -30,3 +33,24 @@ def aggregate(records: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
     out["collapsed_layers"] = sorted({n for r in records.values() for n in r["collapsed_layers"]})
     out["seeds"] = {str(s): dict(r) for s, r in sorted(records.items())}
     return out
+
+
+def aggregate_units(unit_dirs: Mapping[int, Path], controls: Sequence[str]) -> dict[str, Any] | None:
+    """One summary entry from the unit directories of every seed (seed -> directory).
+
+    Returns None until every seed's ``result.json`` exists; ``controls`` (read from
+    ``<dir>/controls/<name>/result.json``) appear once every seed has finished them.
+    """
+    ticket, by_control = {}, {c: {} for c in controls}
+    for seed, unit in unit_dirs.items():
+        if (unit / "result.json").exists():
+            ticket[seed] = read_json(unit / "result.json")
+        for control in controls:
+            path = unit / "controls" / control / "result.json"
+            if path.exists():
+                by_control[control][seed] = read_json(path)
+    if len(ticket) < len(unit_dirs):
+        return None
+    entry = aggregate(ticket)
+    entry["controls"] = {c: aggregate(r) for c, r in by_control.items() if len(r) == len(unit_dirs)}
+    return entry

@@ -40,7 +40,7 @@ from ..runs import read_json, write_json
 from ..seeding import derive_seed, generator
 from ..targets import prunable_parameters
 from ..train import TrainConfig
-from .aggregate import aggregate
+from .aggregate import aggregate_units
 from .base import Experiment
 from .unit import ProgressFactory, load_state, save_state, train_unit
 
@@ -285,20 +285,9 @@ def summarize_sparse(out: Path, config: SparseConfig) -> dict[str, Any]:
     """``summary.json`` of a sparse experiment: one entry per target density (in ``rounds``)."""
     entries: list[dict[str, Any]] = []
     for index, density in enumerate(config.densities):
-        ticket, controls = {}, {c: {} for c in config.controls}
-        for seed in config.seeds:
-            unit = out / f"seed-{seed}" / density_label(density)
-            if (unit / "result.json").exists():
-                ticket[seed] = read_json(unit / "result.json")
-            for control in config.controls:
-                path = unit / "controls" / control / "result.json"
-                if path.exists():
-                    controls[control][seed] = read_json(path)
-        if len(ticket) < len(config.seeds):
-            continue
-        entry = {"round": index, "target_density": density, **aggregate(ticket), "winning_ticket": None}
-        entry["controls"] = {c: aggregate(r) for c, r in controls.items() if len(r) == len(config.seeds)}
-        entries.append(entry)
+        entry = aggregate_units({s: out / f"seed-{s}" / density_label(density) for s in config.seeds}, config.controls)
+        if entry is not None:
+            entries.append({"round": index, "target_density": density, **entry, "winning_ticket": None})
     return {
         "kind": config.kind, "method": config.method, "model": config.model, "data": config.data,
         "seeds": list(config.seeds), "controls": list(config.controls), "dense_test_accuracy": None,

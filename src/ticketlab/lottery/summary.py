@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..experiments import aggregate as _aggregate
-from ..runs import read_json
+from ..experiments.aggregate import aggregate_units
 from .config import IMPConfig
+
 
 def summarize(out: Path, config: IMPConfig) -> dict[str, Any]:
     """Collect every finished ``result.json`` under ``out`` into the summary structure.
@@ -19,22 +19,13 @@ def summarize(out: Path, config: IMPConfig) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = []
     dense_accuracy = None
     for rnd in range(config.rounds + 1):
-        ticket, controls = {}, {c: {} for c in config.controls}
-        for seed in config.seeds:
-            round_dir = out / f"seed-{seed}" / f"round-{rnd:02d}"
-            if (round_dir / "result.json").exists():
-                ticket[seed] = read_json(round_dir / "result.json")
-            for control in config.controls:
-                path = round_dir / "controls" / control / "result.json"
-                if path.exists():
-                    controls[control][seed] = read_json(path)
-        if len(ticket) < len(config.seeds):
+        entry = aggregate_units({s: out / f"seed-{s}" / f"round-{rnd:02d}" for s in config.seeds}, config.controls)
+        if entry is None:
             break
-        entry = {"round": rnd, **_aggregate(ticket)}
         if rnd == 0:
             dense_accuracy = entry["test_accuracy"]
-        entry["winning_ticket"] = bool(entry["test_accuracy"] >= dense_accuracy - config.tolerance)
-        entry["controls"] = {c: _aggregate(r) for c, r in controls.items() if len(r) == len(config.seeds)}
+        entry = {"round": rnd, **entry,
+                 "winning_ticket": bool(entry["test_accuracy"] >= dense_accuracy - config.tolerance)}
         rounds.append(entry)
     return {
         "kind": "imp",

@@ -32,16 +32,21 @@ def _torchrun(out: Path, argv: list[str]) -> None:
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "--max-restarts", "0", "-m", "ticketlab", *argv, *COMMON, "--out", str(out)]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish within {TIMEOUT_S} s (killed); output:\n{output[-4000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"torchrun failed (exit {proc.returncode}); output:\n{output[-4000:]}")
+    failures = []
+    for _attempt in range(2):  # one retry: a rendezvous port can be taken at the wrong moment
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            failures.append(f"torchrun did not finish within {TIMEOUT_S} s (killed); output:\n{output[-4000:]}")
+            continue
+        if proc.returncode == 0:
+            return
+        failures.append(f"torchrun failed (exit {proc.returncode}); output:\n{output[-4000:]}")
+    pytest.fail("\n--- retry ---\n".join(failures))
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import TicketlabError
+from ..masks import Mask
 from ..select import NMPattern, select
 
 
@@ -102,7 +103,7 @@ class Wanda:
         keep = wanda_mask(W, self.sq_norms, sparsity=sparsity, pattern=pattern).to(param.device)
         if self.transposed:
             keep = keep.t().contiguous()
-        param.mul_(keep.to(param.dtype))
+        Mask({"weight": keep}).apply_(self.layer)  # the one mechanism that writes a mask into weights
         return keep
 
     def free(self) -> None:

@@ -25,6 +25,20 @@ def make_splits(n_train=240, n_eval=60, features=12, classes=3, seed=0) -> DataS
                       input_shape=(features,), num_classes=classes, source="generated in tests")
 
 
+class Interrupt(Exception):
+    """Raised by `interrupt_at` to simulate a kill in the middle of training."""
+
+
+def interrupt_at(iteration: int):
+    """An ``on_step`` callback for `train` that raises `Interrupt` after ``iteration`` steps."""
+
+    def on_step(done: int) -> None:
+        if done == iteration:
+            raise Interrupt
+
+    return on_step
+
+
 @pytest.fixture
 def toy_splits() -> DataSplits:
     return make_splits()

@@ -93,3 +93,12 @@ def test_console_entry_point_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ticketlab", "imp", "--rate", "2", "--out", str(tmp_path / "x")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_out_that_cannot_be_created_is_one_sentence(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code = main(["imp", *QUICK, "--out", str(blocker / "run")])
+    _, err = capsys.readouterr()
+    assert code == 2 and "Cannot create the run directory" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and blocker.read_text() == "not a directory"

@@ -16,7 +16,7 @@ from ticketlab.targets import prunable_parameters
 from ticketlab.train import TrainConfig, train
 from ticketlab.train.optim import build_optimizer
 
-from conftest import tiny_mlp
+from conftest import Interrupt, interrupt_at, tiny_mlp
 
 METHODS = ("rigl", "set")
 
@@ -248,17 +248,10 @@ def test_resume_from_checkpoint_matches_uninterrupted(method, tmp_path, toy_spli
     ref = train(reference, toy_splits, config, data_seed=7, mask=reference_mask,
                 mask_updater=make_updater(dst, seed=11))
 
-    class Interrupt(Exception):
-        pass
-
-    def boom(i):
-        if i == 25:
-            raise Interrupt
-
     ckpt = tmp_path / "ckpt.pt"
     with pytest.raises(Interrupt):
         train(tiny_mlp(seed=3), toy_splits, config, data_seed=7, mask=clone(initial),
-              mask_updater=make_updater(dst, seed=11), checkpoint_path=ckpt, on_step=boom)
+              mask_updater=make_updater(dst, seed=11), checkpoint_path=ckpt, on_step=interrupt_at(25))
     assert ckpt.exists()
     resumed_model, resumed_mask = tiny_mlp(seed=99), clone(initial)  # everything must come from the checkpoint
     resumed = train(resumed_model, toy_splits, config, data_seed=7, mask=resumed_mask,
@@ -273,18 +266,11 @@ def test_resume_from_checkpoint_matches_uninterrupted(method, tmp_path, toy_spli
 def test_resuming_a_dst_checkpoint_without_the_updater_is_refused(tmp_path, toy_splits):
     config = TrainConfig(steps="40it", batch_size=20, eval_every="10it")
 
-    class Interrupt(Exception):
-        pass
-
-    def boom(i):
-        if i == 15:
-            raise Interrupt
-
     ckpt = tmp_path / "ckpt.pt"
     mask = random_mask(tiny_mlp())
     with pytest.raises(Interrupt):
         train(tiny_mlp(), toy_splits, config, data_seed=0, mask=clone(mask),
-              mask_updater=make_updater(DSTConfig(method="set"), seed=0), checkpoint_path=ckpt, on_step=boom)
+              mask_updater=make_updater(DSTConfig(method="set"), seed=0), checkpoint_path=ckpt, on_step=interrupt_at(15))
     with pytest.raises(TicketlabError, match="mask updater"):
         train(tiny_mlp(), toy_splits, config, data_seed=0, mask=clone(mask), checkpoint_path=ckpt)
     with pytest.raises(TicketlabError, match="'set'"):

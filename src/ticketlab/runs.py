@@ -122,6 +122,9 @@ def claim_run_directory(out: str | os.PathLike, config: Mapping[str, Any], *, ki
         return out
     if out.is_dir() and any(out.iterdir()):
         raise TicketlabError(f"--out {str(out)!r} is a non-empty directory that holds no ticketlab run.")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(config_path, record)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(config_path, record)
+    except OSError as err:
+        raise TicketlabError(f"Cannot create the run directory {str(out)!r} ({err.strerror or err}).") from None
     return out

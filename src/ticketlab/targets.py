@@ -21,6 +21,12 @@ PRUNABLE_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.C
 OUTPUT_ALIAS = "output"
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's GPT-2 ``Conv1D``: ``y = x W + b`` with ``W`` stored transposed, as
+    (in_features, out_features); every method working on input columns must transpose it."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
+
+
 def output_layer_name(model: nn.Module) -> str:
     """Parameter name of the classifier: the weight of the last ``nn.Linear`` in module order."""
     last = None

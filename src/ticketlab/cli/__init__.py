@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(line.strip() for line in err.format_message().splitlines() if line.strip())
         click.echo(f"ticketlab: error: {message}", err=True)
         return EXIT_USAGE
+    except OSError as err:  # a file the library did not anticipate: still one sentence, no traceback
+        where = f" ({err.filename})" if err.filename else ""
+        click.echo(f"ticketlab: error: {err.strerror or err}{where}.", err=True)
+        return EXIT_USAGE
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("ticketlab: interrupted; run the same command again to resume.", err=True)
         return 130

@@ -71,8 +71,7 @@ class CompareConfig:
             raise TicketlabError("--methods needs at least one method, each listed once.")
         if self.distribution not in DISTRIBUTIONS:
             raise TicketlabError(f"Unknown density distribution {self.distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}.")
-        for config in self.sub_configs().values():  # validates densities, seeds, rates
-            del config
+        self.sub_configs()  # building every sub-config validates densities, seeds and rates
 
     def sub_configs(self) -> dict[str, SparseConfig | IMPConfig]:
         """The config of every method's sub-experiment (IMP's rounds are set in `CompareExperiment`)."""

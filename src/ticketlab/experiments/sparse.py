@@ -34,6 +34,7 @@ from ..densities import DISTRIBUTIONS
 from ..errors import TicketlabError
 from ..masks import Mask
 from ..methods import ScoringContext
+from ..methods.dynamic import DST_METHODS, DSTConfig, make_updater
 from ..methods.pai import PAI_METHODS, prune_at_init
 from ..models import create_model
 from ..runs import read_json, write_json
@@ -45,7 +46,6 @@ from .base import Experiment
 from .unit import ProgressFactory, load_state, save_state, train_unit
 
 KINDS: tuple[str, ...] = ("prune-init", "sparse-train")
-DST_METHODS: tuple[str, ...] = ("rigl", "set")
 CONTROLS: dict[str, tuple[str, ...]] = {"prune-init": ("shuffle", "reinit", "invert"), "sparse-train": ("static",)}
 
 
@@ -128,10 +128,8 @@ class SparseConfig:
         if self.kind == "sparse-train":
             self.dst_config()  # validates update_every, alpha, end_fraction
 
-    def dst_config(self):
+    def dst_config(self) -> DSTConfig:
         """The `DSTConfig` of a sparse-train experiment."""
-        from ..methods.dynamic import DSTConfig
-
         return DSTConfig(method=self.method, update_every=self.update_every, alpha=self.alpha,
                          end_fraction=self.end_fraction)
 
@@ -251,8 +249,6 @@ class SparseExperiment(Experiment):
         extra = {"method": cfg.method, "target_density": density, "scoring_time": scoring["scoring_time"]}
         updater = None
         if cfg.kind == "sparse-train":
-            from ..methods.dynamic import make_updater
-
             updater = make_updater(cfg.dst_config(), seed=derive_seed(seed, "dst", density))
         self._unit(unit, seed, density, "ticket", theta0, mask, updater, extra)
         for control in cfg.controls:

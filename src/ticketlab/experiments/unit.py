@@ -22,6 +22,7 @@ from torch import nn
 from ..data import DataSplits
 from ..errors import TicketlabError
 from ..masks import Mask
+from ..methods.dynamic import MaskUpdater
 from ..runs import MetricsLog, atomic_path, claim_run_directory, read_json, write_json
 from ..train import TrainConfig, iterations_per_epoch, train
 
@@ -91,7 +92,7 @@ def train_unit(
     label: str,
     start_iteration: int = 0,
     capture: dict | None = None,
-    mask_updater: Any = None,
+    mask_updater: MaskUpdater | None = None,
     progress: ProgressFactory | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -108,13 +109,13 @@ def train_unit(
     ipe = iterations_per_epoch(data, config.batch_size)
     total = config.steps.iterations(ipe)
     bar = progress(f"{label} ({100 * mask.density():.1f}% left)", total, start_iteration) if progress else None
-    optional = {"mask_updater": mask_updater} if mask_updater is not None else {}
     checkpoint = unit_dir / "checkpoint.pt"
     try:
         result = train(
             model, data, config, data_seed=data_seed, mask=mask, start_iteration=start_iteration,
             device=device, checkpoint_path=checkpoint, metrics=metrics, metrics_key=metrics_key,
-            capture=capture, on_step=(lambda i: bar.update(1)) if bar is not None else None, **optional,
+            capture=capture, on_step=(lambda i: bar.update(1)) if bar is not None else None,
+            mask_updater=mask_updater,
         )
     finally:
         if bar is not None:
@@ -133,8 +134,8 @@ def train_unit(
         **dict(extra or {}),
     }
     if mask_updater is not None:
-        record["mask_updates"] = getattr(result, "mask_updates", 0)
-        record["mask_changed_fraction"] = getattr(result, "mask_changed_fraction", 0.0)
+        record["mask_updates"] = result.mask_updates
+        record["mask_changed_fraction"] = result.mask_changed_fraction
         mask.save(unit_dir / "final_mask.safetensors", {"label": label})
     write_json(result_path, record)
     checkpoint.unlink(missing_ok=True)

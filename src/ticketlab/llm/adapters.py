@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import TicketlabError
-from ..targets import resolve_patterns
+from ..targets import is_conv1d, resolve_patterns
 
 
 @dataclass(frozen=True)
@@ -64,11 +64,6 @@ def _get(model: nn.Module, path: str) -> nn.Module | None:
 def is_target_module(module: nn.Module) -> bool:
     """``nn.Linear`` or Hugging Face's GPT-2 ``Conv1D`` (a linear layer with a transposed weight)."""
     return isinstance(module, nn.Linear) or is_conv1d(module)
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    """HF ``Conv1D``: ``y = x W + b`` with ``W`` stored as (in_features, out_features)."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
 
 
 def _candidate_paths(model: nn.Module, path: str) -> list[str]:

@@ -46,6 +46,7 @@ from torch import nn
 
 from ..errors import TicketlabError
 from ..select import NMPattern, select
+from ..targets import is_conv1d
 
 #: Columns per inner sub-block (rounded up to a multiple of M for N:M patterns).
 _LEAF_COLUMNS = 16
@@ -233,11 +234,6 @@ def sparsegpt_prune(
     return Wt.t().contiguous(), ~prune_t.t()
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    """Hugging Face's GPT-2 ``Conv1D`` stores its weight transposed: (in_features, out_features)."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
-
-
 class SparseGPT:
     """The algorithm as one small object, for use outside the engine: ``add_batch``, ``prune``, ``free``.
 
@@ -250,7 +246,7 @@ class SparseGPT:
 
     def __init__(self, layer: nn.Module):
         self.layer = layer
-        self.transposed = _is_conv1d(layer)
+        self.transposed = is_conv1d(layer)
         weight = layer.weight
         self.columns = weight.shape[0] if self.transposed else weight.shape[1]
         self.H: torch.Tensor | None = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=weight.device)

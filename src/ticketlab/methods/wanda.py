@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import TicketlabError
 from ..masks import Mask
 from ..select import NMPattern, select
+from ..targets import is_conv1d
 
 
 def wanda_scores(weight: torch.Tensor, input_sq_norms: torch.Tensor) -> torch.Tensor:
@@ -76,7 +77,7 @@ class Wanda:
 
     def __init__(self, layer: nn.Module):
         self.layer = layer
-        self.transposed = type(layer).__name__ == "Conv1D"
+        self.transposed = is_conv1d(layer)
         weight = layer.weight
         cols = weight.shape[0] if self.transposed else weight.shape[1]
         self.sq_norms: torch.Tensor | None = torch.zeros(cols, dtype=torch.float32, device=weight.device)

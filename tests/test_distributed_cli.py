@@ -20,7 +20,7 @@ COMMON = ["--data", "digits", "--steps", "12it", "--batch-size", "60", "--eval-e
 COMMANDS = {
     "imp": ["imp", "--rounds", "1", "--rate", "0.5", "--controls", "reinit", "--rewind", "3it"],
     "snip": ["prune-init", "--method", "snip", "--density", "0.1", "--score-batch-size", "60"],
-    "rigl": ["sparse-train", "--method", "rigl", "--density", "0.1", "--update-every", "4it"],
+    "rigl": ["sparse-train", "--method", "rigl", "--density", "0.1", "--update-every", "2it"],
 }
 
 

@@ -75,7 +75,7 @@ def test_sparse_train_rigl_and_static_control(tmp_path, toy_splits):
 
 def test_compare_writes_tables_and_resumes_without_recomputing(tmp_path, toy_splits, monkeypatch):
     config = CompareConfig(methods=("imp", "snip", "random", "set"), densities=(0.5, 0.2), model="lenet300",
-                           data="toy", train=FAST)
+                           data="toy", train=FAST, update_every="2it")
     result = run_compare(config, tmp_path / "cmp", data=toy_splits)
     methods = [r["method"] for r in result["rows"]]
     assert methods.count("dense") == 1 and all(methods.count(m) == 2 for m in ("imp", "snip", "random", "set"))

@@ -121,7 +121,7 @@ def test_resume_after_interrupt_gives_same_summary(tmp_path, toy_splits):
 
     with pytest.raises(Interrupt):
         run_imp(config, tmp_path / "run", data=toy_splits, progress=ExplodingProgress())
-    assert list((tmp_path / "run").rglob("checkpoint.pt")), "the interrupted round left a checkpoint"
+    assert list((tmp_path / "run").rglob("checkpoint.safetensors")), "the interrupted round left a checkpoint"
     done_before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("result.json")}
     resumed = run_imp(config, tmp_path / "run", data=toy_splits)
     assert _strip_times(resumed) == _strip_times(reference)
@@ -130,7 +130,7 @@ def test_resume_after_interrupt_gives_same_summary(tmp_path, toy_splits):
     ref_lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
     new_lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert sorted(ref_lines) == sorted(new_lines)
-    assert not list((tmp_path / "run").rglob("checkpoint.pt"))
+    assert not list((tmp_path / "run").rglob("checkpoint.safetensors"))
 
 
 def test_different_config_is_refused_and_nothing_changes(tmp_path, toy_splits):

@@ -10,18 +10,14 @@ trainer keeps them zero during training (see `ticketlab.train.loop`).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import TicketlabError
-from .runs import atomic_path
+from .files import read_safetensors, save_safetensors
 
 
 class Mask(Mapping[str, torch.Tensor]):
@@ -77,7 +73,7 @@ class Mask(Mapping[str, torch.Tensor]):
         return self.num_kept() / total if total else 1.0
 
     def layer_densities(self) -> dict[str, float]:
-        return {n: float(t.sum()) / t.numel() for n, t in self._tensors.items()}
+        return {n: float(t.sum()) / t.numel() if t.numel() else 1.0 for n, t in self._tensors.items()}
 
     def collapsed_layers(self) -> list[str]:
         """Layers with no weight left ("layer collapse": the network cannot pass signal)."""
@@ -129,27 +125,33 @@ class Mask(Mapping[str, torch.Tensor]):
 
     # --- files --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, metadata: Mapping[str, object] | None = None) -> None:
-        """Write the mask as a safetensors file of bool tensors (atomically: write, then rename)."""
-        meta = {"format": "ticketlab-mask", "density": f"{self.density():.8f}"}
-        if metadata:
-            meta["extra"] = json.dumps(dict(metadata), sort_keys=True)
-        with atomic_path(path) as tmp:
-            save_file(dict(self._tensors), str(tmp), metadata=meta)
+        """Write the mask as a safetensors file of bool tensors, atomically and deterministically
+        (identical masks and metadata give identical bytes)."""
+        meta = {"format": "ticketlab-mask", "density": round(self.density(), 8), **dict(metadata or {})}
+        save_safetensors(path, self._tensors, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Mask":
-        """Read a mask written by `save`; a missing or unreadable file is a TicketlabError."""
-        path = Path(path)
-        if not path.is_file():
-            raise TicketlabError(f"Mask file {str(path)!r} does not exist.")
-        try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise TicketlabError(f"Mask file {str(path)!r} is not a readable safetensors file ({err}).") from None
+        """Read a mask written by `save`; a missing, unreadable or malformed file is a TicketlabError."""
+        tensors, _ = read_safetensors(path, "mask file")
         bad = [n for n, t in tensors.items() if t.dtype != torch.bool]
         if bad:
             raise TicketlabError(f"Mask file {str(path)!r} holds non-boolean tensors (e.g. {bad[0]!r}).")
+        empty = [n for n, t in tensors.items() if t.numel() == 0]
+        if empty:
+            raise TicketlabError(f"Mask file {str(path)!r} holds an empty tensor ({empty[0]!r}), which masks nothing.")
         return cls(tensors)
+
+
+def mask_fingerprint(mask: Mask) -> torch.Tensor:
+    """Per layer (kept count, Σ (flat index + 1) of kept weights) as int64, shape ``(2 · layers,)``:
+    a cheap summary to check that all ranks hold the same mask."""
+    out = []
+    for tensor in mask.values():
+        flat = tensor.flatten()
+        out.append(flat.sum(dtype=torch.int64))
+        out.append((torch.nonzero(flat).flatten() + 1).sum(dtype=torch.int64))
+    return torch.stack(out) if out else torch.zeros(0, dtype=torch.int64)
 
 
 class BoundMask:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TicketlabError
-from .runs import atomic_path, read_json
+from .files import atomic_path, read_json
 
 
 def load_summary(run_dir: str | os.PathLike) -> dict[str, Any]:

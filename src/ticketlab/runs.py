@@ -1,72 +1,84 @@
-"""Run directories: resolved config, live metrics, results and checkpoints, written atomically.
+"""Run directories: claimed atomically, locked while in use, resumable after a kill at any write.
 
-Every file is written to a temporary name beside its destination and renamed into place, so a kill
-at any moment leaves either the old file or the new one, never a torn one. A run directory stores
-the resolved configuration in ``config.json``; reusing the directory with a different
-configuration is refused, and reusing it with the same one resumes.
+A run directory stores the resolved configuration in ``config.json``; reusing the directory with
+a different configuration is refused, and reusing it with the same one resumes. Claiming happens
+under an exclusive lock (``flock`` on ``OUT/.lock``, which records the holder's PID) that the run
+holds until it ends, so two processes never write into one run: the second is refused with one
+sentence naming the first one's PID. Under the lock, temporary files left by a killed run are
+removed first, so they never block the rerun. Every file is written through `ticketlab.files`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .errors import TicketlabError
+from .files import atomic_path, is_temporary, read_json, remove_leftovers, write_json
+
+try:  # POSIX; without it (Windows) runs are not locked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".lock"
+#: Sub-directories that hold runs of their own (each with its own lock): DDP replicas of rank K.
+RANK_PREFIX = ".rank-"
+
+__all__ = ["LOCK_NAME", "MetricsLog", "RANK_PREFIX", "RunLock", "check_run_directory", "claim_run_directory"]
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+class RunLock:
+    """An exclusive lock on a run directory, held from `claim_run_directory` until `release`.
 
+    The lock is an ``flock`` on ``OUT/.lock``: the kernel drops it when the process dies, so a
+    killed run never leaves a stale lock behind. The file holds the holder's PID for the message
+    a second process gets.
+    """
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self._fd: int | None = None
+        if fcntl is None:  # pragma: no cover
+            return
+        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if holder == str(os.getpid()):
+                raise TicketlabError(f"{str(self.directory)!r} is already claimed by this process; "
+                                     "finish or release that run first.") from None
+            raise TicketlabError(f"{str(self.directory)!r} is in use by another ticketlab run (PID {holder}); "
+                                 "wait for it to finish or choose another --out.") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
 
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
-def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise TicketlabError(f"Cannot read {str(path)!r} as JSON ({err}).") from None
+    def release(self) -> None:
+        """Give the lock up (idempotent); the lock file stays, holding no PID lock."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor drops the flock
+            self._fd = None
 
-
-def torch_save(obj: Any, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def torch_load(path: str | os.PathLike) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a damaged file
-        raise TicketlabError(f"Checkpoint {str(path)!r} is unreadable ({type(err).__name__}).") from None
+    def __del__(self) -> None:
+        self.release()
 
 
 class MetricsLog:
     """Append-only JSON-lines log of evaluations (``metrics.jsonl``), flushed after every line.
 
-    Resuming an interrupted training segment first drops the lines it is about to write again
-    (`truncate_after`), so the log of a resumed run equals that of an uninterrupted one.
+    Resuming an interrupted training segment first drops the lines it is about to write again and
+    any line torn by a kill (`truncate_after`), so the log of a resumed run equals that of an
+    uninterrupted one, byte for byte.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -78,53 +90,118 @@ class MetricsLog:
             handle.write(json.dumps(dict(record), sort_keys=False) + "\n")
             handle.flush()
 
+    def _lines(self) -> list[str]:
+        return self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+
     def records(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
         out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill mid-write: the segment that wrote it is redone
+        for line in self._lines():
+            record = _parse_line(line)
+            if record is not None:
+                out.append(record)
         return out
 
     def truncate_after(self, key: Mapping[str, Any], iteration: int) -> None:
-        """Drop records matching ``key`` whose iteration is beyond ``iteration`` (atomic rewrite)."""
-        kept = [r for r in self.records()
-                if not (all(r.get(k) == v for k, v in key.items()) and r.get("iteration", -1) > iteration)]
-        with atomic_path(self.path) as tmp:
-            tmp.write_text("".join(json.dumps(r, sort_keys=False) + "\n" for r in kept))
+        """Drop records matching ``key`` whose iteration is beyond ``iteration``, and torn lines.
+
+        The file is rewritten (atomically) only when something is dropped.
+        """
+        lines = self._lines()
+        kept = []
+        for line in lines:
+            record = _parse_line(line)
+            if record is None:
+                continue
+            if all(record.get(k) == v for k, v in key.items()) and record.get("iteration", -1) > iteration:
+                continue
+            kept.append(line)
+        if len(kept) != len(lines):
+            with atomic_path(self.path) as tmp:
+                tmp.write_text("".join(kept))
 
 
-def claim_run_directory(out: str | os.PathLike, config: Mapping[str, Any], *, kind: str) -> Path:
-    """Create ``out`` for a new run, or check that it holds a run with the same configuration.
+def _parse_line(line: str) -> dict[str, Any] | None:
+    """A complete record, or None for a line torn by a kill (no newline, or not valid JSON)."""
+    if not line.endswith("\n"):
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
 
-    ``config`` is the resolved, JSON-serialisable configuration; it is stored as ``config.json``
-    together with ``kind`` (e.g. ``"imp"``). Raises TicketlabError when ``out`` is a file, a
-    non-empty directory that is not a ticketlab run, or a run of another configuration.
-    """
+
+def _is_run_record(record: Any) -> bool:
+    return isinstance(record, dict) and set(record) == {"kind", "config"} and isinstance(record["config"], dict)
+
+
+def _foreign_entries(out: Path) -> list[str]:
+    """Names in ``out`` that a fresh claim would not expect (anything but the lock and temporaries)."""
+    if not out.is_dir():
+        return []
+    return sorted(e.name for e in out.iterdir() if e.name != LOCK_NAME and not is_temporary(e.name))
+
+
+def _nested_run(directory: Path) -> bool:
+    """A sub-directory that is a run of its own (a DDP replica or a comparison's method run)."""
+    return directory.name.startswith(RANK_PREFIX) or (directory / LOCK_NAME).exists()
+
+
+def _check_existing(out: Path, record: dict[str, Any]) -> None:
+    """``out/config.json`` exists: it must be a ticketlab run with the same configuration."""
+    existing = read_json(out / "config.json")
+    if not _is_run_record(existing):
+        raise TicketlabError(
+            f"--out {str(out)!r} holds a config.json that is not a ticketlab run's (a Hugging Face model "
+            "directory?); choose another --out."
+        )
+    if existing != json.loads(json.dumps(record)):
+        old, new = existing["config"], record["config"]
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        what = ", ".join(diff) if diff else f"kind: {existing['kind']} vs {record['kind']}"
+        raise TicketlabError(
+            f"{str(out)!r} holds a run with a different configuration (differs in: {what}); "
+            "use another --out or repeat the original command to resume it."
+        )
+
+
+def check_run_directory(out: str | os.PathLike, config: Mapping[str, Any], *, kind: str) -> bool:
+    """Read-only: would ``out`` accept this run? True if it already holds it (a resume), False if
+    it is free; a TicketlabError (the claim's own message) if it would be refused."""
     out = Path(out)
     record = {"kind": kind, "config": dict(config)}
     if out.exists() and not out.is_dir():
         raise TicketlabError(f"--out {str(out)!r} is a file, not a directory.")
-    config_path = out / "config.json"
-    if config_path.exists():
-        existing = read_json(config_path)
-        if existing != json.loads(json.dumps(record)):
-            old = existing.get("config", {}) if isinstance(existing, dict) else {}
-            diff = sorted(k for k in set(old) | set(record["config"]) if old.get(k) != record["config"].get(k))
-            what = ", ".join(diff) if diff else "kind"
-            raise TicketlabError(
-                f"{str(out)!r} holds a run with a different configuration (differs in: {what}); "
-                "use another --out or repeat the original command to resume it."
-            )
-        return out
-    if out.is_dir() and any(out.iterdir()):
+    if (out / "config.json").exists():
+        _check_existing(out, record)
+        return True
+    if _foreign_entries(out):
         raise TicketlabError(f"--out {str(out)!r} is a non-empty directory that holds no ticketlab run.")
+    return False
+
+
+def claim_run_directory(out: str | os.PathLike, config: Mapping[str, Any], *, kind: str) -> tuple[Path, RunLock]:
+    """Create ``out`` for a new run, or check that it holds a run with the same configuration.
+
+    ``config`` is the resolved, JSON-serialisable configuration; it is stored as ``config.json``
+    together with ``kind`` (e.g. ``"imp"``). The check and the write happen under the run lock,
+    which the caller holds (the returned `RunLock`) until the run ends; temporary files left by a
+    killed run are removed first. Raises TicketlabError when ``out`` is a file, a non-empty
+    directory that is not a ticketlab run, a run of another configuration, or in use by another
+    process.
+    """
+    out = Path(out)
+    check_run_directory(out, config, kind=kind)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(config_path, record)
+        lock = RunLock(out)
     except OSError as err:
         raise TicketlabError(f"Cannot create the run directory {str(out)!r} ({err.strerror or err}).") from None
-    return out
+    try:
+        remove_leftovers(out, skip=_nested_run)
+        if not check_run_directory(out, config, kind=kind):
+            write_json(out / "config.json", {"kind": kind, "config": dict(config)})
+    except BaseException:
+        lock.release()
+        raise
+    return out, lock

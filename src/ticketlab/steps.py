@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import TicketlabError
+from .validate import MAX_EPOCHS, MAX_ITERATIONS
 
 _STEP_RE = re.compile(r"^\s*(\d+)\s*(it|ep)\s*$")
 
@@ -25,20 +26,34 @@ class Step:
     def __post_init__(self) -> None:
         if self.unit not in ("it", "ep"):
             raise TicketlabError(f"Step unit must be 'it' or 'ep', not {self.unit!r}.")
+        if isinstance(self.count, bool) or not isinstance(self.count, int):
+            raise TicketlabError(f"A step count must be a whole number (got {self.count!r}).")
         if self.count < 0:
             raise TicketlabError(f"A step cannot be negative (got {self.count}).")
+        limit = MAX_ITERATIONS if self.unit == "it" else MAX_EPOCHS
+        if self.count > limit:
+            raise TicketlabError(f"The step {self.count}{self.unit} is beyond the limit of {limit:,}{self.unit}.")
 
     @classmethod
     def parse(cls, text: "str | int | Step") -> "Step":
-        """Parse ``"500it"``, ``"2ep"``, or a bare integer (iterations; ``0`` means the start)."""
+        """Parse ``"500it"`` or ``"2ep"``; ``"0"`` (the start) and Python ints (iterations) need no unit.
+
+        A bare number such as ``"10"`` is refused: whether it meant iterations or epochs is a
+        factor of hundreds in training time, so the unit must be written.
+        """
         if isinstance(text, Step):
             return text
-        if isinstance(text, int):
+        if isinstance(text, int) and not isinstance(text, bool):
             return cls(text, "it")
         match = _STEP_RE.match(str(text))
         if match is None:
-            if str(text).strip().isdigit():
-                return cls(int(str(text).strip()), "it")
+            bare = str(text).strip()
+            if bare.isdigit() and int(bare) == 0:
+                return cls(0, "it")
+            if bare.isdigit():
+                raise TicketlabError(
+                    f"The step {bare!r} has no unit: write {bare}it for iterations or {bare}ep for epochs."
+                )
             raise TicketlabError(
                 f"Cannot read step {text!r}: write a number of iterations like '500it' or epochs like '2ep'."
             )

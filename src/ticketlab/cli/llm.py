@@ -105,7 +105,7 @@ def prune(**opts: Any) -> None:
     from ..llm.io import atomic_directory, check_out_dir, default_model_path, load_pretrained, save_pretrained
     from ..llm.perplexity import text_perplexity
     from ..llm.text import build_calibration, packaged_text, read_text, resolve_seqlen
-    from ..runs import write_json
+    from ..files import write_json
 
     quiet = opts["quiet"]
     if opts["method"] is None:  # checked here: click's own message for a missing choice spans several lines

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..runs import read_json
+from .unit import read_result
 
 #: Per-run fields averaged over seeds (those a record lacks are skipped).
 AVERAGED = ("density", "test_accuracy", "val_accuracy", "early_stop_iteration",
@@ -44,11 +44,11 @@ def aggregate_units(unit_dirs: Mapping[int, Path], controls: Sequence[str]) -> d
     ticket, by_control = {}, {c: {} for c in controls}
     for seed, unit in unit_dirs.items():
         if (unit / "result.json").exists():
-            ticket[seed] = read_json(unit / "result.json")
+            ticket[seed] = read_result(unit / "result.json")
         for control in controls:
             path = unit / "controls" / control / "result.json"
             if path.exists():
-                by_control[control][seed] = read_json(path)
+                by_control[control][seed] = read_result(path)
     if len(ticket) < len(unit_dirs):
         return None
     entry = aggregate(ticket)

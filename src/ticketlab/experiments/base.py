@@ -1,8 +1,11 @@
 """`Experiment`: a validated config bound to its run directory, its data and its device.
 
-IMP, pruning at init / dynamic sparse training and the comparison share this shell: `prepare`
+IMP, pruning at init / dynamic sparse training and the comparison share this shell. `prepare`
 loads the data, lets the subclass check everything that can fail *before* the run directory is
-touched (`check`), then claims the directory (refusing another configuration). `run` is theirs.
+touched (`check`, then `preflight` for work whose result can refuse the run, such as a mask
+that collapses a layer), and only then claims the directory: a refused run leaves ``out`` as it
+was. The claim holds the directory's lock; `run` does the subclass's `execute` under it and
+releases it at the end, so no second process can write into a running experiment.
 """
 
 from __future__ import annotations
@@ -16,20 +19,26 @@ from torch import nn
 
 from ..data import DataSplits, load_dataset
 from ..models import create_model
-from ..runs import MetricsLog
+from ..runs import MetricsLog, RunLock, check_run_directory
 from .unit import ProgressFactory, claim_for_process
 
 
 @dataclass
 class Experiment:
     """A config (with ``model``, ``data``, ``data_dir``, ``val_fraction``, ``split_seed`` and
-    ``to_json``) bound to a claimed run directory ``out``."""
+    ``to_json``) bound to a claimed run directory ``out``.
+
+    ``preflight_result`` holds what `preflight` computed before the claim (None by default), and
+    ``lock`` the run lock while this process holds the directory.
+    """
 
     config: Any
     out: Path
     data: DataSplits
     device: torch.device
     progress: ProgressFactory | None = None
+    preflight_result: Any = None
+    lock: RunLock | None = None
 
     @classmethod
     def kind_of(cls, config: Any) -> str:
@@ -43,14 +52,41 @@ class Experiment:
         create_model(config.model, data.input_shape, data.num_classes, seed=0)
 
     @classmethod
+    def preflight(cls, config: Any, data: DataSplits, out: Path, resuming: bool, device: torch.device) -> Any:
+        """Work done before the claim whose outcome may refuse the run (default: none)."""
+        return None
+
+    @classmethod
     def prepare(cls, config: Any, out: str | Path, *, device: torch.device | str = "cpu",
                 data: DataSplits | None = None, progress: ProgressFactory | None = None):
-        """Load the data (unless given), `check`, then claim ``out`` for this process."""
+        """Load the data (unless given), `check`, `preflight`, then claim ``out`` for this process."""
         data = data or load_dataset(config.data, root=config.data_dir, val_fraction=config.val_fraction,
                                     split_seed=config.split_seed)
         cls.check(config, data)
-        claimed = claim_for_process(out, config.to_json(), kind=cls.kind_of(config), device=device)
-        return cls(config, Path(claimed), data, torch.device(device), progress)
+        kind = cls.kind_of(config)
+        resuming = check_run_directory(out, config.to_json(), kind=kind)
+        early = cls.preflight(config, data, Path(out), resuming, torch.device(device))
+        claimed, lock = claim_for_process(out, config.to_json(), kind=kind, device=device)
+        return cls(config, Path(claimed), data, torch.device(device), progress, early, lock)
+
+    def run(self) -> Any:
+        """Run or resume all the work while holding the run lock (re-taken if it was released)."""
+        if self.lock is None or not self.lock.held:
+            _, self.lock = claim_for_process(self.out, self.config.to_json(), kind=self.kind_of(self.config),
+                                             device=self.device)
+        try:
+            return self.execute()
+        finally:
+            self.release()
+
+    def execute(self) -> Any:
+        """The experiment's own work (subclasses)."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Give up the run lock (idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
 
     @property
     def metrics(self) -> MetricsLog:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .. import validate
 from ..data import DataSplits
 from ..densities import DISTRIBUTIONS
 from ..errors import TicketlabError
@@ -31,7 +32,7 @@ from ..lottery import IMPConfig, IMPExperiment
 from ..lottery.imp import layer_rates
 from ..masks import Mask
 from ..models import create_model
-from ..runs import atomic_path, write_json
+from ..files import atomic_path, write_json
 from ..select import keep_counts_after_pruning
 from ..targets import prunable_parameters
 from ..train import TrainConfig
@@ -56,6 +57,9 @@ class CompareConfig:
     seeds: tuple[int, ...] = (0,)
     distribution: str = "erk"
     imp_rate: float = 0.2
+    update_every: str = "100it"
+    alpha: float = 0.3
+    end_fraction: float = 0.75
     val_fraction: float = 0.1
     split_seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -71,7 +75,12 @@ class CompareConfig:
             raise TicketlabError("--methods needs at least one method, each listed once.")
         if self.distribution not in DISTRIBUTIONS:
             raise TicketlabError(f"Unknown density distribution {self.distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}.")
-        self.sub_configs()  # building every sub-config validates densities, seeds and rates
+        if not self.densities:
+            raise TicketlabError("--densities needs at least one density.")
+        for d in self.densities:
+            validate.fraction(d, "A density in --densities")
+        validate.run_common(self)
+        self.sub_configs()  # building every sub-config validates the rest
 
     def sub_configs(self) -> dict[str, SparseConfig | IMPConfig]:
         """The config of every method's sub-experiment (IMP's rounds are set in `CompareExperiment`)."""
@@ -83,7 +92,9 @@ class CompareConfig:
                 out[method] = IMPConfig(rate=self.imp_rate, controls=(), rounds=0, **common)
             elif method in DST_METHODS:
                 out[method] = SparseConfig(kind="sparse-train", method=method, densities=self.densities,
-                                           scope="layer", distribution=self.distribution, **common)
+                                           scope="layer", distribution=self.distribution,
+                                           update_every=self.update_every, alpha=self.alpha,
+                                           end_fraction=self.end_fraction, **common)
             else:
                 scope = "global" if method in GLOBAL_SCORERS else "layer"
                 out[method] = SparseConfig(kind="prune-init", method=method, densities=self.densities, scope=scope,
@@ -94,7 +105,10 @@ class CompareConfig:
     def to_json(self) -> dict[str, Any]:
         return {"methods": list(self.methods), "densities": list(self.densities), "model": self.model,
                 "data": self.data, "data_dir": self.data_dir, "seeds": list(self.seeds),
-                "distribution": self.distribution, "imp_rate": self.imp_rate, "val_fraction": self.val_fraction,
+                "distribution": self.distribution, "imp_rate": self.imp_rate,
+                **({"update_every": self.update_every, "alpha": self.alpha, "end_fraction": self.end_fraction}
+                   if any(m in DST_METHODS for m in self.methods) else {}),
+                "val_fraction": self.val_fraction,
                 "split_seed": self.split_seed, "train": self.train.to_json()}
 
 
@@ -130,13 +144,19 @@ class CompareExperiment(Experiment):
     def kind_of(cls, config: CompareConfig) -> str:
         return "compare"
 
+    @classmethod
+    def check(cls, config: CompareConfig, data: DataSplits) -> None:
+        """Every method's own checks (e.g. enough RigL / SET mask updates) before anything runs."""
+        for method, sub in config.sub_configs().items():
+            (IMPExperiment if method == "imp" else SparseExperiment).check(sub, data)
+
     def imp_config(self) -> IMPConfig:
         base = self.config.sub_configs()["imp"]
         model = create_model(self.config.model, self.data.input_shape, self.data.num_classes, seed=0)
         rounds = len(imp_round_densities(base, model, min(self.config.densities))) - 1
         return IMPConfig(**{**base.__dict__, "rounds": rounds})
 
-    def run(self) -> dict[str, Any]:
+    def execute(self) -> dict[str, Any]:
         """Run or resume every method, then write the tables and the plot; return the table rows."""
         summaries: dict[str, dict[str, Any]] = {}
         for method, sub in self.config.sub_configs().items():

@@ -22,27 +22,28 @@ Layout of a run directory (every file atomic; finished units are never recompute
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import validate
 from ..data import DataSplits
 from ..densities import DISTRIBUTIONS
 from ..errors import TicketlabError
 from ..masks import Mask
-from ..methods import ScoringContext
-from ..methods.dynamic import DST_METHODS, DSTConfig, make_updater
-from ..methods.pai import PAI_METHODS, prune_at_init
+from ..methods.dynamic import DST_METHODS, DSTConfig, check_update_count, make_updater
+from ..methods.pai import PAI_METHODS
 from ..models import create_model
-from ..runs import read_json, write_json
+from ..files import read_json, write_json
 from ..seeding import derive_seed, generator
 from ..targets import prunable_parameters
-from ..train import TrainConfig
+from ..train import TrainConfig, iterations_per_epoch
+from ..train.config import MAX_BATCH
 from .aggregate import aggregate_units
 from .base import Experiment
+from .scoring import MaskKey, MaskScorer, ScoredMask
 from .unit import ProgressFactory, load_state, save_state, train_unit
 
 KINDS: tuple[str, ...] = ("prune-init", "sparse-train")
@@ -101,8 +102,7 @@ class SparseConfig:
         if not self.densities:
             raise TicketlabError("At least one density is needed.")
         for d in self.densities:
-            if not 0 < d < 1:
-                raise TicketlabError(f"A density must lie strictly between 0 and 1 (got {d}).")
+            validate.fraction(d, "A density in --density")
         if len({density_label(d) for d in self.densities}) != len(self.densities):
             raise TicketlabError("A density is listed twice.")
         if self.scope not in ("global", "layer"):
@@ -119,12 +119,10 @@ class SparseConfig:
                 raise TicketlabError(f"Unknown control {c!r} for {self.kind}; choose from {', '.join(allowed)}.")
         if len(set(self.controls)) != len(self.controls):
             raise TicketlabError("A control is listed twice in --controls.")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise TicketlabError("--seeds needs at least one seed, each listed once.")
-        if self.score_batches < 1 or self.score_batch_size < 1:
-            raise TicketlabError("--score-batches and --score-batch-size must be at least 1.")
-        if self.synflow_iterations < 1:
-            raise TicketlabError("--synflow-iterations must be at least 1.")
+        validate.run_common(self)
+        validate.integer(self.score_batches, "--score-batches", low=1, high=10_000)
+        validate.integer(self.score_batch_size, "--score-batch-size", low=1, high=MAX_BATCH)
+        validate.integer(self.synflow_iterations, "--synflow-iterations", low=1, high=100_000)
         if self.kind == "sparse-train":
             self.dst_config()  # validates update_every, alpha, end_fraction
 
@@ -149,7 +147,11 @@ class SparseConfig:
 
 @dataclass
 class SparseExperiment(Experiment):
-    """A `SparseConfig` bound to a run directory; `run` does (or resumes) all the work."""
+    """A `SparseConfig` bound to a run directory; `run` does (or resumes) all the work.
+
+    Every initial mask (controls included) is scored in `preflight`, before the run directory is
+    claimed, so a layer collapse refuses the run before anything is written or trained.
+    """
 
     config: SparseConfig
 
@@ -161,16 +163,29 @@ class SparseExperiment(Experiment):
     def check(cls, config: SparseConfig, data: DataSplits) -> None:
         prunable_parameters(create_model(config.model, data.input_shape, data.num_classes, seed=0),
                             ignore=config.ignore)
+        if config.kind == "sparse-train":
+            ipe = iterations_per_epoch(data, config.train.batch_size)
+            check_update_count(config.dst_config(), config.train.steps.iterations(ipe), ipe)
+
+    @classmethod
+    def preflight(cls, config: SparseConfig, data: DataSplits, out: Path, resuming: bool,
+                  device: torch.device) -> dict[MaskKey, ScoredMask]:
+        """Score every initial mask not stored yet in ``out``, and refuse a layer collapse."""
+        keys = [(seed, density, invert) for seed in config.seeds for density in config.densities
+                for invert in ((False, True) if "invert" in config.controls else (False,))]
+        if resuming:
+            keys = [k for k in keys if not _mask_stored(_mask_dir(out, *k))]
+        return MaskScorer(config, data, device).score_all(keys)
 
     def unit_dir(self, seed: int, density: float) -> Path:
         return self.out / f"seed-{seed}" / density_label(density)
 
-    def run(self) -> dict[str, Any]:
-        """Score every mask first (so a refused layer collapse stops the run before any training),
-        then train every unit; return (and write) the summary."""
+    def execute(self) -> dict[str, Any]:
+        """Store the masks scored before the claim, then train every unit; return (and write) the summary."""
         for seed in self.config.seeds:
-            for density in self.config.densities:
-                self.mask(seed, density)
+            self.theta0(seed)
+        for key, scored in sorted((self.preflight_result or {}).items()):
+            self._store_mask(_mask_dir(self.out, *key), key, scored)
         for seed in self.config.seeds:
             for density in self.config.densities:
                 self._train_density(seed, density)
@@ -189,64 +204,38 @@ class SparseExperiment(Experiment):
             save_state(self.new_model(seed), path)
         return load_state(path)
 
-    def score_batches(self, seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-        """``score_batches`` seeded batches of training examples for SNIP / GraSP."""
-        cfg, n = self.config, len(self.data.train_y)
-        order = torch.randperm(n, generator=generator(seed, "score-batches"))
-        size = min(cfg.score_batch_size, n)
-        batches = []
-        for b in range(cfg.score_batches):
-            index = order[(b * size) % n: (b * size) % n + size]
-            batches.append((self.data.train_x[index].to(self.device), self.data.train_y[index].to(self.device)))
-        return tuple(batches)
+    def _store_mask(self, directory: Path, key: MaskKey, scored: ScoredMask) -> None:
+        seed, density, invert = key
+        if _mask_stored(directory):
+            return
+        extra = {"control": "invert"} if invert else {}
+        scored.mask.save(directory / "mask.safetensors", {"seed": seed, "density": density,
+                                                          "method": self.config.method, **extra})
+        write_json(directory / "scoring.json", {"scoring_time": scored.seconds,
+                                                "collapsed_layers": scored.mask.collapsed_layers()})
 
-    def _score(self, seed: int, density: float, *, invert: bool = False) -> tuple[Mask, float]:
-        """The initial mask of one (seed, density) and the seconds it took to compute."""
-        cfg = self.config
-        model = self.new_model(seed)
-        model.load_state_dict(self.theta0(seed))
-        model.to(self.device)
-        params = prunable_parameters(model, ignore=cfg.ignore)
-        label = ("invert" if invert else "mask", density)
-        if cfg.kind == "sparse-train":
-            method, scope = "random", "layer"
-            context = ScoringContext(generator=generator(seed, "dst-init", *label))
-        else:
-            method, scope = cfg.method, cfg.scope
-            batches = self.score_batches(seed) if cfg.method in ("snip", "grasp") else ()
-            context = ScoringContext(generator=generator(seed, "scores", *label), batches=batches,
-                                     input_shape=self.data.input_shape, synflow_double=cfg.synflow_double)
-        started = time.perf_counter()
-        mask = prune_at_init(model, params, density, method=method, scope=scope, distribution=cfg.distribution,
-                             context=context, invert=invert, synflow_iterations=cfg.synflow_iterations)
-        return Mask({n: t.cpu() for n, t in mask.items()}), time.perf_counter() - started
+    def mask(self, seed: int, density: float, invert: bool = False) -> Mask:
+        """The stored initial mask of one seed and target density (scored now if missing)."""
+        directory = _mask_dir(self.out, seed, density, invert)
+        if not _mask_stored(directory):
+            key = (seed, density, invert)
+            scored = MaskScorer(self.config, self.data, self.device).score_all([key])[key]
+            self._store_mask(directory, key, scored)
+        return Mask.load(directory / "mask.safetensors")
 
-    def _stored_mask(self, directory: Path, seed: int, density: float, invert: bool = False) -> Mask:
-        mask_path, info_path = directory / "mask.safetensors", directory / "scoring.json"
-        if mask_path.exists() and info_path.exists():
-            return Mask.load(mask_path)
-        mask, seconds = self._score(seed, density, invert=invert)
-        collapsed = mask.collapsed_layers()
-        if collapsed and not self.config.allow_collapse:
-            raise TicketlabError(
-                f"{self.config.method} at density {density:g} prunes every weight of {', '.join(collapsed)} "
-                "(layer collapse); pass --allow-collapse to train it anyway."
-            )
-        mask.save(mask_path, {"seed": seed, "density": density, "method": self.config.method})
-        write_json(info_path, {"scoring_time": seconds, "collapsed_layers": collapsed})
-        return mask
-
-    def mask(self, seed: int, density: float) -> Mask:
-        """The (cached) mask of one seed and target density."""
-        return self._stored_mask(self.unit_dir(seed, density), seed, density)
+    def scoring_time(self, seed: int, density: float, invert: bool = False) -> float:
+        path = _mask_dir(self.out, seed, density, invert) / "scoring.json"
+        info = read_json(path)
+        if not isinstance(info, dict) or not isinstance(info.get("scoring_time"), (int, float)):
+            raise TicketlabError(f"{str(path)!r} is damaged (no scoring_time); delete its directory to score again.")
+        return float(info["scoring_time"])
 
     # --- training ------------------------------------------------------------------------------
     def _train_density(self, seed: int, density: float) -> None:
         cfg, unit = self.config, self.unit_dir(seed, density)
         theta0 = self.theta0(seed)
         mask = self.mask(seed, density)
-        scoring = read_json(unit / "scoring.json")
-        extra = {"method": cfg.method, "target_density": density, "scoring_time": scoring["scoring_time"]}
+        extra = {"method": cfg.method, "target_density": density, "scoring_time": self.scoring_time(seed, density)}
         updater = None
         if cfg.kind == "sparse-train":
             updater = make_updater(cfg.dst_config(), seed=derive_seed(seed, "dst", density))
@@ -259,8 +248,8 @@ class SparseExperiment(Experiment):
             elif control == "reinit":
                 start = self.new_model(derive_seed(seed, "reinit", density)).state_dict()
             elif control == "invert":
-                control_mask = self._stored_mask(directory, seed, density, invert=True)
-                control_extra["scoring_time"] = read_json(directory / "scoring.json")["scoring_time"]
+                control_mask = self.mask(seed, density, invert=True)
+                control_extra["scoring_time"] = self.scoring_time(seed, density, invert=True)
             # "static": the initial DST mask, no updates
             if control != "invert" and not (directory / "mask.safetensors").exists():
                 control_mask.save(directory / "mask.safetensors", {"seed": seed, "density": density, "control": control})
@@ -275,6 +264,15 @@ class SparseExperiment(Experiment):
             label=f"seed {seed} {self.config.method} {run}", mask_updater=updater, progress=self.progress,
             extra=extra,
         )
+
+
+def _mask_dir(out: Path, seed: int, density: float, invert: bool) -> Path:
+    unit = out / f"seed-{seed}" / density_label(density)
+    return unit / "controls" / "invert" if invert else unit
+
+
+def _mask_stored(directory: Path) -> bool:
+    return (directory / "mask.safetensors").exists() and (directory / "scoring.json").exists()
 
 
 def summarize_sparse(out: Path, config: SparseConfig) -> dict[str, Any]:

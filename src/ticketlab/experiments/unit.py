@@ -4,9 +4,9 @@ IMP rounds, their controls, pruning-at-init runs and dynamic sparse training all
 from these weights with this mask, train with this recipe, store the result". A unit lives in its
 own directory::
 
-    weights.safetensors   the trained state dict
-    result.json           the record below (its presence means: done, never recomputed)
-    checkpoint.pt         while training (resumed from if present, deleted at the end)
+    weights.safetensors      the trained state dict
+    result.json              the record below (its presence means: done, never recomputed)
+    checkpoint.safetensors   while training (resumed from if present, deleted at the end)
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..data import DataSplits
 from ..errors import TicketlabError
+from ..files import read_json, read_safetensors, save_safetensors, write_json
 from ..masks import Mask
 from ..methods.dynamic import MaskUpdater
-from ..runs import MetricsLog, atomic_path, claim_run_directory, read_json, write_json
+from ..runs import RANK_PREFIX, MetricsLog, RunLock, claim_run_directory
 from ..train import TrainConfig, iterations_per_epoch, train
+from ..train.checkpoint import CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME, refuse_legacy_checkpoint
 
 #: progress(description, total_iterations, done_iterations) -> handle with update(n) and close().
 ProgressFactory = Callable[[str, int, int], Any]
@@ -32,30 +33,24 @@ ProgressFactory = Callable[[str, int, int], Any]
 
 def save_state(model: nn.Module, path: Path) -> None:
     """Write the whole state dict (CPU copies) atomically as safetensors."""
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
+    save_safetensors(path, {k: v.clone() for k, v in model.state_dict().items()})
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except Exception as err:
-        raise TicketlabError(f"Cannot read weights file {str(path)!r} ({type(err).__name__}).") from None
-
-
-RANK_PREFIX = ".rank-"
+    """A state dict written by `save_state` (a TicketlabError naming the file if unreadable)."""
+    return read_safetensors(path, "weights file")[0]
 
 
 def claim_for_process(out: str | Path, config: Mapping[str, Any], *, kind: str,
-                      device: torch.device | str = "cpu") -> Path:
+                      device: torch.device | str = "cpu") -> tuple[Path, RunLock]:
     """Claim the run directory this process writes to (see `claim_run_directory`).
 
     In a single process that is ``out``. Under ``torchrun`` every rank runs the whole experiment
     (DDP keeps their weights and masks identical); rank 0 claims ``out`` first, then every other
     rank K claims ``out/.rank-K`` for its own replica of the files, including its own checkpoints,
     so a resumed multi-process run resumes every rank. If rank 0 refuses ``out`` (another
-    configuration lives there), every rank raises the same error instead of hanging.
+    configuration lives there, or another process holds it), every rank raises the same error
+    instead of hanging. Returns the directory and its lock, held until the run ends.
     """
     from ..train.distributed import init_from_env, is_distributed, rank
 
@@ -65,16 +60,16 @@ def claim_for_process(out: str | Path, config: Mapping[str, Any], *, kind: str,
     init_from_env(device)
     import torch.distributed as dist
 
-    message = [None]
+    message, claimed = [None], None
     if rank() == 0:
         try:
-            claim_run_directory(out, config, kind=kind)
+            claimed = claim_run_directory(out, config, kind=kind)
         except TicketlabError as err:
             message = [str(err)]
     dist.broadcast_object_list(message, src=0)
     if message[0] is not None:
         raise TicketlabError(message[0])
-    return out if rank() == 0 else claim_run_directory(out / f"{RANK_PREFIX}{rank()}", config, kind=kind)
+    return claimed if rank() == 0 else claim_run_directory(out / f"{RANK_PREFIX}{rank()}", config, kind=kind)
 
 
 def train_unit(
@@ -103,13 +98,16 @@ def train_unit(
     final mask and counts the updates. ``extra`` fields are stored in the record as given.
     """
     result_path = unit_dir / "result.json"
-    if result_path.exists():
-        return read_json(result_path)
+    checkpoint = unit_dir / CHECKPOINT_NAME
+    if result_path.exists():  # done; a kill may have come before the checkpoint was deleted
+        checkpoint.unlink(missing_ok=True)
+        (unit_dir / LEGACY_CHECKPOINT_NAME).unlink(missing_ok=True)
+        return read_result(result_path)
+    refuse_legacy_checkpoint(unit_dir)
     model.load_state_dict(start_state)  # copies the values: the start point is never aliased
     ipe = iterations_per_epoch(data, config.batch_size)
     total = config.steps.iterations(ipe)
     bar = progress(f"{label} ({100 * mask.density():.1f}% left)", total, start_iteration) if progress else None
-    checkpoint = unit_dir / "checkpoint.pt"
     try:
         result = train(
             model, data, config, data_seed=data_seed, mask=mask, start_iteration=start_iteration,
@@ -140,3 +138,18 @@ def train_unit(
     write_json(result_path, record)
     checkpoint.unlink(missing_ok=True)
     return record
+
+
+#: Fields every ``result.json`` holds (those `aggregate` reads).
+RESULT_FIELDS = ("density", "layer_densities", "collapsed_layers", "test_accuracy", "val_accuracy",
+                 "early_stop_iteration", "early_stop_test_accuracy", "wall_time")
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """A unit's ``result.json``, checked to hold the fields summaries are built from."""
+    record = read_json(path)
+    missing = [f for f in RESULT_FIELDS if not isinstance(record, dict) or f not in record]
+    if missing:
+        raise TicketlabError(f"{str(path)!r} is damaged (it lacks {missing[0]!r}); delete it to retrain this unit.")
+    return record
+

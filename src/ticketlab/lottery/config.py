@@ -5,17 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import validate
 from ..errors import TicketlabError
 from ..steps import Step
 from ..train.config import TrainConfig
 
 CONTROLS: tuple[str, ...] = ("reinit", "random", "shuffle")
 IMP_SCOPES: tuple[str, ...] = ("layer", "global")
+#: The most pruning rounds one experiment may ask for (at rate 0.2, 1000 rounds keep 1e-97 of the weights).
+MAX_ROUNDS = 1000
 
 
 def _check_rate(rate: float, what: str) -> None:
-    if not 0 < rate < 1:
-        raise TicketlabError(f"{what} must be a fraction strictly between 0 and 1 (got {rate}).")
+    validate.fraction(rate, what)
 
 
 @dataclass(frozen=True)
@@ -60,21 +62,14 @@ class IMPConfig:
         object.__setattr__(self, "layer_rates", tuple((str(p), float(r)) for p, r in self.layer_rates))
         for pattern, rate in self.layer_rates:
             _check_rate(rate, f"The rate for {pattern!r}")
-        if self.rounds < 0:
-            raise TicketlabError(f"--rounds cannot be negative (got {self.rounds}).")
+        validate.integer(self.rounds, "--rounds", low=0, high=MAX_ROUNDS)
         unknown = [c for c in self.controls if c not in CONTROLS]
         if unknown:
             raise TicketlabError(f"Unknown control {unknown[0]!r}; choose from {', '.join(CONTROLS)}.")
         if len(set(self.controls)) != len(self.controls):
             raise TicketlabError("A control is listed twice in --controls.")
-        if not self.seeds:
-            raise TicketlabError("At least one seed is needed.")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise TicketlabError("A seed is listed twice in --seeds.")
-        if self.tolerance < 0:
-            raise TicketlabError(f"The winning-ticket tolerance cannot be negative (got {self.tolerance}).")
-        if not 0 < self.val_fraction < 1:
-            raise TicketlabError(f"--val-fraction must be strictly between 0 and 1 (got {self.val_fraction}).")
+        validate.run_common(self)
+        validate.real(self.tolerance, "The winning-ticket --tolerance", low=0.0, high=100.0)
         budget = self.train.steps
         if self.rewind.count and budget.unit == self.rewind.unit and self.rewind.count >= budget.count:
             raise TicketlabError(f"The rewind step {self.rewind} is not before the end of the training budget {budget}.")

@@ -30,7 +30,7 @@ from ..masks import Mask
 from ..methods import magnitude_scores
 from ..models import create_model
 from ..experiments import Experiment, ProgressFactory, load_state, save_state, train_unit
-from ..runs import write_json
+from ..files import write_json
 from ..seeding import derive_seed
 from ..select import keep_counts_after_pruning, select
 from ..targets import prunable_parameters, resolve_patterns
@@ -104,7 +104,7 @@ class IMPExperiment(Experiment):
     def rewind_iteration(self) -> int:
         return self.config.rewind.iterations(iterations_per_epoch(self.data, self.config.train.batch_size))
 
-    def run(self) -> dict[str, Any]:
+    def execute(self) -> dict[str, Any]:
         """Run or resume every seed, round and control; return (and write) the summary."""
         for seed in self.config.seeds:
             self._run_seed(seed)

@@ -46,6 +46,9 @@ from ..select import select
 from ..steps import Step
 
 DST_METHODS: tuple[str, ...] = ("rigl", "set")
+#: The fewest mask updates a RigL / SET run may make: with fewer it is static sparse training by
+#: another name (and 0 updates would report a "rigl" result that never moved its mask).
+MIN_MASK_UPDATES = 4
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,20 @@ class UpdateSchedule:
     def update_iterations(self) -> list[int]:
         """Every iteration at which the mask will be updated."""
         return list(range(self.every, self.end, self.every))
+
+
+def check_update_count(config: DSTConfig, total_iterations: int, iterations_per_epoch: int) -> int:
+    """The number of mask updates this budget allows; a TicketlabError if below `MIN_MASK_UPDATES`."""
+    schedule = UpdateSchedule.resolve(config, total_iterations, iterations_per_epoch)
+    count = len(schedule.update_iterations())
+    if count < MIN_MASK_UPDATES:
+        needed = math.floor(MIN_MASK_UPDATES * schedule.every / config.end_fraction) + 1
+        raise TicketlabError(
+            f"{config.method} would update the mask {count} time(s) in {total_iterations} iterations (every "
+            f"{schedule.every} until {schedule.end}), fewer than the minimum of {MIN_MASK_UPDATES}; lower "
+            f"--update-every, raise --end-fraction, or train longer (--steps of at least {needed}it)."
+        )
+    return count
 
 
 def drop_count(fraction: float, kept: int) -> int:
@@ -267,16 +284,5 @@ def make_updater(config: DSTConfig, *, seed: int) -> MaskUpdater:
     return classes[config.method](config, seed=seed)
 
 
-def mask_fingerprint(mask: Mask) -> torch.Tensor:
-    """Per layer (kept count, Σ (flat index + 1) of kept weights) as int64, shape ``(2 · layers,)``:
-    a cheap summary to check that all ranks hold the same mask."""
-    out = []
-    for tensor in mask.values():
-        flat = tensor.flatten()
-        out.append(flat.sum(dtype=torch.int64))
-        out.append((torch.nonzero(flat).flatten() + 1).sum(dtype=torch.int64))
-    return torch.stack(out) if out else torch.zeros(0, dtype=torch.int64)
-
-
-__all__ = ["DSTConfig", "DST_METHODS", "MaskUpdater", "UpdateSchedule", "UpdateStats", "drop_count",
-           "make_updater", "mask_fingerprint", "top_k_among"]
+__all__ = ["DSTConfig", "DST_METHODS", "MIN_MASK_UPDATES", "check_update_count", "MaskUpdater", "UpdateSchedule", "UpdateStats", "drop_count",
+           "make_updater", "top_k_among"]

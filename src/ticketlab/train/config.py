@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import validate
 from ..errors import TicketlabError
 from ..steps import Step
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
+#: The largest batch size accepted (far beyond any dataset here; it only stops typos).
+MAX_BATCH = 2**20
 
 
 @dataclass(frozen=True)
@@ -41,22 +44,19 @@ class TrainConfig:
                 raise TicketlabError("--eval-every must be positive.")
         if self.optimizer not in OPTIMIZERS:
             raise TicketlabError(f"Unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
-        if not self.lr > 0:
-            raise TicketlabError(f"The learning rate must be positive (got {self.lr}).")
-        if self.batch_size < 1:
-            raise TicketlabError(f"The batch size must be at least 1 (got {self.batch_size}).")
+        object.__setattr__(self, "lr", validate.real(self.lr, "The learning rate --lr", low=0.0, low_open=True))
+        validate.integer(self.batch_size, "The batch size --batch-size", low=1, high=MAX_BATCH)
         if self.steps.count < 1:
             raise TicketlabError("The training budget --steps must be at least one iteration.")
-        if not 0 <= self.momentum < 1:
-            raise TicketlabError(f"Momentum must be in [0, 1) (got {self.momentum}).")
+        object.__setattr__(self, "momentum", validate.real(self.momentum, "Momentum --momentum", low=0.0, high=1.0,
+                                                           high_open=True))
         if self.momentum and self.optimizer != "sgd":
             raise TicketlabError("--momentum applies to --optimizer sgd only (Adam has its own betas).")
         if self.nesterov and not (self.optimizer == "sgd" and self.momentum > 0):
             raise TicketlabError("Nesterov needs --optimizer sgd with a positive --momentum.")
-        if self.weight_decay < 0:
-            raise TicketlabError(f"Weight decay cannot be negative (got {self.weight_decay}).")
-        if not 0 < self.lr_gamma <= 1:
-            raise TicketlabError(f"--lr-gamma must be in (0, 1] (got {self.lr_gamma}).")
+        object.__setattr__(self, "weight_decay", validate.real(self.weight_decay, "Weight decay --weight-decay",
+                                                               low=0.0))
+        object.__setattr__(self, "lr_gamma", validate.fraction(self.lr_gamma, "--lr-gamma", closed_high=True))
 
     def to_json(self) -> dict:
         return {

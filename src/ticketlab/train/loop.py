@@ -32,8 +32,9 @@ from torch import nn
 
 from ..data import DataSplits
 from ..errors import TicketlabError
-from ..masks import BoundMask, Mask
-from ..runs import MetricsLog, torch_load, torch_save
+from ..masks import BoundMask, Mask, mask_fingerprint
+from ..runs import MetricsLog
+from .checkpoint import Progress, restore_checkpoint, save_checkpoint
 from . import distributed as dist_helpers
 from .config import TrainConfig
 from .optim import build_optimizer, learning_rate
@@ -116,10 +117,45 @@ def _changed_fraction(initial: Mapping[str, torch.Tensor], final: Mask) -> float
 
 def _check_ranks_share_mask(mask: Mask, when: str) -> None:
     """Every rank must hold the same mask; all ranks reach the same verdict (no hang)."""
-    from ..methods.dynamic import mask_fingerprint
-
     if not dist_helpers.all_ranks_agree(mask_fingerprint(mask)):
         raise TicketlabError(f"The ranks hold different masks {when}; every rank must start from the same mask and seed.")
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """The weights training starts from must be finite (NaN in, NaN out: no learning rate helps)."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise TicketlabError(
+                f"The weights training starts from hold NaN or infinite values (first in {name!r}); "
+                "the initial or rewind weights file is damaged."
+            )
+
+
+@dataclass
+class _Budget:
+    """The training budget resolved against the data: iterations, per epoch, between evaluations."""
+
+    total: int
+    per_epoch: int
+    eval_every: int
+    world: int
+    rank: int
+
+    @classmethod
+    def resolve(cls, data: DataSplits, config: TrainConfig, start_iteration: int, distributed: bool) -> "_Budget":
+        world, rank = (dist_helpers.world_size(), dist_helpers.rank()) if distributed else (1, 0)
+        if config.batch_size % world:
+            raise TicketlabError(
+                f"The batch size {config.batch_size} cannot be split evenly over {world} processes; "
+                "choose a batch size divisible by the number of processes."
+            )
+        ipe = iterations_per_epoch(data, config.batch_size)
+        total = config.steps.iterations(ipe)
+        if not 0 <= start_iteration < total:
+            raise TicketlabError(f"Training cannot start at iteration {start_iteration} of a {total}-iteration budget.")
+        every = (config.eval_every.iterations(ipe) if config.eval_every is not None
+                 else max(1, math.ceil(total / DEFAULT_EVALS)))
+        return cls(total=total, per_epoch=ipe, eval_every=every, world=world, rank=rank)
 
 
 def train(
@@ -150,144 +186,154 @@ def train(
         start_iteration: where training starts (late rewinding resumes the schedule and data
             order at the rewind step, with a fresh optimiser).
         device: where to train; under torchrun ``cuda`` means ``cuda:LOCAL_RANK``.
-        checkpoint_path: if given, a checkpoint is written at every evaluation and, if it exists
-            at the start, training resumes from it (with a mask updater it also holds the current
-            mask, the initial mask and the updater's state). The caller deletes it once it has
-            stored the result, so a kill between the two only costs recomputation. Under
-            torchrun each rank writes and reads the path it is given (give each its own).
-        metrics, metrics_key: every evaluation is appended to ``metrics`` with ``metrics_key``.
+        checkpoint_path: if given, a checkpoint (`ticketlab.train.checkpoint`) is written at every
+            evaluation and, if it exists at the start, training resumes from it. The caller
+            deletes it once it has stored the result, so a kill between the two only costs
+            recomputation. Under torchrun each rank writes and reads the path it is given.
+        metrics, metrics_key: every evaluation is appended to ``metrics`` with ``metrics_key``;
+            records of this key that a resumed run is about to write again are dropped first.
         capture: iteration -> callback given the model after that many iterations (used to save
             the rewind point theta_k); called on every rank with the unwrapped model.
         on_step: called with the number of iterations done after every step (progress bars).
     """
     distributed = dist_helpers.init_from_env(torch.device(device))
     device = dist_helpers.rank_device(torch.device(device))
-    world, rank = (dist_helpers.world_size(), dist_helpers.rank()) if distributed else (1, 0)
-    if config.batch_size % world:
-        raise TicketlabError(
-            f"The batch size {config.batch_size} cannot be split evenly over {world} processes; "
-            "choose a batch size divisible by the number of processes."
-        )
-    local_batch = config.batch_size // world
-    ipe = iterations_per_epoch(data, config.batch_size)
-    total = config.steps.iterations(ipe)
-    if not 0 <= start_iteration < total:
-        raise TicketlabError(f"Training cannot start at iteration {start_iteration} of a {total}-iteration budget.")
+    budget = _Budget.resolve(data, config, start_iteration, distributed)
     if mask_updater is not None and mask is None:
         raise TicketlabError("Dynamic sparse training (a mask updater) needs an initial mask to update.")
-    every = (config.eval_every.iterations(ipe) if config.eval_every is not None
-             else max(1, math.ceil(total / DEFAULT_EVALS)))
-    capture = dict(capture or {})
-    key = dict(metrics_key or {})
+    run = _Run(model, data, config, device, mask, mask_updater, budget, metrics, dict(metrics_key or {}),
+               Path(checkpoint_path) if checkpoint_path is not None else None)
+    run.start(start_iteration)
+    return run.loop(data_seed, distributed, dict(capture or {}), on_step)
 
-    model.to(device)
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    val_x, val_y = data.val_x.to(device), data.val_y.to(device)
-    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
-    optimizer = build_optimizer(model.parameters(), config)
-    bound: BoundMask | None = mask.bind(model) if mask is not None else None
-    schedule = mask_updater.start(total, ipe) if mask_updater is not None else None
-    initial_mask = {n: t.clone() for n, t in mask.items()} if mask_updater is not None else None
-    mask_updates = 0
-    if bound is not None:
-        bound.zero_weights_()
 
-    iteration, evals, elapsed = start_iteration, [], 0.0
-    checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
-    if checkpoint_path is not None and checkpoint_path.exists():
-        state = torch_load(checkpoint_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        iteration, evals, elapsed = state["iteration"], state["evals"], state["elapsed"]
-        if ("dst" in state) != (mask_updater is not None):
-            raise TicketlabError(
-                f"Checkpoint {str(checkpoint_path)!r} was written "
-                + ("with" if "dst" in state else "without")
-                + " a mask updater; resume with the same method or delete the checkpoint."
-            )
-        if mask_updater is not None:
-            dst = state["dst"]
-            mask_updater.load_state_dict(dst["updater"])
-            for name, tensor in mask.items():
-                if name not in dst["mask"] or dst["mask"][name].shape != tensor.shape:
-                    raise TicketlabError(f"Checkpoint {str(checkpoint_path)!r} holds no mask for {name!r} of this shape.")
-                tensor.copy_(dst["mask"][name])  # the caller's Mask follows the run
-                initial_mask[name].copy_(dst["initial_mask"][name])
-            mask_updates = dst["mask_updates"]
-            bound.refresh()
-        if metrics is not None:
-            metrics.truncate_after(key, iteration)
+class _Run:
+    """The state of one `train` call: model, optimiser, mask, where training stands, and its files."""
 
-    net: nn.Module = model
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel
+    def __init__(self, model: nn.Module, data: DataSplits, config: TrainConfig, device: torch.device,
+                 mask: Mask | None, mask_updater: "MaskUpdater | None", budget: _Budget,
+                 metrics: MetricsLog | None, key: dict[str, Any], checkpoint: Path | None):
+        self.model, self.config, self.device, self.budget = model, config, device, budget
+        self.mask, self.updater, self.metrics, self.key, self.checkpoint = mask, mask_updater, metrics, key, checkpoint
+        model.to(device)
+        self.train_xy = (data.train_x.to(device), data.train_y.to(device))
+        self.val_xy = (data.val_x.to(device), data.val_y.to(device))
+        self.test_xy = (data.test_x.to(device), data.test_y.to(device))
+        self.optimizer = build_optimizer(model.parameters(), config)
+        self.bound: BoundMask | None = mask.bind(model) if mask is not None else None
+        self.schedule = mask_updater.start(budget.total, budget.per_epoch) if mask_updater is not None else None
+        self.initial_mask = {n: t.clone() for n, t in mask.items()} if mask_updater is not None else None
+        self.progress = Progress(iteration=0)
+        self.started = time.perf_counter()
 
-        if mask is not None:
-            _check_ranks_share_mask(mask, "at the start of training")
-        # DDP broadcasts rank 0's parameters and buffers here: all ranks start identical
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    def start(self, start_iteration: int) -> None:
+        """Resume from the checkpoint if there is one; otherwise start at ``start_iteration``."""
+        if self.bound is not None:
+            self.bound.zero_weights_()
+        if self.checkpoint is not None and self.checkpoint.exists():
+            self.progress = restore_checkpoint(self.checkpoint, self.model, self.optimizer, total=self.budget.total,
+                                               mask=self.mask, initial_mask=self.initial_mask,
+                                               mask_updater=self.updater)
+            if self.bound is not None:
+                self.bound.refresh()
+        else:
+            check_finite_weights(self.model)
+            self.progress = Progress(iteration=start_iteration)
+        if self.metrics is not None:  # drop what this run is about to write again (and torn lines)
+            self.metrics.truncate_after(self.key, self.progress.iteration if self.progress.evals else start_iteration - 1)
+        self.started = time.perf_counter()
 
-    def run_eval() -> None:
+    def evaluate_and_save(self, distributed: bool) -> None:
+        """Evaluate on val and test, log the record, and checkpoint (except after the last step)."""
         if distributed:
-            dist_helpers.sync_buffers(model)  # per-rank BatchNorm statistics -> rank 0's
-        val_loss, val_acc = evaluate(model, val_x, val_y)
-        test_loss, test_acc = evaluate(model, test_x, test_y)
-        record = {"iteration": iteration, "val_loss": val_loss, "val_accuracy": val_acc,
+            dist_helpers.sync_buffers(self.model)  # per-rank BatchNorm statistics -> rank 0's
+        val_loss, val_acc = evaluate(self.model, *self.val_xy)
+        test_loss, test_acc = evaluate(self.model, *self.test_xy)
+        record = {"iteration": self.progress.iteration, "val_loss": val_loss, "val_accuracy": val_acc,
                   "test_loss": test_loss, "test_accuracy": test_acc}
-        evals.append(record)
-        if metrics is not None:
-            metrics.append({**key, **record})
-        if checkpoint_path is not None and iteration < total:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "torch_rng": torch.get_rng_state(), "iteration": iteration, "evals": evals,
-                     "elapsed": elapsed + time.perf_counter() - started}
-            if mask_updater is not None:
-                state["dst"] = {"mask": {n: t.clone() for n, t in mask.items()}, "initial_mask": initial_mask,
-                                "mask_updates": mask_updates, "updater": mask_updater.state_dict()}
-            torch_save(state, checkpoint_path)
+        self.progress.evals.append(record)
+        if self.metrics is not None:
+            self.metrics.append({**self.key, **record})
+        if self.checkpoint is not None and self.progress.iteration < self.budget.total:
+            saved = Progress(self.progress.iteration, self.progress.evals, self.elapsed(), self.progress.mask_updates)
+            save_checkpoint(self.checkpoint, self.model, self.optimizer, saved, self._dst_state())
 
-    started = time.perf_counter()
-    if not evals:
-        run_eval()
-    order, order_epoch = None, -1
-    model.train()
-    while iteration < total:
-        if iteration in capture:
-            capture[iteration](model)
-        epoch, position = divmod(iteration, ipe)
-        if epoch != order_epoch:
-            order, order_epoch = epoch_order(data_seed, epoch, len(train_y)).to(device), epoch
-        start = position * config.batch_size + rank * local_batch  # this rank's slice of the global batch
-        index = order[start: start + local_batch]
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, iteration, ipe)
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(train_x[index]), train_y[index])
+    def _dst_state(self) -> dict[str, Any] | None:
+        if self.updater is None:
+            return None
+        return {"mask": {n: t.clone() for n, t in self.mask.items()}, "initial_mask": self.initial_mask,
+                "mask_updates": self.progress.mask_updates, "updater": self.updater.state_dict()}
+
+    def elapsed(self) -> float:
+        return self.progress.elapsed + time.perf_counter() - self.started
+
+    def step(self, net: nn.Module, index: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on the examples ``index``; returns the (detached) loss."""
+        config, iteration = self.config, self.progress.iteration
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(config, iteration, self.budget.per_epoch)
+        self.optimizer.zero_grad(set_to_none=True)
+        x, y = self.train_xy
+        loss = F.cross_entropy(net(x[index]), y[index])
         loss.backward()
-        updating = schedule is not None and schedule.is_update(iteration + 1)
-        captured = mask_updater.capture(bound) if updating else None  # dense (DDP-averaged) gradients
-        if bound is not None:
-            bound.zero_grads_()
-        optimizer.step()
-        if bound is not None:
-            bound.zero_weights_()
-        iteration += 1
+        updating = self.schedule is not None and self.schedule.is_update(iteration + 1)
+        captured = self.updater.capture(self.bound) if updating else None  # dense (DDP-averaged) gradients
+        if self.bound is not None:
+            self.bound.zero_grads_()
+        self.optimizer.step()
+        if self.bound is not None:
+            self.bound.zero_weights_()
+        self.progress.iteration += 1
         if updating:
-            mask_updater.update_(bound, optimizer, iteration, captured)
-            mask_updates += 1
-            if distributed:
-                _check_ranks_share_mask(mask, f"after the mask update at iteration {iteration}")
-        if on_step is not None:
-            on_step(iteration)
-        if iteration % every == 0 or iteration == total:
-            # every rank must reach the same verdict, so the check uses the loss summed over ranks
-            if not torch.isfinite(dist_helpers.all_reduce_sum(loss.detach()) if distributed else loss):
-                raise TicketlabError(f"Training diverged (loss {float(loss)}) at iteration {iteration}; lower --lr.")
-            run_eval()
-            model.train()
-    if iteration in capture:
-        capture[iteration](model)
-    changed = _changed_fraction(initial_mask, mask) if mask_updater is not None else 0.0
-    return TrainResult(evals=evals, wall_time=elapsed + time.perf_counter() - started,
-                       mask_updates=mask_updates, mask_changed_fraction=changed)
+            self.updater.update_(self.bound, self.optimizer, self.progress.iteration, captured)
+            self.progress.mask_updates += 1
+        return loss.detach()
+
+    def loop(self, data_seed: int, distributed: bool, capture: dict[int, Callable[[nn.Module], None]],
+             on_step: Callable[[int], None] | None) -> TrainResult:
+        """Train to the end of the budget, evaluating every ``eval_every`` iterations."""
+        budget, model = self.budget, self.model
+        net: nn.Module = model
+        if distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if self.mask is not None:
+                _check_ranks_share_mask(self.mask, "at the start of training")
+            # DDP broadcasts rank 0's parameters and buffers here: all ranks start identical
+            net = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if not self.progress.evals:
+            self.evaluate_and_save(distributed)
+        local_batch = self.config.batch_size // budget.world
+        order, order_epoch = None, -1
+        model.train()
+        while self.progress.iteration < budget.total:
+            iteration = self.progress.iteration
+            if iteration in capture:
+                capture[iteration](model)
+            epoch, position = divmod(iteration, budget.per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = epoch_order(data_seed, epoch, len(self.train_xy[1])).to(self.device), epoch
+            start = position * self.config.batch_size + budget.rank * local_batch  # this rank's slice
+            loss = self.step(net, order[start: start + local_batch])
+            iteration = self.progress.iteration
+            if self.schedule is not None and distributed and self.schedule.is_update(iteration):
+                _check_ranks_share_mask(self.mask, f"after the mask update at iteration {iteration}")
+            if on_step is not None:
+                on_step(iteration)
+            if iteration % budget.eval_every == 0 or iteration == budget.total:
+                self._check_loss(loss, distributed)
+                self.evaluate_and_save(distributed)
+                model.train()
+        if self.progress.iteration in capture:
+            capture[self.progress.iteration](model)
+        changed = _changed_fraction(self.initial_mask, self.mask) if self.updater is not None else 0.0
+        return TrainResult(evals=self.progress.evals, wall_time=self.elapsed(),
+                           mask_updates=self.progress.mask_updates, mask_changed_fraction=changed)
+
+    def _check_loss(self, loss: torch.Tensor, distributed: bool) -> None:
+        """Every rank must reach the same verdict, so the check uses the loss summed over ranks."""
+        if not torch.isfinite(dist_helpers.all_reduce_sum(loss) if distributed else loss):
+            raise TicketlabError(
+                f"Training diverged (the loss became {float(loss)}) at iteration {self.progress.iteration}; "
+                "lower --lr."
+            )

@@ -20,9 +20,60 @@ def load_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise TicketlabError(f"{str(run_dir)!r} has no summary.json yet: no round has finished there.")
     summary = read_json(path)
-    if not isinstance(summary, dict) or "rounds" not in summary:
-        raise TicketlabError(f"{str(path)!r} is not a ticketlab summary.")
+    problem = summary_problem(summary)
+    if problem is not None:
+        raise TicketlabError(f"{str(path)!r} is not a ticketlab summary ({problem}).")
     return summary
+
+
+_NUMBERS = ("density", "test_accuracy", "test_accuracy_std", "early_stop_iteration", "early_stop_iteration_std")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _entry_problem(entry: Any, where: str) -> str | None:
+    if not isinstance(entry, dict):
+        return f"{where} is not an object"
+    for field in _NUMBERS:
+        if not _is_number(entry.get(field)):
+            return f"{where} has no number {field!r}"
+    if not isinstance(entry.get("collapsed_layers", []), list):
+        return f"{where} has malformed 'collapsed_layers'"
+    return None
+
+
+def summary_problem(summary: Any) -> str | None:
+    """What is wrong with a ``summary.json`` (None if it has every field tables and plots read)."""
+    if not isinstance(summary, dict):
+        return "not an object"
+    if not isinstance(summary.get("rounds"), list):
+        return "no list of rounds"
+    controls = summary.get("controls", [])
+    if not isinstance(controls, list) or not all(isinstance(c, str) for c in controls):
+        return "'controls' is not a list of names"
+    if not isinstance(summary.get("seeds", []), list):
+        return "'seeds' is not a list"
+    is_imp = summary.get("kind", "imp") == "imp"
+    for index, entry in enumerate(summary["rounds"]):
+        where = f"round entry {index}"
+        problem = _entry_problem(entry, where)
+        if problem is None and is_imp and not (isinstance(entry.get("winning_ticket"), bool)
+                                               and isinstance(entry.get("round"), int)):
+            problem = f"{where} has no 'round' number or 'winning_ticket'"
+        if problem is None and not is_imp and not _is_number(entry.get("target_density")):
+            problem = f"{where} has no number 'target_density'"
+        if problem is None and not isinstance(entry.get("controls", {}), dict):
+            problem = f"{where} has malformed 'controls'"
+        for name, control in (entry.get("controls") or {}).items() if problem is None else ():
+            problem = problem or _entry_problem(control, f"control {name!r} of {where}")
+        if problem is not None:
+            return problem
+    dense = summary.get("dense_test_accuracy")
+    if dense is not None and not _is_number(dense):
+        return "'dense_test_accuracy' is not a number"
+    return None
 
 
 def _pm(mean: float, std: float, seeds: int) -> str:
@@ -44,7 +95,7 @@ def format_table(summary: dict[str, Any]) -> str:
         row = [first, f"{100 * entry['density']:.2f}", _pm(entry["test_accuracy"], entry["test_accuracy_std"], n_seeds),
                f"{entry['early_stop_iteration']:.0f}", last]
         for c in controls:
-            ctl = entry["controls"].get(c)
+            ctl = entry.get("controls", {}).get(c)
             row.append(_pm(ctl["test_accuracy"], ctl["test_accuracy_std"], n_seeds) if ctl else "-")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -77,7 +128,7 @@ def plot_report(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     for label in [main_label, *summary.get("controls", [])]:
         points = []
         for entry in rounds:
-            source = entry if label == main_label else entry["controls"].get(label)
+            source = entry if label == main_label else entry.get("controls", {}).get(label)
             if source is not None:
                 points.append((100 * entry["density"], source))
         if not points:

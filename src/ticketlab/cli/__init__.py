@@ -18,15 +18,21 @@ from . import llm, lottery, sparse
 EXIT_USAGE = 2
 
 
+EXIT_UNEXPECTED = 1
+_debug = {"on": False}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              invoke_without_command=True)
 @click.version_option(package_name="ticketlab")
+@click.option("--debug", is_flag=True, help="Show the full traceback of an unexpected error.")
 @click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli(ctx: click.Context, debug: bool) -> None:
     """ticketlab: find, test and deploy sparse subnetworks (lottery tickets) of neural networks.
 
     Start with `ticketlab imp` (lottery tickets on real MNIST digits, a few minutes on a CPU).
     """
+    _debug["on"] = debug
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
 
@@ -37,8 +43,18 @@ for _command in (lottery.imp, sparse.prune_init, sparse.sparse_train, sparse.com
 cli.add_command(llm.llm)
 
 
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else "no details"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI, turning user errors into one sentence and exit code 2."""
+    """Entry point: run the CLI, turning user errors into one sentence and exit code 2.
+
+    Anything unexpected is one sentence too (exit code 1) naming the error, with a hint to rerun
+    with ``--debug``, which re-raises it with its full traceback.
+    """
+    _debug["on"] = False
     try:
         cli.main(args=argv, prog_name="ticketlab", standalone_mode=False)
     except TicketlabError as err:
@@ -49,12 +65,20 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"ticketlab: error: {message}", err=True)
         return EXIT_USAGE
     except OSError as err:  # a file the library did not anticipate: still one sentence, no traceback
+        if _debug["on"]:
+            raise
         where = f" ({err.filename})" if err.filename else ""
-        click.echo(f"ticketlab: error: {err.strerror or err}{where}.", err=True)
+        click.echo(f"ticketlab: error: {err.strerror or _first_line(err)}{where}.", err=True)
         return EXIT_USAGE
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("ticketlab: interrupted; run the same command again to resume.", err=True)
         return 130
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one sentence, never a traceback
+        if _debug["on"]:
+            raise
+        click.echo(f"ticketlab: error: unexpected {type(err).__name__}: {_first_line(err)}; "
+                   "rerun with ticketlab --debug ... for the traceback.", err=True)
+        return EXIT_UNEXPECTED
     return 0
 
 

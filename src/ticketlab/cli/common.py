@@ -89,7 +89,8 @@ def data_options(func: Callable) -> Callable:
 def train_options(func: Callable) -> Callable:
     """The training recipe flags, identical in every command that trains."""
     options = [
-        click.option("--steps", default="10ep", show_default=True, help="Training budget (500it or 2ep)."),
+        click.option("--steps", default="10ep", show_default=True,
+                     help="Training budget with its unit: iterations (500it) or epochs (2ep)."),
         click.option("--optimizer", default="adam", show_default=True, type=click.Choice(["sgd", "adam", "adamw"])),
         click.option("--lr", default=1.2e-3, show_default=True, type=float, help="Learning rate."),
         click.option("--batch-size", default=60, show_default=True, type=int),

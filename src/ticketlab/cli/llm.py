@@ -14,8 +14,13 @@ from typing import Any
 
 import click
 
+from .. import validate
+from ..devices import resolve_device
 from ..errors import TicketlabError
 from .common import TqdmProgress, split_list
+
+#: The most calibration windows, evaluation windows or sentences a command accepts.
+MAX_NSAMPLES = 1 << 20
 
 
 def _patterns(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -115,8 +120,9 @@ def prune(**opts: Any) -> None:
                            magnitude_scope=opts["magnitude_scope"], blocksize=opts["blocksize"],
                            percdamp=opts["percdamp"])
     out = check_out_dir(opts["out"])
-    if opts["nsamples"] < 1:
-        raise TicketlabError(f"--nsamples must be at least 1, not {opts['nsamples']}.")
+    device = resolve_device(opts["device"], allow_auto=False)
+    validate.integer(opts["nsamples"], "--nsamples", low=1, high=MAX_NSAMPLES)
+    validate.seed(opts["seed"], "--seed")
     calib_text = read_text(opts["calib"]) if opts["calib"] else packaged_text()
     eval_text = read_text(opts["eval_text"]) if opts["eval_text"] else None
     model_dir = Path(opts["model_dir"]) if opts["model_dir"] else default_model_path()
@@ -144,7 +150,7 @@ def prune(**opts: Any) -> None:
                           "before": {"mean_cosine": 1.0, "min_cosine": 1.0, "sentences": len(eval_sentences)}}
 
     bars = TqdmProgress()
-    report = prune_model(model, calib.input_ids, config, device=opts["device"],
+    report = prune_model(model, calib.input_ids, config, device=device,
                          progress=None if quiet else (lambda description, total: bars(description, total, 0)))
 
     if eval_text is not None:
@@ -159,7 +165,7 @@ def prune(**opts: Any) -> None:
     record = {
         "model": str(model_dir), "model_kind": loaded.kind, "config": {k: (list(v) if isinstance(v, tuple) else v)
                                               for k, v in vars(config).items()},
-        "calibration": calib.to_json(), "device": opts["device"], **report.to_json(),
+        "calibration": calib.to_json(), "device": str(device), **report.to_json(),
     }
     if evaluation:
         record["evaluation"] = evaluation
@@ -206,15 +212,16 @@ def eval_(**opts: Any) -> None:
     Perplexity is exp(mean token NLL) over non-overlapping windows of --seqlen tokens, each scored
     from an empty context; the output names the context length, windows, tokens and the text's hash.
     """
-    from ..llm.fidelity import text_fidelity
+    from ..llm.fidelity import check_same_vocabulary, text_fidelity
     from ..llm.io import default_model_path, load_pretrained
     from ..llm.perplexity import text_perplexity
     from ..llm import context_length
     from ..llm.text import packaged_text, read_text
 
     for flag in ("max_windows", "max_sentences", "batch_size"):
-        if opts[flag] is not None and opts[flag] < 1:
-            raise TicketlabError(f"--{flag.replace('_', '-')} must be at least 1, not {opts[flag]}.")
+        if opts[flag] is not None:
+            validate.integer(opts[flag], f"--{flag.replace('_', '-')}", low=1, high=MAX_NSAMPLES)
+    resolve_device(opts["device"], allow_auto=False)
     text = read_text(opts["text"]) if opts["text"] else packaged_text()
     model_dir = Path(opts["model_dir"]) if opts["model_dir"] else default_model_path()
     loaded = load_pretrained(model_dir, device=opts["device"])
@@ -235,6 +242,7 @@ def eval_(**opts: Any) -> None:
             raise TicketlabError("--seqlen applies to causal LMs; an encoder is evaluated on whole sentences.")
         reference_dir = Path(opts["reference"]) if opts["reference"] else default_model_path()
         reference = load_pretrained(reference_dir, kind="encoder", device=opts["device"])
+        check_same_vocabulary(loaded.model, reference.model, model_dir, reference_dir)
         result = text_fidelity(loaded.model, reference.model, loaded.tokenizer, text, part=opts["part"],
                                max_sentences=opts["max_sentences"], batch_size=32 * opts["batch_size"])
         record = {"model": str(model_dir), "kind": "encoder", "metric": "embedding_fidelity",

@@ -47,6 +47,15 @@ def _run_sparse(kind: str, opts: dict) -> None:
     _finish(experiment.run(), experiment.out, opts["quiet"])
 
 
+_dst_options = [
+    click.option("--update-every", default="100it", show_default=True,
+                 help="RigL / SET: ΔT between mask updates (a step such as 100it); a run must make at least 4 updates."),
+    click.option("--alpha", default=0.3, show_default=True, type=float,
+                 help="RigL / SET: initial drop fraction (cosine-decayed)."),
+    click.option("--end-fraction", default=0.75, show_default=True, type=float,
+                 help="RigL / SET: stop updating the mask after this fraction of training (T_end)."),
+]
+
 _common_sparse = [
     click.option("--density", required=True, help="Fraction of prunable weights kept; a comma list runs several."),
     click.option("--ignore", multiple=True, metavar="PATTERN", help="Parameters never pruned; repeatable."),
@@ -92,17 +101,13 @@ prune_init = _apply(_common_sparse, prune_init)
 @click.option("--distribution", default="erk", show_default=True, type=click.Choice(["uniform", "er", "erk"]),
               help="Layer-wise densities of the initial random mask (kept constant during training).")
 @click.option("--controls", default="none", show_default=True, help="static (the initial mask, never updated), or none.")
-@click.option("--update-every", default="100it", show_default=True, help="ΔT between mask updates (a step).")
-@click.option("--alpha", default=0.3, show_default=True, type=float, help="Initial drop fraction (cosine-decayed).")
-@click.option("--end-fraction", default=0.75, show_default=True, type=float,
-              help="Stop updating the mask after this fraction of training (T_end).")
 @train_options
 def sparse_train(**opts) -> None:
     """Dynamic sparse training (RigL, SET): the mask moves during training at constant density."""
     _run_sparse("sparse-train", opts)
 
 
-sparse_train = _apply(_common_sparse, sparse_train)
+sparse_train = _apply(_common_sparse + _dst_options, sparse_train)
 
 
 @click.command()
@@ -125,7 +130,8 @@ def compare(**opts) -> None:
     config = CompareConfig(
         methods=tuple(split_list(opts["methods"])), densities=parse_floats(opts["densities"], "--densities"),
         model=opts["model"], data=opts["data"], data_dir=opts["data_dir"], seeds=parse_seeds(opts["seeds"]),
-        distribution=opts["distribution"], imp_rate=opts["imp_rate"], val_fraction=opts["val_fraction"],
+        distribution=opts["distribution"], imp_rate=opts["imp_rate"], update_every=opts["update_every"],
+        alpha=opts["alpha"], end_fraction=opts["end_fraction"], val_fraction=opts["val_fraction"],
         split_seed=opts["split_seed"], train=train_config_from(opts),
     )
     out = Path(opts["out"]) if opts["out"] else default_out("compare", config.to_json(), config.model, config.data)
@@ -138,3 +144,6 @@ def compare(**opts) -> None:
     if not opts["quiet"]:
         click.echo(format_compare(result["rows"], config))
         click.echo(f"\nWrote {out / 'compare.csv'}, {out / 'compare.md'} and {out / 'compare.png'}.")
+
+
+compare = _apply(_dst_options, compare)

@@ -243,6 +243,11 @@ def prune_layer(weight: torch.Tensor, gram: torch.Tensor, config: OneShotConfig,
     keep)``: ``new_weight`` is None for methods that only mask (magnitude, Wanda), the updated fp32
     weight for SparseGPT; ``keep`` is a bool (out, in) mask on the weight's device.
     """
+    if not bool(torch.isfinite(weight).all()):
+        raise TicketlabError(f"The weights of {name} hold NaN or infinite values; the model file is damaged.")
+    if config.method != "magnitude" and not bool(torch.isfinite(gram).all()):
+        raise TicketlabError(f"The calibration inputs of {name} hold NaN or infinite values "
+                             "(the model's activations overflow on the calibration text).")
     pattern = config.nm_pattern
     sparsity = None if pattern is not None else config.sparsity
     rows, cols = weight.shape

@@ -89,6 +89,18 @@ def embedding_fidelity(model: nn.Module, reference: nn.Module | torch.Tensor, to
                           max_length=length, source=source, part=part)
 
 
+def check_same_vocabulary(model: nn.Module, reference: nn.Module, model_dir: object, reference_dir: object) -> None:
+    """Fidelity feeds both models the same token ids: their vocabularies and widths must match."""
+    ours, theirs = getattr(model, "config", None), getattr(reference, "config", None)
+    for field, what in (("vocab_size", "vocabulary"), ("hidden_size", "embedding width")):
+        a, b = getattr(ours, field, None), getattr(theirs, field, None)
+        if a != b:
+            raise TicketlabError(
+                f"The reference {str(reference_dir)!r} has a {what} of {b}, the model {str(model_dir)!r} one of {a}; "
+                "give the dense model the pruned one came from as --reference."
+            )
+
+
 def heldout_sentences(text: TextSource, part: TextPart = "heldout", max_sentences: int | None = None) -> list[str]:
     """The sentences of ``text``'s ``part`` (default: the held-out tail never used for calibration)."""
     sentences = split_sentences(text.part(part))

@@ -4,17 +4,16 @@ A model directory is what ``save_pretrained`` writes: ``config.json``, the weigh
 PyTorch files, possibly sharded) and the tokenizer files. `load_pretrained` checks each of these
 and turns every way a directory can be wrong into one `TicketlabError` sentence, decides whether the
 model is a causal (decoder) LM or an encoder from a small table, and loads it in float32 on the
-CPU. `save_pretrained_atomic` writes a model directory under a temporary sibling name and renames it
-into place only when everything has been written, so a failure never leaves a half-written output.
+CPU. A directory that ships its own Python code is refused (ticketlab never runs it). Outputs are
+written with `ticketlab.files.atomic_directory`, so a failure never leaves a half-written one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import TicketlabError
+from ..files import atomic_directory, remove_stale_siblings
 
 ModelKind = Literal["causal", "encoder"]
 MODEL_KINDS: tuple[str, ...] = ("causal", "encoder")
@@ -113,7 +113,26 @@ def check_model_dir(path: str | os.PathLike) -> Path:
         raise TicketlabError(f"{str(path)!r} is not a Hugging Face model directory (it has no config.json).")
     if not any((path / name).is_file() for name in _WEIGHT_FILES):
         raise TicketlabError(f"{str(path)!r} has a config.json but no weights (model.safetensors or pytorch_model.bin).")
+    refuse_remote_code(path)
     return path
+
+
+def refuse_remote_code(path: Path) -> None:
+    """A model directory that ships its own Python code (``auto_map``) is refused: ticketlab never
+    runs code from a model directory, whatever transformers would ask."""
+    for name in ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json"):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise TicketlabError(f"Cannot read {str(file)!r} as JSON.") from None
+        if isinstance(data, dict) and "auto_map" in data:
+            raise TicketlabError(
+                f"{str(path)!r} ships its own Python code ('auto_map' in {name}), and ticketlab never runs code "
+                "from a model directory; use a model of a type transformers supports natively."
+            )
 
 
 def kind_from_config(config: Any) -> ModelKind:
@@ -142,7 +161,7 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     transformers = _transformers()
     try:
         with quiet_transformers():
-            return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as err:  # transformers raises many types for a broken tokenizer
         raise TicketlabError(f"Cannot load the tokenizer in {str(path)!r} ({type(err).__name__}: {_first_line(err)}).") from None
 
@@ -158,7 +177,7 @@ def load_pretrained(path: str | os.PathLike | None = None, *, kind: ModelKind | 
     transformers = _transformers()
     try:
         with quiet_transformers():
-            config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+            config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as err:
         raise TicketlabError(f"Cannot read the config in {str(path)!r} ({type(err).__name__}: {_first_line(err)}).") from None
     kind = kind or kind_from_config(config)
@@ -166,7 +185,8 @@ def load_pretrained(path: str | os.PathLike | None = None, *, kind: ModelKind | 
     auto = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModel
     try:
         with quiet_transformers():
-            model = auto.from_pretrained(str(path), local_files_only=True, **{_dtype_keyword(): dtype})
+            model = auto.from_pretrained(str(path), local_files_only=True, trust_remote_code=False,
+                                         **{_dtype_keyword(): dtype})
     except Exception as err:
         raise TicketlabError(f"Cannot load the model in {str(path)!r} ({type(err).__name__}: {_first_line(err)}).") from None
     model.to(device)
@@ -191,34 +211,17 @@ def model_kind(model: nn.Module) -> ModelKind:
 
 
 def check_out_dir(out: str | os.PathLike) -> Path:
-    """``out`` must not exist, or be an empty directory; checked before any work is done."""
+    """``out`` must not exist, or be an empty directory; checked before any work is done.
+
+    Temporary directories that a killed earlier attempt left beside ``out`` are removed here.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TicketlabError(f"--out {str(out)!r} is a file; give a new or empty directory.")
     if out.is_dir() and any(out.iterdir()):
         raise TicketlabError(f"--out {str(out)!r} exists and is not empty; choose a new directory so nothing is overwritten.")
+    remove_stale_siblings(out)
     return out
-
-
-@contextlib.contextmanager
-def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory of ``out``; rename it onto ``out`` if the block succeeds.
-
-    ``out`` must not exist or be empty (checked before and again at the end); on any failure the
-    temporary directory is removed and ``out`` is left as it was.
-    """
-    out = check_out_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        check_out_dir(out)
-        if out.is_dir():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_pretrained(model: nn.Module, tokenizer: Any, directory: str | os.PathLike) -> Path:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 
+from .. import validate
 from ..errors import TicketlabError
 from ..seeding import derive_seed
 from .io import atomic_directory, check_out_dir, save_pretrained
@@ -56,19 +57,22 @@ class TinyLMConfig:
     def __post_init__(self) -> None:
         if self.arch not in ("llama", "gpt2"):
             raise TicketlabError(f"--arch must be llama or gpt2, not {self.arch!r}.")
-        for name in ("layers", "hidden", "heads", "context", "steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise TicketlabError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
+        for name, high in (("layers", 256), ("hidden", 65536), ("heads", 1024), ("steps", 10**8),
+                           ("batch_size", 1 << 16)):
+            validate.integer(getattr(self, name), f"--{name.replace('_', '-')}", low=1, high=high)
+        validate.integer(self.context, "--context (tokens per training window)", low=2, high=1 << 20)
         if self.hidden % self.heads:
             raise TicketlabError(f"--hidden {self.hidden} must be a multiple of --heads {self.heads}.")
-        if self.intermediate is not None and self.intermediate < 1:
-            raise TicketlabError(f"--intermediate must be at least 1, not {self.intermediate}.")
-        if not 258 <= self.vocab_size <= 65536:
+        if self.intermediate is not None:
+            validate.integer(self.intermediate, "--intermediate", low=1, high=1 << 20)
+        if not isinstance(self.vocab_size, int) or not 258 <= self.vocab_size <= 65536:
             raise TicketlabError(f"--vocab-size must be between 258 and 65536, not {self.vocab_size}.")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise TicketlabError("--lr must be positive and the minimum LR ratio between 0 and 1.")
-        if self.warmup < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
-            raise TicketlabError("--warmup and --weight-decay must be non-negative and the gradient clip positive.")
+        validate.real(self.lr, "--lr", low=0.0, low_open=True)
+        validate.fraction(self.min_lr_ratio, "The minimum LR ratio", closed_low=True, closed_high=True)
+        validate.integer(self.warmup, "The warm-up", low=0, high=10**8)
+        validate.real(self.weight_decay, "The weight decay", low=0.0)
+        validate.real(self.grad_clip, "The gradient clip", low=0.0, low_open=True)
+        validate.seed(self.seed, "--seed")
 
     @property
     def ffn(self) -> int:
@@ -157,8 +161,8 @@ def train_tiny_lm(text: TextSource, out: str | os.PathLike, config: TinyLMConfig
     oversubscription (measured on a busy 2-core machine: 0.26 s/step on 1 thread, 5 s on 2).
     """
     check_out_dir(out)
-    if threads is not None and threads < 1:
-        raise TicketlabError(f"--threads must be at least 1, not {threads}.")
+    if threads is not None:
+        validate.integer(threads, "--threads", low=1, high=4096)
     saved_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -204,14 +208,20 @@ def _train(text: TextSource, out: str | os.PathLike, config: TinyLMConfig, progr
             group["lr"] = _lr_at(step, config)
         logits = model(input_ids=batch[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        value = float(loss.detach())
+        if not math.isfinite(value):  # never train on, or save, a model whose loss is not finite
+            raise TicketlabError(f"Training diverged (the loss became {value}) at step {step}; lower --lr.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        recent = (recent + [float(loss.detach())])[-50:]
+        recent = (recent + [value])[-50:]
         if bar is not None and step % 10 == 0:
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
     model.eval()
+    bad = next((n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+    if bad is not None:
+        raise TicketlabError(f"Training left non-finite weights (in {bad!r}); lower --lr.")
     validation = perplexity(model, heldout_ids, seqlen=config.context, source=text.describe(), part="heldout")
     result = TinyLMResult(
         out=Path(out), parameters=parameters, train_tokens=int(train_ids.numel()),

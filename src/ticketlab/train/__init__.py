@@ -4,7 +4,8 @@ updates for dynamic sparse training) and the process-group helpers for running i
 from . import distributed
 from .config import OPTIMIZERS, TrainConfig
 from .distributed import barrier, is_main_process, rank, world_size
-from .loop import TrainResult, evaluate, iterations_per_epoch, resolve_device, train
+from ..devices import resolve_device
+from .loop import TrainResult, evaluate, iterations_per_epoch, train
 from .optim import build_optimizer, learning_rate
 
 __all__ = ["OPTIMIZERS", "TrainConfig", "TrainResult", "barrier", "build_optimizer", "distributed", "evaluate",

@@ -95,19 +95,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss_sum / n, 100.0 * correct / n
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else CPU; an unavailable device is a TicketlabError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TicketlabError(f"Unknown device {name!r}; use cpu, cuda, cuda:N or auto.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TicketlabError("CUDA was requested but no CUDA device is available; use --device cpu.")
-    return device
-
-
 def _changed_fraction(initial: Mapping[str, torch.Tensor], final: Mask) -> float:
     """|initial minus final| / |initial| over all layers (0 when nothing was kept)."""
     kept = sum(int(t.sum()) for t in initial.values())

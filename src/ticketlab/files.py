@@ -56,6 +56,19 @@ def _temporary_name(final: Path, *, with_pid: bool = False) -> Path:
     return final.parent / f".{final.name}.{tag}{secrets.token_hex(4)}.tmp"
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where possible: setting it to read it is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _create_temporary_file(final: Path) -> Path:
     """An empty new file beside ``final`` with the umask's permissions (``O_EXCL``: never reused)."""
     for _ in range(100):
@@ -76,6 +89,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _create_temporary_file(path)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())  # writers that recreate the file (safetensors) make it 0600
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -180,6 +194,8 @@ def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
         if out.is_dir():
             out.rmdir()
         os.replace(tmp, out)
+    except OSError as err:
+        raise TicketlabError(f"Cannot write {str(out)!r} ({err.strerror or err}); nothing was left behind.") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -224,7 +240,10 @@ def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor
     data = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     meta = {METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)} if metadata else None
     with atomic_path(path) as tmp:
-        save_file(data, str(tmp), metadata=meta)
+        try:
+            save_file(data, str(tmp), metadata=meta)
+        except Exception as err:  # safetensors reports a failed write (disk full, quota) as its own type
+            raise TicketlabError(f"Cannot write {str(path)!r} ({_reason(err)}).") from None
 
 
 def read_safetensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

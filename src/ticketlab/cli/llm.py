@@ -106,6 +106,7 @@ def prune(**opts: Any) -> None:
     masks.safetensors and pruning_report.json.
     """
     from ..llm import OneShotConfig, prune_model
+    from ..llm.engine import check_targets
     from ..llm.fidelity import embedding_fidelity, heldout_sentences, sentence_embeddings
     from ..llm.io import atomic_directory, check_out_dir, default_model_path, load_pretrained, save_pretrained
     from ..llm.perplexity import text_perplexity
@@ -128,6 +129,7 @@ def prune(**opts: Any) -> None:
     model_dir = Path(opts["model_dir"]) if opts["model_dir"] else default_model_path()
     loaded = load_pretrained(model_dir)
     model, tokenizer = loaded.model, loaded.tokenizer
+    check_targets(model, config)
     seqlen = resolve_seqlen(model, opts["seqlen"])
     calib = build_calibration(tokenizer, calib_text, nsamples=opts["nsamples"], seqlen=seqlen, seed=opts["seed"],
                               part=opts["calib_part"], wrap_special=loaded.kind == "encoder")
@@ -284,6 +286,7 @@ def train_tiny(**opts: Any) -> None:
                           intermediate=opts["intermediate"], context=opts["context"], vocab_size=opts["vocab_size"],
                           steps=opts["steps"] if opts["steps"] is not None else defaults.steps,
                           batch_size=opts["batch_size"], lr=opts["lr"], seed=opts["seed"])
+    validate.integer(opts["threads"], "--threads", low=1, high=4096)
     check_out_dir(opts["out"])
     text = read_text(opts["text"])
     _echo_err(opts["quiet"], f"ticketlab llm train-tiny: {config.arch}, {config.layers} layers x {config.hidden}, "

@@ -272,10 +272,11 @@ def prune_layer(weight: torch.Tensor, gram: torch.Tensor, config: OneShotConfig,
     return None, keep.to(weight.device)
 
 
+@torch.no_grad()
 def relative_reconstruction_error(weight: torch.Tensor, pruned: torch.Tensor, gram: torch.Tensor) -> float:
     """``‖(W − Ŵ)X‖² / ‖WX‖²`` from ``G = X Xᵀ``: ``tr(ΔW G ΔWᵀ) / tr(W G Wᵀ)`` (weights (out, in))."""
     W = weight.detach().to(torch.float32)
-    D = W - pruned.to(torch.float32)
+    D = W - pruned.detach().to(torch.float32)
     num = float(((D @ gram) * D).sum())
     den = float(((W @ gram) * W).sum())
     if den <= 0.0:
@@ -356,6 +357,14 @@ class _Silent:
 
     def close(self) -> None:
         pass
+
+
+@torch.no_grad()
+def check_targets(model: nn.Module, config: OneShotConfig) -> int:
+    """The number of layers ``config`` would prune in ``model``; a TicketlabError (e.g. a target
+    pattern that matches nothing) before any calibration work is done."""
+    blocks_path, blocks = find_blocks(model)
+    return len(find_targets(model, blocks_path, blocks, config.targets, config.exclude))
 
 
 @torch.no_grad()
@@ -474,4 +483,4 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
     )
 
 
-__all__ = ["prune_layer", "prune_model", "relative_reconstruction_error"]
+__all__ = ["check_targets", "prune_layer", "prune_model", "relative_reconstruction_error"]

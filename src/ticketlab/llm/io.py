@@ -44,6 +44,7 @@ _CAUSAL_ARCH_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
+_SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
                     "sentencepiece.bpe.model")
 
@@ -113,6 +114,11 @@ def check_model_dir(path: str | os.PathLike) -> Path:
         raise TicketlabError(f"{str(path)!r} is not a Hugging Face model directory (it has no config.json).")
     if not any((path / name).is_file() for name in _WEIGHT_FILES):
         raise TicketlabError(f"{str(path)!r} has a config.json but no weights (model.safetensors or pytorch_model.bin).")
+    if not any((path / name).is_file() for name in _SAFE_WEIGHT_FILES):
+        raise TicketlabError(
+            f"{str(path)!r} holds its weights only as pickles (pytorch_model.bin), which can run code when loaded; "
+            "ticketlab loads safetensors weights only (convert them with save_pretrained where you trust the file)."
+        )
     refuse_remote_code(path)
     return path
 
@@ -186,7 +192,7 @@ def load_pretrained(path: str | os.PathLike | None = None, *, kind: ModelKind | 
     try:
         with quiet_transformers():
             model = auto.from_pretrained(str(path), local_files_only=True, trust_remote_code=False,
-                                         **{_dtype_keyword(): dtype})
+                                         use_safetensors=True, **{_dtype_keyword(): dtype})
     except Exception as err:
         raise TicketlabError(f"Cannot load the model in {str(path)!r} ({type(err).__name__}: {_first_line(err)}).") from None
     model.to(device)
@@ -235,10 +241,14 @@ def save_pretrained(model: nn.Module, tokenizer: Any, directory: str | os.PathLi
     kwargs: dict[str, Any] = {}
     if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
         kwargs["safe_serialization"] = True  # transformers 4.x; 5.x always writes safetensors
-    with quiet_transformers():
-        model.save_pretrained(str(directory), **kwargs)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(directory))
+    try:
+        with quiet_transformers():
+            model.save_pretrained(str(directory), **kwargs)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(directory))
+    except Exception as err:  # a failed write (disk full, quota) surfaces as several types
+        raise TicketlabError(f"Cannot write the model files ({type(err).__name__}: {_first_line(err)}); "
+                             "nothing was left behind.") from None
     return directory
 
 

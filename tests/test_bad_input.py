@@ -1,0 +1,232 @@
+"""Every bad value a user can type, for every command: one sentence on stderr, exit code 2, and
+nothing written (``--out`` is never created for a refused command). Runs in-process through
+`ticketlab.cli.main`; each case is refused before any real work, so the whole table takes seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ticketlab.cli import main
+from ticketlab.files import save_safetensors
+
+BIG = "99999999999999999999999"
+IMP = ["imp", "--data", "digits", "--steps", "5it", "--rounds", "1", "--quiet"]
+PAI = ["prune-init", "--data", "digits", "--steps", "5it", "--density", "0.2", "--quiet"]
+DST = ["sparse-train", "--data", "digits", "--steps", "400it", "--density", "0.2", "--quiet"]
+CMP = ["compare", "--data", "digits", "--steps", "5it", "--methods", "imp,random", "--densities", "0.5", "--quiet"]
+
+TRAINING_FLAGS = [
+    (["--steps", "10"], "no unit"), (["--steps", "10xx"], "Cannot read step"), (["--steps", "-5it"], "Cannot read"),
+    (["--steps", "0it"], "at least one iteration"), (["--steps", f"{BIG}ep"], "beyond the limit"),
+    (["--steps", f"{BIG}it"], "beyond the limit"), (["--steps", "1e3it"], "Cannot read"),
+    (["--warmup", "5"], "no unit"), (["--warmup", "abc"], "Cannot read"), (["--lr-drops", "5"], "no unit"),
+    (["--lr-drops", "3it,abc"], "Cannot read"), (["--eval-every", "0it"], "must be positive"),
+    (["--eval-every", "5"], "no unit"), (["--lr", "nan"], "finite"), (["--lr", "inf"], "finite"),
+    (["--lr", "-1"], "greater than 0"), (["--lr", "0"], "greater than 0"), (["--lr", "abc"], "--lr"),
+    (["--weight-decay", "nan"], "finite"), (["--weight-decay", "inf"], "finite"),
+    (["--weight-decay", "-0.1"], "at least 0"), (["--optimizer", "sgd", "--momentum", "1"], "in [0, 1)"),
+    (["--optimizer", "sgd", "--momentum", "nan"], "finite"), (["--momentum", "0.5"], "sgd only"),
+    (["--nesterov"], "Nesterov"), (["--lr-gamma", "0"], "(0, 1]"), (["--lr-gamma", "2"], "(0, 1]"),
+    (["--lr-gamma", "nan"], "finite"), (["--batch-size", "0"], "at least 1"), (["--batch-size", "-1"], "at least 1"),
+    (["--batch-size", BIG], "at most"), (["--optimizer", "rmsprop"], "rmsprop"),
+    (["--seeds", "0"], "at least one seed"), (["--seeds", "-1,2"], "at least 0"), (["--seeds", f"0,{BIG}"], "at most"),
+    (["--seeds", "1,1"], "twice"), (["--seeds", "x"], "--seeds"), (["--seeds", ""], "--seeds"),
+    (["--split-seed", "-1"], "at least 0"), (["--split-seed", BIG], "at most"),
+    (["--val-fraction", "0"], "between 0 and 1"), (["--val-fraction", "1"], "between 0 and 1"),
+    (["--val-fraction", "nan"], "finite"), (["--val-fraction", "1.5"], "between 0 and 1"),
+    (["--model", "nope"], "Unknown model"), (["--data", "nope"], "nope"),
+    (["--data", "mnist", "--data-dir", "/nonexistent/dir"], "mnist"), (["--device", "tpu7"], "Unknown device"),
+    (["--device", "mps"], "not supported"), (["--device", "cuda:99"], "cuda"), (["--bogus-flag"], "bogus"),
+]
+IMP_FLAGS = [
+    (["--rate", "nan"], "finite"), (["--rate", "1"], "between 0 and 1"), (["--rate", "0"], "between 0 and 1"),
+    (["--rate", "-0.5"], "between 0 and 1"), (["--rate", "inf"], "finite"),
+    (["--layer-rate", "output=nan"], "finite"), (["--layer-rate", "output=1.5"], "between 0 and 1"),
+    (["--layer-rate", "=0.1"], "PATTERN=RATE"), (["--layer-rate", "output"], "PATTERN=RATE"),
+    (["--layer-rate", "nosuchlayer=0.1"], "matches no"), (["--rounds", "-1"], "at least 0"),
+    (["--rounds", "1001"], "at most"), (["--rounds", BIG], "at most"), (["--rounds", "abc"], "--rounds"),
+    (["--tolerance", "nan"], "finite"), (["--tolerance", "-1"], "between 0 and 100"),
+    (["--tolerance", "inf"], "finite"), (["--tolerance", "101"], "between 0 and 100"),
+    (["--rewind", "5ep"], "rewind"), (["--rewind", "soon"], "Cannot read step"), (["--rewind", "5"], "no unit"),
+    (["--controls", "magic"], "Unknown control"), (["--controls", "reinit,reinit"], "twice"),
+    (["--scope", "neither"], "neither"), (["--ignore", "nosuchlayer"], "matches no"),
+]
+PAI_FLAGS = [
+    (["--method", "nope"], "nope"), (["--density", "0"], "between 0 and 1"), (["--density", "1"], "between 0 and 1"),
+    (["--density", "nan"], "finite"), (["--density", "x"], "--density"), (["--density", ","], "at least one"),
+    (["--density", "0.5,0.5"], "twice"), (["--scope", "x"], "x"), (["--distribution", "x"], "x"),
+    (["--distribution", "erk"], "--scope layer only"), (["--controls", "static"], "static"),
+    (["--score-batches", "0"], "at least 1"), (["--score-batch-size", "0"], "at least 1"),
+    (["--synflow-iterations", "0"], "at least 1"), (["--synflow-iterations", BIG], "at most"),
+    (["--score-batches", BIG], "at most"),
+]
+DST_FLAGS = [
+    (["--update-every", "0it"], "positive"), (["--update-every", "5"], "no unit"), (["--alpha", "0"], "alpha"),
+    (["--alpha", "1.5"], "alpha"), (["--alpha", "nan"], "alpha"), (["--end-fraction", "0"], "end-fraction"),
+    (["--end-fraction", "nan"], "end-fraction"), (["--update-every", "200it"], "minimum of 4"),
+    (["--controls", "invert"], "invert"), (["--method", "snip"], "snip"),
+]
+CMP_FLAGS = [
+    (["--methods", "nope"], "nope"), (["--methods", "imp,imp"], "once"), (["--methods", ","], "at least one"),
+    (["--densities", "0"], "between 0 and 1"), (["--densities", "nan"], "finite"), (["--imp-rate", "1"], "between 0 and 1"),
+    (["--methods", "rigl", "--steps", "2ep"], "minimum of 4"), (["--distribution", "x"], "x"),
+    (["--methods", "set", "--steps", "500it", "--update-every", "500it"], "minimum of 4"),
+]
+
+CASES = ([(IMP, f, m) for f, m in TRAINING_FLAGS + IMP_FLAGS] + [(PAI, f, m) for f, m in TRAINING_FLAGS + PAI_FLAGS]
+         + [(DST, f, m) for f, m in DST_FLAGS] + [(CMP, f, m) for f, m in CMP_FLAGS])
+
+
+def _refused(argv: list[str], fragment: str, capsys) -> str:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, (argv, out, err)
+    assert err.startswith("ticketlab: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and fragment.lower() in err.lower(), err
+    return err
+
+
+@pytest.mark.parametrize("base, extra, fragment", CASES, ids=[f"{b[0]} {' '.join(e)}" for b, e, _ in CASES])
+def test_bad_training_flags(base, extra, fragment, tmp_path, capsys):
+    out = tmp_path / "out"
+    _refused([*base, "--out", str(out), *extra], fragment, capsys)
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_or_under_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    _refused([*IMP, "--out", str(tmp_path / "file")], "is a file", capsys)
+    _refused([*IMP, "--out", str(tmp_path / "file" / "run")], "Cannot create", capsys)
+
+
+def _summary(**entry):
+    base = {"round": 0, "density": 1.0, "test_accuracy": 90.0, "test_accuracy_std": 0.0,
+            "early_stop_iteration": 5, "early_stop_iteration_std": 0.0, "winning_ticket": True, "controls": {}}
+    return {"kind": "imp", "seeds": [0], "controls": [], "rounds": [{**base, **entry}]}
+
+
+@pytest.mark.parametrize("summary, fragment", [
+    ([], "not an object"), ({"rounds": 3}, "no list of rounds"), ({"rounds": [1]}, "not an object"),
+    (_summary(density="x"), "'density'"), (_summary(controls={"reinit": 5}), "control 'reinit'"),
+    (_summary(collapsed_layers=3), "collapsed_layers"), ({**_summary(), "controls": "reinit"}, "controls"),
+    ({**_summary(), "dense_test_accuracy": "high"}, "dense_test_accuracy"),
+])
+def test_report_on_a_malformed_summary(summary, fragment, tmp_path, capsys):
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    _refused(["report", str(tmp_path)], fragment, capsys)
+
+
+def test_report_on_non_json_and_missing(tmp_path, capsys):
+    _refused(["report", str(tmp_path / "nope")], "does not exist", capsys)
+    _refused(["report", str(tmp_path)], "no summary.json", capsys)
+    (tmp_path / "summary.json").write_text("{torn")
+    _refused(["report", str(tmp_path)], "as JSON", capsys)
+
+
+def test_mask_command_bad_files(tmp_path, capsys):
+    _refused(["mask", str(tmp_path / "nope.safetensors")], "does not exist", capsys)
+    (tmp_path / "text.safetensors").write_text("hello")
+    _refused(["mask", str(tmp_path / "text.safetensors")], "not a readable", capsys)
+    save_safetensors(tmp_path / "float.safetensors", {"w": torch.ones(2)})
+    _refused(["mask", str(tmp_path / "float.safetensors")], "non-boolean", capsys)
+    save_safetensors(tmp_path / "mask.safetensors", {"layers.1.weight": torch.ones(3, 3, dtype=torch.bool)})
+    _refused(["mask", str(tmp_path / "mask.safetensors"), "--model", "lenet300", "--data", "digits"], "shape", capsys)
+
+
+def test_damaged_scoring_json_is_one_sentence(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [*PAI, "--steps", "2it", "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    unit = out / "seed-0" / "density-0.2"
+    (unit / "result.json").unlink()
+    (unit / "scoring.json").write_text(json.dumps({"collapsed_layers": []}))
+    _refused(argv, "scoring_time", capsys)
+
+
+transformers = pytest.importorskip("transformers")
+from llm_assets import llm_assets  # noqa: E402,F401
+
+
+def _llm_cases(assets, tmp: Path) -> list[tuple[list[str], str]]:
+    model = ["--model", str(assets.llama_dir)]
+    calib = ["--calib", str(assets.text_path), "--nsamples", "2", "--seqlen", "16"]
+    prune = ["llm", "prune", *model, *calib]
+    full = tmp / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    return [
+        ([*prune, "--sparsity", "0.5"], "--method"),
+        ([*prune, "--method", "wanda", "--sparsity", "0"], "between 0 and 1"),
+        ([*prune, "--method", "wanda", "--sparsity", "1"], "between 0 and 1"),
+        ([*prune, "--method", "wanda", "--sparsity", "nan"], "between 0 and 1"),
+        ([*prune, "--method", "wanda", "--pattern", "abc"], "abc"),
+        ([*prune, "--method", "wanda", "--pattern", "2:0"], "2:0"),
+        ([*prune, "--method", "wanda", "--sparsity", "0.5", "--nsamples", "0"], "at least 1"),
+        ([*prune, "--method", "wanda", "--sparsity", "0.5", "--nsamples", BIG], "at most"),
+        ([*prune, "--method", "wanda", "--sparsity", "0.5", "--seqlen", "1"], "at least 2"),
+        ([*prune, "--method", "wanda", "--sparsity", "0.5", "--seqlen", "100000"], "context"),
+        ([*prune, "--method", "wanda", "--sparsity", "0.5", "--device", "tpu7"], "Unknown device"),
+        ([*prune, "--method", "wanda", "--sparsity", "0.5", "--device", "cuda:7"], "cuda"),
+        ([*prune, "--method", "sparsegpt", "--sparsity", "0.5", "--blocksize", "0"], "block size"),
+        ([*prune, "--method", "sparsegpt", "--sparsity", "0.5", "--percdamp", "nan"], "dampening"),
+        ([*prune, "--method", "sparsegpt", "--sparsity", "0.5", "--percdamp", "-1"], "dampening"),
+        ([*prune, "--method", "wanda", "--sparsity", "0.5", "--targets", "nomatch"], "nomatch"),
+        ([*prune, "--method", "wanda", "--sparsity", "0.5", "--calib", str(tmp / "missing.txt")], "missing.txt"),
+        ([*prune, "--method", "wanda", "--sparsity", "0.5", "--eval-text", str(tmp / "missing.txt")], "missing.txt"),
+        ([*prune, "--method", "wanda", "--sparsity", "0.5", "--magnitude-scope", "x"], "x"),
+        ([*prune, "--method", "wanda", "--sparsity", "0.5", "--seed", "-1"], "at least 0"),
+        (["llm", "prune", "--model", str(full), "--method", "wanda", "--sparsity", "0.5"], "config.json"),
+        (["llm", "eval", *model, "--max-windows", "0"], "at least 1"),
+        (["llm", "eval", *model, "--batch-size", "0"], "at least 1"),
+        (["llm", "eval", *model, "--device", "tpu7"], "Unknown device"),
+        (["llm", "eval", "--model", str(assets.bert_dir), "--seqlen", "8", "--text", str(assets.text_path)], "seqlen"),
+        (["llm", "eval", "--model", str(assets.bert_dir), "--max-sentences", "0"], "at least 1"),
+        (["llm", "eval", *model, "--text", str(tmp / "missing.txt")], "missing.txt"),
+        (["llm", "train-tiny", "--text", str(assets.text_path), "--lr", "nan"], "finite"),
+        (["llm", "train-tiny", "--text", str(assets.text_path), "--lr", "inf"], "finite"),
+        (["llm", "train-tiny", "--text", str(assets.text_path), "--lr", "0"], "greater than 0"),
+        (["llm", "train-tiny", "--text", str(assets.text_path), "--context", "1"], "--context"),
+        (["llm", "train-tiny", "--text", str(assets.text_path), "--steps", "0"], "at least 1"),
+        (["llm", "train-tiny", "--text", str(assets.text_path), "--layers", "0"], "at least 1"),
+        (["llm", "train-tiny", "--text", str(assets.text_path), "--hidden", "30"], "multiple"),
+        (["llm", "train-tiny", "--text", str(assets.text_path), "--vocab-size", "10"], "vocab-size"),
+        (["llm", "train-tiny", "--text", str(assets.text_path), "--threads", "0"], "at least 1"),
+        (["llm", "train-tiny", "--text", str(assets.text_path), "--batch-size", "0"], "at least 1"),
+        (["llm", "train-tiny", "--text", str(tmp / "missing.txt")], "missing.txt"),
+        (["llm", "train-tiny", "--text", str(assets.text_path), "--seed", BIG], "at most"),
+    ]
+
+
+def test_llm_bad_input(llm_assets, tmp_path, capsys):
+    for argv, fragment in _llm_cases(llm_assets, tmp_path):
+        out = tmp_path / "out"
+        if "--out" not in argv and argv[1] != "eval":
+            argv = [*argv, "--out", str(out)]
+        _refused(argv, fragment, capsys)
+        assert not out.exists(), argv
+
+
+def test_llm_out_not_empty(llm_assets, tmp_path, capsys):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    _refused(["llm", "prune", "--model", str(llm_assets.llama_dir), "--method", "wanda", "--sparsity", "0.5",
+              "--calib", str(llm_assets.text_path), "--nsamples", "2", "--seqlen", "16", "--out", str(full)],
+             "not empty", capsys)
+    assert [p.name for p in full.iterdir()] == ["x"]
+
+
+def test_eval_against_a_reference_of_another_vocabulary(llm_assets, tmp_path, capsys):
+    from llm_assets import make_bert
+
+    other = tmp_path / "other"
+    from ticketlab.llm.io import save_pretrained
+
+    save_pretrained(make_bert(len(llm_assets.tokenizer) + 7), llm_assets.tokenizer, other)
+    _refused(["llm", "eval", "--model", str(llm_assets.bert_dir), "--reference", str(other),
+              "--text", str(llm_assets.text_path)], "vocabulary", capsys)

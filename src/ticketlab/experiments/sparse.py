@@ -14,7 +14,7 @@ Layout of a run directory (every file atomic; finished units are never recompute
     seed-<s>/init.safetensors                      θ0 (the same θ0 as an IMP run of that seed)
     seed-<s>/density-<d>/mask.safetensors          the mask trained (DST: the initial mask)
     seed-<s>/density-<d>/scoring.json              scoring time, collapsed layers
-    seed-<s>/density-<d>/{weights.safetensors, result.json, checkpoint.pt, final_mask.safetensors}
+    seed-<s>/density-<d>/{weights.safetensors, result.json, checkpoint.safetensors, final_mask.safetensors}
     seed-<s>/density-<d>/controls/<name>/          the same files for each control
 
 ``summary.json`` has the fields of an IMP summary, with one entry per density in ``rounds``.

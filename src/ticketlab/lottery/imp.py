@@ -6,10 +6,10 @@ Layout of a run directory (every file written atomically)::
     seed-<s>/init.safetensors            theta_0 (the whole state dict)
     seed-<s>/rewind.safetensors          theta_k, when rewinding late
     seed-<s>/round-<r>/mask.safetensors  the mask trained in round r (round 0: dense)
-    seed-<s>/round-<r>/weights.safetensors, result.json, checkpoint.pt (while training)
+    seed-<s>/round-<r>/weights.safetensors, result.json, checkpoint.safetensors (while training)
     seed-<s>/round-<r>/controls/<name>/  the same files for each control
 
-A unit of work whose ``result.json`` exists is never recomputed; one with a ``checkpoint.pt``
+A unit of work whose ``result.json`` exists is never recomputed; one with a ``checkpoint.safetensors``
 resumes from it. Round r+1's mask is a pure function of round r's mask and trained weights, and
 all randomness comes from seeds derived from the replicate seed, so a resumed run ends exactly
 like an uninterrupted one.

@@ -190,6 +190,7 @@ def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
     fd = _lock_directory(tmp)
     try:
         yield tmp
+        follow_umask(tmp)
         _check_free(out)
         if out.is_dir():
             out.rmdir()
@@ -207,6 +208,15 @@ def _check_free(out: Path) -> None:
     if out.exists() and not is_empty_directory(out):
         what = "a file" if not out.is_dir() else "not empty"
         raise TicketlabError(f"--out {str(out)!r} exists and is {what}; choose a new directory so nothing is overwritten.")
+
+
+def follow_umask(root: Path) -> None:
+    """Give ``root`` and everything under it the umask's permissions (writers such as safetensors
+    and ``mkdtemp`` create private files)."""
+    umask = current_umask()
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def remove_leftovers(root: Path, *, skip: Any = None) -> list[Path]:

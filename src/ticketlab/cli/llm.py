@@ -108,7 +108,8 @@ def prune(**opts: Any) -> None:
     from ..llm import OneShotConfig, prune_model
     from ..llm.engine import check_targets
     from ..llm.fidelity import embedding_fidelity, heldout_sentences, sentence_embeddings
-    from ..llm.io import atomic_directory, check_out_dir, default_model_path, load_pretrained, save_pretrained
+    from ..llm.io import (atomic_directory, check_out_dir, copy_sentence_transformers_files, default_model_path,
+                          load_pretrained, save_pretrained)
     from ..llm.perplexity import text_perplexity
     from ..llm.text import build_calibration, packaged_text, read_text, resolve_seqlen
     from ..files import write_json
@@ -173,6 +174,7 @@ def prune(**opts: Any) -> None:
         record["evaluation"] = evaluation
     with atomic_directory(out) as tmp:
         save_pretrained(model, tokenizer, tmp)
+        copy_sentence_transformers_files(model_dir, tmp)
         report.masks.save(tmp / "masks.safetensors", metadata={"method": config.method, "model": str(model_dir)})
         write_json(tmp / "pruning_report.json", record)
 

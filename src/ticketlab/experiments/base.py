@@ -19,8 +19,13 @@ from torch import nn
 
 from ..data import DataSplits, load_dataset
 from ..models import create_model
+from ..files import write_json
 from ..runs import MetricsLog, RunLock, check_run_directory
 from .unit import ProgressFactory, claim_for_process
+
+
+#: The file in a run directory that names its model and the data's shapes.
+MODEL_SPEC = "model.json"
 
 
 @dataclass
@@ -75,9 +80,18 @@ class Experiment:
             _, self.lock = claim_for_process(self.out, self.config.to_json(), kind=self.kind_of(self.config),
                                              device=self.device)
         try:
+            self.write_model_spec()
             return self.execute()
         finally:
             self.release()
+
+    def write_model_spec(self) -> None:
+        """``OUT/model.json``: what rebuilds this run's networks without its data (`ticketlab export`)."""
+        path = self.out / MODEL_SPEC
+        spec = {"model": self.config.model, "data": self.config.data, "input_shape": list(self.data.input_shape),
+                "num_classes": int(self.data.num_classes)}
+        if not path.exists():
+            write_json(path, spec)
 
     def execute(self) -> Any:
         """The experiment's own work (subclasses)."""

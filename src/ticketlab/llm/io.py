@@ -252,6 +252,34 @@ def save_pretrained(model: nn.Module, tokenizer: Any, directory: str | os.PathLi
     return directory
 
 
+#: What makes a model directory a sentence-transformers model: its module list, pooling and normalisation.
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
+SENTENCE_TRANSFORMERS_DIRS = ("1_Pooling", "2_Normalize", "2_Dense", "3_Normalize")
+
+
+def copy_sentence_transformers_files(source: str | os.PathLike, target: str | os.PathLike) -> list[str]:
+    """Copy a sentence-transformers model's own files (modules.json, pooling, normalisation) from
+    ``source`` to ``target``, so ``SentenceTransformer(target)`` embeds as the source would. Returns
+    the relative paths copied (none for a plain transformers model)."""
+    import shutil
+
+    source, target = Path(source), Path(target)
+    copied = []
+    for name in SENTENCE_TRANSFORMERS_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)
+            copied.append(name)
+    for folder in SENTENCE_TRANSFORMERS_DIRS:
+        if (source / folder).is_dir() and not (source / folder).is_symlink():
+            for path in sorted((source / folder).rglob("*")):
+                if path.is_file() and not path.is_symlink():
+                    relative = path.relative_to(source)
+                    (target / relative).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, target / relative)
+                    copied.append(str(relative))
+    return copied
+
+
 def _dtype_keyword() -> str:
     """``dtype`` (transformers >= 4.56) or ``torch_dtype`` (older releases)."""
     import transformers

@@ -1,0 +1,57 @@
+"""``ticketlab export`` and ``ticketlab bench``: smaller files and faster models from what was found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import validate
+from ..errors import TicketlabError
+from .common import split_list
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+@click.command("export")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--out", required=True, metavar="DIR", help="New (or empty) directory to write.")
+@click.option("--seed", default=None, type=int, help="With a run directory: the seed (default: its first).")
+@click.option("--round", "round_index", default=None, type=int,
+              help="With a run directory: the round (IMP; default: the sparsest winning ticket) or the density "
+                   "index (prune-init / sparse-train; default: the smallest density).")
+@click.option("--format", "fmt", default="compact", show_default=True, type=click.Choice(["compact", "hf"]),
+              help="compact: bitmask / N:M encoded weights for ticketlab.deploy.load; hf: a plain Hugging Face "
+                   "directory that transformers and sentence-transformers load alone.")
+@click.option("--no-compaction", is_flag=True, help="Keep every hidden unit (vision models).")
+def export(src: Path, out: str, seed: int | None, round_index: int | None, fmt: str, no_compaction: bool) -> None:
+    """Export a ticket (a round of a run, or a run directory) or a pruned HF model as a smaller directory.
+
+    SRC is runs/X/seed-0/round-10, a run directory (with --seed / --round), or a directory written by
+    ticketlab llm prune. The result rebuilds the model without the run: ticketlab.deploy.load(OUT).
+    """
+    from ..deploy import export as export_model
+
+    if seed is not None:
+        validate.seed(seed, "--seed")
+    if round_index is not None:
+        validate.integer(round_index, "--round", low=0, high=10_000)
+    record = export_model(src, out, seed=seed, round_index=round_index, fmt=fmt, compact=not no_compaction)
+    sizes = record["sizes"]
+    click.echo(f"exported {record['source']['description']}")
+    compaction = record.get("compaction") or {}
+    if compaction.get("removed_units"):
+        widths = ", ".join(f"{name} {compaction['widths_before'][name]} -> {after}"
+                           for name, after in compaction["widths_after"].items())
+        click.echo(f"compacted: removed {compaction['removed_units']} dead units ({widths})")
+    if fmt == "compact":
+        click.echo(f"weights: {_format_bytes(sizes['compact_file'])} vs {_format_bytes(sizes['dense_file'])} dense "
+                   f"({sizes['file_ratio']:.3f}x); pruned tensors {sizes['pruned_tensor_ratio']:.3f}x their dense size")
+    click.echo(f"wrote {out}")

@@ -1,0 +1,135 @@
+"""Exported model directories: write them (atomically) and read them back, checked.
+
+A ``compact`` directory holds::
+
+    ticketlab.json        what the directory is: format, version, the model spec, where it came
+                          from, layer widths after compaction, file sizes
+    weights.safetensors   every tensor in the compact encoding (`ticketlab.deploy.format`)
+    config.json, tokenizer files, modules.json, 1_Pooling/ ...   (Hugging Face sources, unchanged)
+
+An ``hf`` directory is a plain Hugging Face model directory (dense ``model.safetensors``, config,
+tokenizer and sentence-transformers files) that ``transformers`` and ``sentence-transformers`` load
+without ticketlab.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import TicketlabError
+from ..files import METADATA_KEY, atomic_directory, read_json, read_safetensors, write_json
+from .format import decode_state, encode_state
+from .sources import Source
+
+PACKAGE_FORMAT, PACKAGE_VERSION = "ticketlab-deploy", 1
+SPEC_FILE, WEIGHTS_FILE = "ticketlab.json", "weights.safetensors"
+FORMATS = ("compact", "hf")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Bytes of the dense and compact weights, in total and over the pruned tensors only."""
+
+    dense_file: int
+    compact_file: int
+    dense_pruned: int
+    compact_pruned: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dense_file": self.dense_file, "compact_file": self.compact_file,
+                "file_ratio": self.compact_file / max(1, self.dense_file),
+                "dense_pruned_tensors": self.dense_pruned, "compact_pruned_tensors": self.compact_pruned,
+                "pruned_tensor_ratio": self.compact_pruned / max(1, self.dense_pruned)}
+
+
+def dense_safetensors_bytes(state: dict[str, torch.Tensor]) -> int:
+    """The size of a plain safetensors file of ``state`` (header built as safetensors builds it)."""
+    header, offset = {}, 0
+    for name in sorted(state):
+        tensor = state[name]
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": "X", "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":"))
+    return 8 + math.ceil(len(text) / 8) * 8 + offset
+
+
+def _copy_files(source: Source, target: Path) -> None:
+    for relative in source.files:
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source.path / relative, destination)
+
+
+def write_package(source: Source, out: Path, *, fmt: str = "compact", state: dict[str, torch.Tensor] | None = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``source`` (or ``state``, e.g. compacted weights) to the new directory ``out``; return the record."""
+    from safetensors.torch import save_file
+
+    if fmt not in FORMATS:
+        raise TicketlabError(f"Unknown export format {fmt!r}; choose {' or '.join(FORMATS)}.")
+    if fmt == "hf" and source.kind != "hf":
+        raise TicketlabError("--format hf writes a Hugging Face directory; this source is a ticketlab vision model.")
+    state = source.state if state is None else state
+    tensors, table = encode_state(state) if fmt == "compact" else ({}, {})
+    with atomic_directory(out) as tmp:
+        _copy_files(source, tmp)
+        if fmt == "compact":
+            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={METADATA_KEY: json.dumps(table, sort_keys=True)})
+        else:
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
+                      metadata={"format": "pt"})
+        weights = tmp / (WEIGHTS_FILE if fmt == "compact" else "model.safetensors")
+        sizes = _sizes(source.state, state, table, weights.stat().st_size if fmt == "compact" else None)
+        record = {"format": PACKAGE_FORMAT, "version": PACKAGE_VERSION, "kind": source.kind, "layout": fmt,
+                  "spec": source.spec, "source": {"path": str(source.path), "description": source.description,
+                                                  **source.origin},
+                  "sizes": sizes.to_json(), **(extra or {})}
+        write_json(tmp / SPEC_FILE, record)
+    return record
+
+
+def _sizes(original: dict[str, torch.Tensor], state: dict[str, torch.Tensor], table: dict[str, Any],
+           compact_file: int | None) -> Sizes:
+    """File sizes; 'pruned tensors' are those stored in a sparse encoding (compared with their dense bytes)."""
+    dense_file = dense_safetensors_bytes(original)
+    infos = table.get("tensors", {})
+    sparse = [n for n, i in infos.items() if i["encoding"] != "dense"]
+    dense_pruned = sum(state[n].numel() * state[n].element_size() for n in sparse)
+    compact_pruned = sum(_encoded_bytes(table, n, state[n]) for n in sparse)
+    return Sizes(dense_file, compact_file if compact_file is not None else dense_safetensors_bytes(state),
+                 dense_pruned, compact_pruned)
+
+
+def _encoded_bytes(table: dict[str, Any], name: str, tensor: torch.Tensor) -> int:
+    return int(table["tensors"][name]["nbytes"])
+
+
+def read_package(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The record and the decoded state dict of an exported directory; one sentence if anything is off."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise TicketlabError(f"{str(directory)!r} is not a directory exported by ticketlab export.")
+    spec_path = directory / SPEC_FILE
+    if not spec_path.is_file():
+        raise TicketlabError(f"{str(directory)!r} has no {SPEC_FILE}; it was not written by ticketlab export.")
+    record = read_json(spec_path)
+    if not isinstance(record, dict) or record.get("format") != PACKAGE_FORMAT:
+        raise TicketlabError(f"{str(spec_path)!r} does not describe a ticketlab export.")
+    if record.get("version") != PACKAGE_VERSION:
+        raise TicketlabError(f"{str(directory)!r} has export format version {record.get('version')!r}; this "
+                             f"ticketlab reads version {PACKAGE_VERSION}.")
+    if record.get("kind") not in ("vision", "hf") or not isinstance(record.get("spec"), dict):
+        raise TicketlabError(f"{str(spec_path)!r} is damaged.")
+    if record.get("layout") == "hf":
+        tensors, _ = read_safetensors(directory / "model.safetensors", "weights file")
+        return record, tensors
+    tensors, table = read_safetensors(directory / WEIGHTS_FILE, "compact weights file")
+    return record, decode_state(tensors, table, f"{str(directory / WEIGHTS_FILE)!r}")

@@ -10,17 +10,24 @@ from torch import nn
 
 from ..errors import TicketlabError
 from .compact import resize_to_state
-from .export import build_vision_model
+from .export import build_vision_model, example_batch
 from .package import read_package
 
 
 def _vision_model(record: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> nn.Module:
-    model = resize_to_state(build_vision_model(record["spec"]), state)
+    """The registered architecture, resized to the (compacted) weights, checked on one input."""
+    spec = record["spec"]
+    if not (isinstance(spec.get("model"), str) and isinstance(spec.get("input_shape"), list)
+            and isinstance(spec.get("num_classes"), int)):
+        raise TicketlabError(f"The ticketlab.json in {where} has a malformed model spec.")
+    model = resize_to_state(build_vision_model(spec), state)
     try:
         model.load_state_dict(state)
+        with torch.no_grad():
+            model.eval()(example_batch(spec, 1))
     except RuntimeError:
         raise TicketlabError(f"The weights in {where} do not fit the model its ticketlab.json names.") from None
-    return model.eval()
+    return model
 
 
 def _hf_model(directory: Path, state: dict[str, torch.Tensor]) -> nn.Module:

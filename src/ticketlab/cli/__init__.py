@@ -38,7 +38,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 for _command in (lottery.imp, sparse.prune_init, sparse.sparse_train, sparse.compare, lottery.report,
-                 lottery.mask_info, deploy.export, lottery.models, lottery.datasets):
+                 lottery.mask_info, deploy.export, deploy.bench, lottery.models, lottery.datasets):
     cli.add_command(_command)
 cli.add_command(llm.llm)
 

@@ -55,3 +55,38 @@ def export(src: Path, out: str, seed: int | None, round_index: int | None, fmt: 
         click.echo(f"weights: {_format_bytes(sizes['compact_file'])} vs {_format_bytes(sizes['dense_file'])} dense "
                    f"({sizes['file_ratio']:.3f}x); pruned tensors {sizes['pruned_tensor_ratio']:.3f}x their dense size")
     click.echo(f"wrote {out}")
+
+
+@click.command("bench")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--batch-sizes", default="1,8,64", show_default=True, help="Comma list of batch sizes.")
+@click.option("--threads", default=None, type=int, help="CPU threads (default: torch's default for this machine).")
+@click.option("--repeats", default=20, show_default=True, type=int, help="Alternated rounds per measurement.")
+@click.option("--seqlen", default=64, show_default=True, type=int, help="Tokens per sequence (transformers).")
+@click.option("--no-memory", is_flag=True, help="Skip the peak-memory measurement (two child processes).")
+@click.option("--out", default=None, metavar="DIR", help="Where bench.json and bench.png go (default: MODEL_DIR).")
+def bench(model_dir: Path, device: str, batch_sizes: str, threads: int | None, repeats: int, seqlen: int,
+          no_memory: bool, out: str | None) -> None:
+    """Time an exported model, dense against deployed, on this machine; write bench.json and bench.png."""
+    from ..deploy.bench import bench as run_bench, check_batch_sizes, format_bench, write_outputs
+    from ..deploy.kernels import kernel_status
+    from ..devices import resolve_device
+
+    resolve_device(device, allow_auto=False)
+    try:
+        sizes = check_batch_sizes([int(v) for v in split_list(batch_sizes)])
+    except ValueError:
+        raise TicketlabError(f"Cannot read --batch-sizes {batch_sizes!r}: give whole numbers like 1,8,64.") from None
+    if threads is not None:
+        validate.integer(threads, "--threads", low=1, high=4096)
+    validate.integer(repeats, "--repeats", low=3, high=10_000)
+    validate.integer(seqlen, "--seqlen", low=1, high=1 << 20)
+    status = kernel_status()
+    if not status["available"] and device == "cpu":
+        click.echo(f"note: {status['reason']}; using torch's sparse and dense kernels only.", err=True)
+    result = run_bench(model_dir, batch_sizes=sizes, device=device, threads=threads, repeats=repeats, seqlen=seqlen,
+                       memory=not no_memory)
+    json_path, png = write_outputs(result, Path(out) if out else model_dir)
+    click.echo(format_bench(result))
+    click.echo(f"\nWrote {json_path} and {png}.")

@@ -142,6 +142,7 @@ class SparseLinear(nn.Module):
         self.candidates = [n for n in names if BACKENDS[n].unavailable(self.weight) is None]
         self.plan: dict[int, str] = {}
         self._packed: dict[str, Any] = {}
+        self._by_rows: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
 
     @property
     def density(self) -> float:
@@ -175,17 +176,27 @@ class SparseLinear(nn.Module):
                     del self._packed[name]
         return self.plan[bucket]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            return nn.functional.linear(x, self.weight, self.bias)
-        rows = x.numel() // self.in_features
-        flat = x.reshape(rows, self.in_features)
+    def _resolve(self, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
         name = self.plan_for(rows)
-        if name != "dense" and BACKENDS[name].batch_sizes()[0] <= rows <= BACKENDS[name].batch_sizes()[1]:
-            y = self._runner(name)(flat)
+        low, high = BACKENDS[name].batch_sizes()
+        if name == "dense" or not low <= rows <= high:
+            run = self._dense
         else:
-            y = nn.functional.linear(flat, self.weight, self.bias)
-        return y.reshape(*x.shape[:-1], self.out_features)
+            run = self._runner(name)
+        self._by_rows[rows] = run
+        return run
+
+    def _dense(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            return self._dense(x)
+        flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        rows = flat.shape[0]
+        run = self._by_rows.get(rows) or self._resolve(rows)
+        y = run(flat)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         plan = ", ".join(f"{b}: {n}" for b, n in sorted(self.plan.items())) or "not measured yet"
@@ -356,7 +367,23 @@ def sparsify(model: nn.Module, *, batch_sizes: Sequence[int] = (1, 8, 64), backe
         if isinstance(module, (SparseLinear, FusedSparseMLP)):
             for rows in batch_sizes:
                 module.plan_for(int(rows), repeats)
+    _unwrap_all_dense(model)
     return model
+
+
+def _unwrap_all_dense(model: nn.Module) -> None:
+    """A `SparseLinear` whose every measured bucket chose dense goes back to a plain ``nn.Linear``:
+    the wrapper's few microseconds per call would only make it slower. (Layers inside a
+    `FusedSparseMLP` stay: the fused module measures through them.)"""
+    inside_fused = {id(l) for m in model.modules() if isinstance(m, FusedSparseMLP) for l in m.layers}
+    for name, module in list(model.named_modules()):
+        if (isinstance(module, SparseLinear) and id(module) not in inside_fused and module.plan
+                and set(module.plan.values()) == {"dense"}):
+            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                               device=module.weight.device, dtype=module.weight.dtype)
+            linear.weight, linear.bias = module.weight, module.bias
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, linear)
 
 
 def execution_plan(model: nn.Module) -> list[dict[str, Any]]:

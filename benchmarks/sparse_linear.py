@@ -3,10 +3,12 @@
     python benchmarks/sparse_linear.py [--size 4096] [--densities 0.5,0.3,0.1,0.02] [--batches 1,8,64]
                                        [--threads 2] [--repeats 15] [--dtype float32]
 
-For each (density, batch) the backends run in alternation, ``--repeats`` rounds, and the script
-prints the median time of each and its speed-up over dense (``F.linear`` on the same weight with
-its zeros), then the ratio of ticketlab's own kernel to the best library backend (torch CSR). The
-weight is Gaussian with a uniformly random mask; outputs are checked against float64 first.
+For each (density, batch) every backend is paired with dense (``F.linear`` on the same weight with
+its zeros): the two run in alternation, ``--repeats`` rounds after a warm-up, and the script prints
+each backend's median time and its speed-up over the dense median of its own pairing (so no
+backend's speed depends on which other backend happened to run before it), then the ratio of
+ticketlab's own kernels to the best library backend (torch CSR). The weight is Gaussian with a
+uniformly random mask; outputs are checked against float64 first.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def timed(fn, x) -> float:
     return time.perf_counter() - started
 
 
-def measure(weight, bias, batch: int, repeats: int, dtype) -> dict[str, float]:
+def measure(weight, bias, batch: int, repeats: int, dtype) -> dict[str, tuple[float, float]]:
+    """backend -> (dense median, backend median), each pair measured in alternation."""
     x = torch.randn(batch, weight.shape[1], generator=torch.Generator().manual_seed(batch)).to(dtype)
     reference = torch.nn.functional.linear(x.double(), weight.double(), bias.double())
     runners = {}
@@ -37,14 +40,19 @@ def measure(weight, bias, batch: int, repeats: int, dtype) -> dict[str, float]:
             runners[name] = (lambda x, b=backend, p=packed: b.run(p, x))
             error = float((runners[name](x).double() - reference).abs().max() / reference.abs().max())
             assert error < (1e-5 if dtype == torch.float32 else 1e-2), (name, error)
-    times: dict[str, list[float]] = {n: [] for n in runners}
-    for _ in range(3):  # warm-up
-        for fn in runners.values():
-            fn(x)
-    for _ in range(repeats):
-        for name, fn in runners.items():
-            times[name].append(timed(fn, x))
-    return {n: statistics.median(t) for n, t in times.items()}
+    results: dict[str, tuple[float, float]] = {}
+    for name, fn in runners.items():
+        if name == "dense":
+            continue
+        pair = {"dense": runners["dense"], name: fn}
+        times: dict[str, list[float]] = {n: [] for n in pair}
+        for round_index in range(repeats + 3):  # three warm-up rounds
+            for n, f in pair.items():
+                t = timed(f, x)
+                if round_index >= 3:
+                    times[n].append(t)
+        results[name] = (statistics.median(times["dense"]), statistics.median(times[name]))
+    return results
 
 
 def main() -> None:
@@ -67,12 +75,12 @@ def main() -> None:
         weight = (weight * (torch.rand(weight.shape, generator=g) < density)).to(dtype)
         bias = torch.randn(args.size, generator=g).to(dtype)
         for batch in (int(b) for b in args.batches.split(",")):
-            medians = measure(weight, bias, batch, args.repeats, dtype)
-            dense = medians["dense"]
-            cells = "  ".join(f"{n} {1e3 * t:7.3f} ms ({dense / t:5.2f}x)" for n, t in medians.items())
-            ours = min((t for n, t in medians.items() if n.startswith("cpu-")), default=None)
-            library = medians.get("torch-csr")
-            versus = f"  ours/torch-csr speed {library / ours:4.2f}x" if ours and library else ""
+            pairs = measure(weight, bias, batch, args.repeats, dtype)
+            speedups = {n: dense / t for n, (dense, t) in pairs.items()}
+            cells = "  ".join(f"{n} {1e3 * t:7.3f} ms ({dense / t:5.2f}x)" for n, (dense, t) in pairs.items())
+            ours = max((v for n, v in speedups.items() if n.startswith("cpu-")), default=None)
+            library = speedups.get("torch-csr")
+            versus = f"  ours/torch-csr speed {ours / library:4.2f}x" if ours and library else ""
             print(f"density {density:4.2f} batch {batch:3d}: {cells}{versus}")
 
 

@@ -75,9 +75,10 @@ def bench(model_dir: Path, device: str, batch_sizes: str, threads: int | None, r
 
     resolve_device(device, allow_auto=False)
     try:
-        sizes = check_batch_sizes([int(v) for v in split_list(batch_sizes)])
+        values = [int(v) for v in split_list(batch_sizes)]
     except ValueError:
         raise TicketlabError(f"Cannot read --batch-sizes {batch_sizes!r}: give whole numbers like 1,8,64.") from None
+    sizes = check_batch_sizes(values)
     if threads is not None:
         validate.integer(threads, "--threads", low=1, high=4096)
     validate.integer(repeats, "--repeats", low=3, high=10_000)

@@ -5,7 +5,7 @@ How a choice is made: for a layer and a bucket of ``rows`` input rows (1, 8, 64,
 use the 512 decision), every available backend (`ticketlab.deploy.kernels`) runs on the same random
 input in alternation, a few rounds after a warm-up, and the one with the lowest median wins — but a
 sparse backend replaces ``dense`` only if it is at least `MARGIN` faster, so noise cannot make a
-layer slower. Choices are cached in memory and on disk (``$XDG_CACHE_HOME/ticketlab/plans.json``)
+layer slower. Choices are cached in memory and on disk (``~/.cache/ticketlab/plans.json``, see `_cache_path`)
 under a key of the machine, torch version, thread count, layer shape, dtype and density, so the
 next process and identical layers do not measure again. Measuring happens in `sparsify` for the
 ``batch_sizes`` it is given, and lazily (once) for a bucket first met in ``forward``.
@@ -48,6 +48,10 @@ def bucket_of(rows: int) -> int:
 
 # --- the on-disk plan cache --------------------------------------------------------------------------
 def _cache_path() -> Path:
+    """``$TICKETLAB_CACHE_DIR/plans.json``, by default under ``$XDG_CACHE_HOME/ticketlab``."""
+    explicit = os.environ.get("TICKETLAB_CACHE_DIR")
+    if explicit:
+        return Path(explicit) / "plans.json"
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "ticketlab" / "plans.json"
 
@@ -331,9 +335,10 @@ def _relu_chains(sequence: nn.Sequential) -> list[tuple[int, int, bool]]:
 
 
 def _fuse_sequences(model: nn.Module, backends: Sequence[str] | None) -> int:
-    """Replace eligible ReLU MLP runs inside every ``nn.Sequential`` by a `FusedSparseMLP`."""
+    """Replace eligible ReLU MLP runs inside every ``nn.Sequential`` by a `FusedSparseMLP` (and a
+    Sequential left holding only that module by the module itself: one Python call less)."""
     fused = 0
-    for sequence in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+    for name, sequence in [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Sequential)]:
         items = list(sequence)
         changed = False
         for start, end, flatten in reversed(_relu_chains(sequence)):
@@ -344,8 +349,12 @@ def _fuse_sequences(model: nn.Module, backends: Sequence[str] | None) -> int:
                 changed = True
         if not changed:
             continue
-        for name in list(sequence._modules):
-            del sequence._modules[name]
+        if len(items) == 1 and name:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, items[0])
+            continue
+        for key in list(sequence._modules):
+            del sequence._modules[key]
         for index, item in enumerate(items):
             sequence.add_module(str(index), item)
     return fused

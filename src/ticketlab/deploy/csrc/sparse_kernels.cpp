@@ -136,14 +136,51 @@ static float* scratch(int64_t n) {
   return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
 }
 
+#if defined(TL_AVX512)
+// A 16x16 block transposed in registers: dst[c·ldd + j] = src[j·lds + c] for c, j < 16.
+static inline void transpose16x16(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; ++i) {  // interleave pairs of rows, then pairs of pairs, then 128-bit lanes
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
+      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ldd, r[i]);
+}
+#endif
+
 // Rows [0, nrows) of x [*, K] -> xT [K, ld] for columns c in [c0, c1): xT[c·ld + j] = x[j·K + c];
 // entries j in [nrows, ncols) are zero (tile padding).
 static void transpose_block(const float* x, int64_t K, int64_t nrows, int64_t ncols, float* xT, int64_t ld,
                             int64_t c0, int64_t c1) {
+  int64_t j0 = 0;
+#if defined(TL_AVX512)
+  for (; j0 + 16 <= nrows; j0 += 16) {  // full 16-row blocks in registers
+    int64_t c = c0;
+    for (; c + 16 <= c1; c += 16) transpose16x16(x + j0 * K + c, K, xT + c * ld + j0, ld);
+    for (; c < c1; ++c)
+      for (int64_t j = j0; j < j0 + 16; ++j) xT[c * ld + j] = x[j * K + c];
+  }
+#endif
   constexpr int64_t kStrip = 16;
-  for (int64_t cs = c0; cs < c1; cs += kStrip) {  // strips of columns keep the writes cache-friendly
+  for (int64_t cs = c0; cs < c1; cs += kStrip) {  // the rest, in strips of columns (cache-friendly writes)
     const int64_t ce = std::min(c1, cs + kStrip);
-    for (int64_t j = 0; j < nrows; ++j)
+    for (int64_t j = j0; j < nrows; ++j)
       for (int64_t c = cs; c < ce; ++c) xT[c * ld + j] = x[j * K + c];
     for (int64_t c = cs; c < ce; ++c)
       for (int64_t j = nrows; j < ncols; ++j) xT[c * ld + j] = 0.f;

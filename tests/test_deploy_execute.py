@@ -203,3 +203,36 @@ def test_bench_on_a_directory_that_is_no_export(tmp_path, capsys):
 
     assert main(["bench", str(tmp_path)]) == 2
     assert "no ticketlab.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
+def test_sparse_conv_equals_dense_conv(stride, padding, dilation):
+    from ticketlab.deploy.conv import SparseConv2d
+
+    conv = nn.Conv2d(6, 10, 3, stride=stride, padding=padding, dilation=dilation)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand(conv.weight.shape, generator=torch.Generator().manual_seed(0)) < 0.1)
+    sparse = SparseConv2d(conv)
+    x = torch.randn(3, 6, 13, 11)
+    with torch.no_grad():
+        expected = conv(x)
+        for name in ["dense", *sparse.candidates]:
+            run = sparse._dense if name == "dense" else sparse._sparse(name)
+            assert torch.allclose(run(x), expected, atol=1e-5), name
+        assert torch.allclose(sparse(x), expected, atol=1e-5)
+
+
+def test_a_conv_ticket_runs_deployed_with_the_same_predictions():
+    from ticketlab.models import create_model
+
+    model = create_model("conv2", (1, 8, 8), 10, seed=0).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight.mul_(torch.rand(module.weight.shape) < 0.05)
+    reference = create_model("conv2", (1, 8, 8), 10, seed=0).eval()
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(16, 1, 8, 8)
+    sparsify(model, batch_sizes=(1, 16), example=x[:1])
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x), atol=1e-5)

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import TicketlabError
 from ..files import atomic_path, write_json
+from .conv import SparseConv2d
 from .execute import FusedSparseMLP, SparseLinear, execution_plan
 from .export import example_batch
 from .load import load
@@ -73,6 +74,8 @@ def alternate(runners: dict[str, Callable[[], Any]], repeats: int, device: torch
 def _dense_equivalent(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     if isinstance(module, SparseLinear):
         return lambda x: nn.functional.linear(x, module.weight, module.bias)
+    if isinstance(module, SparseConv2d):
+        return module._dense
     return lambda x: module._dense(x.flatten(1) if module.flatten else x)
 
 
@@ -81,7 +84,7 @@ def _capture_layer_inputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> 
     seen: dict[str, torch.Tensor] = {}
     hooks = []
     for name, module in model.named_modules():
-        if isinstance(module, (SparseLinear, FusedSparseMLP)):
+        if isinstance(module, (SparseLinear, FusedSparseMLP, SparseConv2d)):
             hooks.append(module.register_forward_pre_hook(
                 lambda m, args, name=name: seen.setdefault(name, args[0].detach())))
     try:
@@ -101,15 +104,17 @@ def _layer_rows(model: nn.Module, inputs: dict[str, torch.Tensor], batch: int, r
         if name not in captured:
             continue
         x = captured[name]
-        flat_rows = x.shape[0] if isinstance(module, FusedSparseMLP) else x.numel() // module.in_features
         with torch.no_grad():
             medians = alternate({"dense": lambda: _dense_equivalent(module)(x), "deployed": lambda: module(x)},
                                 repeats, device)
-        kernel = module.plan_for(flat_rows)
-        density = (module.density if isinstance(module, SparseLinear) else
-                   sum(float((l.weight != 0).sum()) for l in module.layers) / sum(l.weight.numel() for l in module.layers))
-        rows.append({"name": name, "density": density, "kernel": kernel if isinstance(module, SparseLinear)
-                     else f"mlp:{kernel}", "batch": batch, "dense_ms": 1e3 * medians["dense"],
+        if isinstance(module, SparseConv2d):
+            kernel, density = f"conv:{module.plan_for(x.shape[0], tuple(x.shape[1:]))}", module.density
+        elif isinstance(module, SparseLinear):
+            kernel, density = module.plan_for(x.numel() // module.in_features), module.density
+        else:
+            kernel = f"mlp:{module.plan_for(x.shape[0])}"
+            density = sum(float((l.weight != 0).sum()) for l in module.layers) / sum(l.weight.numel() for l in module.layers)
+        rows.append({"name": name, "density": density, "kernel": kernel, "batch": batch, "dense_ms": 1e3 * medians["dense"],
                      "deployed_ms": 1e3 * medians["deployed"]})
     return rows
 
@@ -165,7 +170,8 @@ def bench(directory: str | Path, *, batch_sizes: Sequence[int] = (1, 8, 64), dev
     from .execute import sparsify
 
     rows_per_batch = [b * (seqlen if record["kind"] == "hf" else 1) for b in batch_sizes]
-    sparsify(deployed, batch_sizes=rows_per_batch)
+    example = example_batch(record["spec"], 1).to(target) if record["kind"] == "vision" else None
+    sparsify(deployed, batch_sizes=rows_per_batch, example=example)
     end_to_end, layers, max_diff = [], [], 0.0
     for batch in batch_sizes:
         inputs = {k: v.to(target) for k, v in make_inputs(record, dense, batch, seqlen).items()}

@@ -312,8 +312,7 @@ class FusedSparseMLP(nn.Module):
 
 # --- the model -----------------------------------------------------------------------------------------
 def _is_pruned(module: nn.Module) -> bool:
-    return (isinstance(module, nn.Linear) and module.weight.dim() == 2
-            and float((module.weight != 0).sum()) / max(1, module.weight.numel()) <= MAX_DENSITY)
+    return isinstance(module, nn.Linear) and module.weight.dim() == 2 and _density(module.weight) <= MAX_DENSITY
 
 
 def _relu_chains(sequence: nn.Sequential) -> list[tuple[int, int, bool]]:
@@ -361,38 +360,65 @@ def _fuse_sequences(model: nn.Module, backends: Sequence[str] | None) -> int:
 
 
 def sparsify(model: nn.Module, *, batch_sizes: Sequence[int] = (1, 8, 64), backends: Sequence[str] | None = None,
-             fuse: bool = True, repeats: int = 7) -> nn.Module:
-    """Replace the pruned Linear layers of ``model`` (in place) by `SparseLinear` / `FusedSparseMLP`
-    modules and measure their backends for ``batch_sizes`` (input rows: batch × tokens for
-    transformers). Returns ``model``. Layers denser than `MAX_DENSITY` stay as they are."""
+             fuse: bool = True, repeats: int = 7, example: torch.Tensor | None = None) -> nn.Module:
+    """Replace the pruned layers of ``model`` (in place) by `SparseLinear`, `FusedSparseMLP` and
+    `SparseConv2d` modules and measure their backends for ``batch_sizes`` (input rows: batch ×
+    tokens for transformers). Convolutions need their input shapes: with ``example`` (one input
+    batch) they are measured here, otherwise at their first forward. Returns ``model``. Layers
+    denser than `MAX_DENSITY` stay as they are."""
+    from .conv import SparseConv2d
+
     model.eval()
     if fuse:
         _fuse_sequences(model, backends)
     for name, module in list(model.named_modules()):
+        replacement = None
         if _is_pruned(module):
+            replacement = SparseLinear(module, backends)
+        elif SparseConv2d.eligible(module) and _density(module.weight) <= MAX_DENSITY:
+            replacement = SparseConv2d(module)
+        if replacement is not None:
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, SparseLinear(module, backends))
+            setattr(model.get_submodule(parent) if parent else model, child, replacement)
     for module in model.modules():
         if isinstance(module, (SparseLinear, FusedSparseMLP)):
             for rows in batch_sizes:
                 module.plan_for(int(rows), repeats)
+    if example is not None and any(isinstance(m, SparseConv2d) for m in model.modules()):
+        with torch.no_grad():
+            for batch in batch_sizes:
+                model(example[:1].expand(int(batch), *example.shape[1:]).contiguous())
     _unwrap_all_dense(model)
     return model
+
+
+def _density(weight: torch.Tensor) -> float:
+    return float((weight != 0).sum()) / max(1, weight.numel())
 
 
 def _unwrap_all_dense(model: nn.Module) -> None:
     """A `SparseLinear` whose every measured bucket chose dense goes back to a plain ``nn.Linear``:
     the wrapper's few microseconds per call would only make it slower. (Layers inside a
     `FusedSparseMLP` stay: the fused module measures through them.)"""
+    from .conv import SparseConv2d
+
     inside_fused = {id(l) for m in model.modules() if isinstance(m, FusedSparseMLP) for l in m.layers}
     for name, module in list(model.named_modules()):
-        if (isinstance(module, SparseLinear) and id(module) not in inside_fused and module.plan
-                and set(module.plan.values()) == {"dense"}):
-            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                               device=module.weight.device, dtype=module.weight.dtype)
-            linear.weight, linear.bias = module.weight, module.bias
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, linear)
+        if id(module) in inside_fused or not getattr(module, "plan", None) or set(module.plan.values()) != {"dense"}:
+            continue
+        if isinstance(module, SparseLinear):
+            plain: nn.Module = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                         device=module.weight.device, dtype=module.weight.dtype)
+        elif isinstance(module, SparseConv2d):
+            out_channels, in_channels = module.weight.shape[:2]
+            plain = nn.Conv2d(in_channels, out_channels, module.kernel_size, stride=module.stride,
+                              padding=module.padding, dilation=module.dilation, bias=module.bias is not None,
+                              device=module.weight.device, dtype=module.weight.dtype)
+        else:
+            continue
+        plain.weight, plain.bias = module.weight, module.bias
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, plain)
 
 
 def execution_plan(model: nn.Module) -> list[dict[str, Any]]:
@@ -404,9 +430,9 @@ def execution_plan(model: nn.Module) -> list[dict[str, Any]]:
                          "density": sum(float((l.weight != 0).sum()) for l in module.layers)
                          / sum(l.weight.numel() for l in module.layers),
                          "plan": {str(b): n for b, n in sorted(module.plan.items())}})
-        elif isinstance(module, SparseLinear):
-            rows.append({"name": name, "kind": "linear", "density": module.density,
-                         "plan": {str(b): n for b, n in sorted(module.plan.items())}})
+        elif isinstance(module, SparseLinear) or type(module).__name__ == "SparseConv2d":
+            rows.append({"name": name, "kind": "linear" if isinstance(module, SparseLinear) else "conv2d",
+                         "density": module.density, "plan": {str(b): n for b, n in sorted(module.plan.items())}})
     return rows
 
 

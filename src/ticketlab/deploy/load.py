@@ -71,5 +71,7 @@ def load(directory: str | Path, *, sparse: bool = True, **sparsify_options: Any)
     if sparse:
         from .execute import sparsify
 
+        if record["kind"] == "vision":
+            sparsify_options.setdefault("example", example_batch(record["spec"], 1))
         model = sparsify(model, **sparsify_options)
     return model

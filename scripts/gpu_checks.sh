@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every GPU check of the open issues in one run, for a session lent a CUDA machine (the device
+# tool): PYTHONPATH=src, logs under $OUT (or ./gpu-logs). Run it on the CPU first: each step that
+# needs CUDA says so and moves on.
+#   bash scripts/gpu_checks.sh
+set -uo pipefail
+OUT="${OUT:-gpu-logs}"
+mkdir -p "$OUT"
+export PYTHONPATH=src
+python - <<'PY' > "$OUT/env.txt" 2>&1
+import torch
+print(torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA")
+PY
+# 1. the CUDA tests of the suite (they skip themselves without CUDA)
+timeout 300 python -m pytest -q -x -k "cuda or gpu" tests/ > "$OUT/pytest_cuda.txt" 2>&1
+# 2. 2:4 execution against dense on LLaMA-7B layer shapes, and what sparsify chooses per bucket
+timeout 240 python benchmarks/gpu_semi_structured.py --repeats 15 > "$OUT/semi_structured.txt" 2>&1
+# 3. a deployed ticket on the GPU (dense chosen where sparse does not pay)
+timeout 240 python - > "$OUT/deploy_cuda.txt" 2>&1 <<'PY'
+import torch
+from ticketlab.deploy.execute import sparsify, execution_plan
+from ticketlab.models import create_model
+if torch.cuda.is_available():
+    model = create_model("lenet300", (1, 28, 28), 10, seed=0).cuda().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(torch.rand_like(p) < 0.03)
+    reference = create_model("lenet300", (1, 28, 28), 10, seed=0).cuda().eval()
+    reference.load_state_dict(model.state_dict())
+    sparsify(model, batch_sizes=(1, 64))
+    x = torch.randn(64, 1, 28, 28, device="cuda")
+    print(execution_plan(model))
+    print("max diff", float((model(x) - reference(x)).abs().max()))
+else:
+    print("no CUDA")
+PY
+tail -n 5 "$OUT"/*.txt

@@ -51,6 +51,13 @@ def export(src: Path, out: str, seed: int | None, round_index: int | None, fmt: 
         widths = ", ".join(f"{name} {compaction['widths_before'][name]} -> {after}"
                            for name, after in compaction["widths_after"].items())
         click.echo(f"compacted: removed {compaction['removed_units']} dead units ({widths})")
+    if compaction.get("not_compacted"):
+        click.echo(f"left at full width (their outputs meet a residual addition or the network's output): "
+                   f"{', '.join(compaction['not_compacted'])}")
+    kept = compaction.get("kept_constant_units") or {}
+    if kept:
+        click.echo("kept constant units that feed a padded convolution (no bias can replace them): "
+                   + ", ".join(f"{name} {count}" for name, count in kept.items()))
     if fmt == "compact":
         click.echo(f"weights: {_format_bytes(sizes['compact_file'])} vs {_format_bytes(sizes['dense_file'])} dense "
                    f"({sizes['file_ratio']:.3f}x); pruned tensors {sizes['pruned_tensor_ratio']:.3f}x their dense size")

@@ -10,7 +10,7 @@ medians of alternated repeats; benchmarks/sparse_linear.py reproduces them):
   sparsity (≈11× dense at 90% sparse, batch 8), poor at batch 1 (1.7× at 90%, 0.3× at 50%).
 * ``cpu-csr``   — ticketlab's C++ kernel (``csrc/sparse_kernels.cpp``), CSR with int16 column
   blocks: ≈9× dense at 90% sparse batch 1, 2.2× at 70%, and at least torch CSR's speed at batch
-  8 and 64. ``cpu-bitmask`` (batch 1, AVX-512 compress) wins near 50% density (1.6×).
+  8 and 64. ``cpu-bitmask`` (batch 1, AVX-512 expand) wins near 30–50% density.
   The kernels are compiled at first use with the machine's C++ compiler (and ``ninja``), about
   half a minute once, then cached by torch. Without a compiler these two backends are simply
   unavailable and `kernel_status` says why; numba, the JIT library we also measured, reached

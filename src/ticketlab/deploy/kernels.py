@@ -10,7 +10,7 @@ medians of alternated repeats; benchmarks/sparse_linear.py reproduces them):
   sparsity (≈11× dense at 90% sparse, batch 8), poor at batch 1 (1.7× at 90%, 0.3× at 50%).
 * ``cpu-csr``   — ticketlab's C++ kernel (``csrc/sparse_kernels.cpp``), CSR with int16 column
   blocks: ≈9× dense at 90% sparse batch 1, 2.2× at 70%, and at least torch CSR's speed at batch
-  8 and 64. ``cpu-bitmask`` (batch 1, AVX-512 expand) wins near 30–50% density.
+  8 and 64. ``cpu-bitmask`` (batch 1, AVX-512 compress) wins near 30–50% density.
   The kernels are compiled at first use with the machine's C++ compiler (and ``ninja``), about
   half a minute once, then cached by torch. Without a compiler these two backends are simply
   unavailable and `kernel_status` says why; numba, the JIT library we also measured, reached
@@ -22,6 +22,7 @@ medians of alternated repeats; benchmarks/sparse_linear.py reproduces them):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -56,11 +57,15 @@ def load_extension() -> Any | None:
             _state["error"] = f"disabled by {KERNELS_ENV}=0"
             return None
         started = time.perf_counter()
+        source = _SOURCE.read_text()
+        # the build directory is named after the source's hash: another version of these kernels
+        # (another ticketlab install) never shares, rebuilds or loads it
+        name = "ticketlab_sparse_kernels_" + hashlib.sha256(source.encode()).hexdigest()[:12]
         try:
             from torch.utils.cpp_extension import load_inline
 
             _state["module"] = load_inline(
-                name="ticketlab_sparse_kernels", cpp_sources=_SOURCE.read_text(), functions=_FUNCTIONS,
+                name=name, cpp_sources=source, functions=_FUNCTIONS,
                 extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as err:  # noqa: BLE001 - no compiler, no ninja, no headers: all mean "unavailable"
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__

@@ -13,8 +13,7 @@
 //
 // Strategies:
 //   batch 1   one gather dot product per row (AVX-512 16-wide, AVX2 8-wide, else scalar); with
-//             a bitmask on AVX-512, each 16 columns expand the next kept values onto their
-//             positions and multiply with x directly, instead of gathering.
+//             a bitmask on AVX-512, each 16 columns compress x by the mask instead of gathering.
 //   batch B   x is transposed once to xT [n_in, Bp] (Bp = B rounded up to 8) so that the B inputs of
 //             one column are contiguous; a row then accumulates v * xT[col, j0 : j0 + T] for a
 //             batch tile T in {8, 16, 32, 64} held in registers.
@@ -281,8 +280,8 @@ Tensor csr_linear(Tensor ptr, Tensor idx, Tensor val, Tensor x, c10::optional<Te
 Tensor bitmask_linear(Tensor bits_, Tensor rowptr_, Tensor val_, Tensor x_, c10::optional<Tensor> bias_) {
   TORCH_CHECK(x_.dim() == 2 && x_.size(0) == 1 && x_.scalar_type() == at::kFloat, "x must be float32 [1, n_in]");
   Tensor x = x_.contiguous();
-  const int64_t n_out = bits_.size(0), words = bits_.size(1), n_in = x.size(1);
-  TORCH_CHECK(n_in <= words * 64, "the bitmask is narrower than x");
+  const int64_t n_out = bits_.size(0), words = bits_.size(1);
+  TORCH_CHECK(x.size(1) <= words * 64, "the bitmask is narrower than x");
   const uint64_t* bits = reinterpret_cast<const uint64_t*>(bits_.data_ptr<int64_t>());
   const int32_t* rowptr = rowptr_.data_ptr<int32_t>();
   const float* val = val_.data_ptr<float>();
@@ -302,14 +301,13 @@ Tensor bitmask_linear(Tensor bits_, Tensor rowptr_, Tensor val_, Tensor x_, c10:
         const float* quarter[4];  // value offsets from independent popcounts (no loop-carried chain)
         quarter[0] = v;
         for (int q = 1; q < 4; ++q) quarter[q] = quarter[q - 1] + _mm_popcnt_u32(static_cast<unsigned>((word >> (16 * (q - 1))) & 0xFFFF));
-        const bool inside = (w + 1) * 64 <= n_in;  // the last word may reach past x: masked loads there
         for (int q = 0; q < 4; ++q) {
-          // spread the next values onto the kept columns (zeros elsewhere) and multiply with x as is:
-          // measured faster than compressing x by the mask (1.75x vs 1.6x dense at 30% density)
+          // gather the x values of the kept columns into the low lanes (masked load: lanes whose bit
+          // is 0 are never read, so the last word may reach past x) and multiply with the next values;
+          // lanes past the popcount hold 0 · (next values). Measured faster than expanding the values.
           const __mmask16 m = static_cast<__mmask16>(word >> (16 * q));
-          const __m512 spread = _mm512_maskz_expand_ps(m, _mm512_loadu_ps(quarter[q]));
-          const float* xq = xp + w * 64 + q * 16;
-          acc[q] = _mm512_fmadd_ps(spread, inside ? _mm512_loadu_ps(xq) : _mm512_maskz_loadu_ps(m, xq), acc[q]);
+          const __m512 xs = _mm512_maskz_compress_ps(m, _mm512_maskz_loadu_ps(m, xp + w * 64 + q * 16));
+          acc[q] = _mm512_fmadd_ps(xs, _mm512_loadu_ps(quarter[q]), acc[q]);
         }
         v += _mm_popcnt_u64(word);
       }

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from ticketlab.errors import TicketlabError
 from ticketlab.llm import OneShotConfig, context_length, find_blocks, prune_model, relative_reconstruction_error
 from ticketlab.llm.adapters import find_targets, is_conv1d
-from ticketlab.llm.engine import _capture
+from ticketlab.llm.capture import capture_block_inputs
 from ticketlab.methods.wanda import wanda_mask
 
 VOCAB = 96
@@ -82,7 +82,7 @@ def test_block_replay_reproduces_the_models_own_forward(family):
     for h in handles:
         h.remove()
     with torch.no_grad():
-        hidden, inputs = _capture(model, blocks[0], calib, attention, torch.device("cpu"))
+        hidden, inputs = capture_block_inputs(model, blocks[0], calib, attention, torch.device("cpu"))
         for s in range(2):
             x = hidden[s:s + 1]
             for i, block in enumerate(blocks):

@@ -17,6 +17,8 @@ import click
 from .. import validate
 from ..devices import resolve_device
 from ..errors import TicketlabError
+from ..llm.run import DEFAULT_NSAMPLES
+from ..methods.oneshot import ONE_SHOT_METHODS
 from .common import TqdmProgress, split_list
 
 #: The most calibration windows, evaluation windows or sentences a command accepts.
@@ -73,17 +75,20 @@ def llm() -> None:
 @llm.command("prune")
 @click.option("--model", "model_dir", default=None, metavar="DIR",
               help="Hugging Face model directory (default: the embedded all-MiniLM-L6-v2).")
-@click.option("--method", default=None, type=click.Choice(["magnitude", "wanda", "sparsegpt"]),
-              help="One-shot method (required): magnitude, wanda or sparsegpt.")
+@click.option("--method", default=None, type=click.Choice(list(ONE_SHOT_METHODS)),
+              help=f"One-shot method (required): {', '.join(ONE_SHOT_METHODS)}.")
 @click.option("--sparsity", default=None, type=float, help="Fraction of each target layer's weights to zero, e.g. 0.5.")
 @click.option("--pattern", default=None, metavar="N:M", help="Semi-structured pattern, e.g. 2:4 or 4:8.")
 @click.option("--calib", default=None, metavar="PATH",
               help="Calibration text: a file or a directory of .txt files (default: the packaged English text).")
 @click.option("--calib-part", default="train", show_default=True, type=click.Choice(["train", "all"]),
               help="Draw windows from the first 90% of the text (train) or from all of it.")
-@click.option("--nsamples", default=128, show_default=True, type=int, help="Number of calibration windows.")
+@click.option("--nsamples", default=None, type=int,
+              help=f"Number of calibration windows [default: {DEFAULT_NSAMPLES}, or fewer when the text is too short to fill them without reuse].")
 @click.option("--seqlen", default=None, type=int, help="Tokens per window [default: min(2048, model context)].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the calibration window offsets.")
+@click.option("--calib-batch-size", default=None, type=int,
+              help="Calibration samples per block call [default: as many as a quarter of the free memory holds].")
 @click.option("--targets", multiple=True, metavar="PATTERNS",
               help="Modules to prune (exact name, suffix or regex; comma list, repeatable). Default: every linear layer in the blocks.")
 @click.option("--exclude", multiple=True, metavar="PATTERNS", help="Modules to leave dense (same syntax).")
@@ -91,7 +96,9 @@ def llm() -> None:
               help="Comparison group of magnitude pruning.")
 @click.option("--blocksize", default=128, show_default=True, type=int, help="SparseGPT column block size.")
 @click.option("--percdamp", default=0.01, show_default=True, type=float, help="SparseGPT dampening (fraction of mean diag H).")
-@click.option("--device", default="cpu", show_default=True, help="Compute device for the blocks being pruned (cpu, cuda, cuda:N).")
+@click.option("--device", default="auto", show_default=True, help="Where the blocks are processed: auto, cpu, cuda, cuda:N.")
+@click.option("--dtype", default=None, type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="Model dtype [default: the checkpoint's own]; statistics are always float32.")
 @click.option("--eval-text", default=None, metavar="PATH",
               help="Measure perplexity (causal LM) or embedding fidelity (encoder) before and after pruning on this text.")
 @click.option("--eval-part", default="heldout", show_default=True, type=click.Choice(["heldout", "all"]),
@@ -103,96 +110,47 @@ def prune(**opts: Any) -> None:
     """Prune a model in one shot and save it as a Hugging Face model directory with its masks and report.
 
     OUT loads with plain transformers (AutoModelForCausalLM / AutoModel.from_pretrained) and also holds
-    masks.safetensors and pruning_report.json.
+    masks.safetensors and pruning_report.json. The same job in Python: ticketlab.llm.run_oneshot.
     """
-    from ..llm import OneShotConfig, prune_model
-    from ..llm.engine import check_targets
-    from ..llm.fidelity import embedding_fidelity, heldout_sentences, sentence_embeddings
-    from ..llm.io import (atomic_directory, check_out_dir, copy_sentence_transformers_files, default_model_path,
-                          load_pretrained, save_pretrained)
-    from ..llm.perplexity import text_perplexity
-    from ..llm.text import build_calibration, packaged_text, read_text, resolve_seqlen
-    from ..files import write_json
+    from ..llm import OneShotConfig
+    from ..llm.run import CalibrationConfig, EvaluationConfig, OneShotRun, run_oneshot
 
     quiet = opts["quiet"]
     if opts["method"] is None:  # checked here: click's own message for a missing choice spans several lines
-        raise TicketlabError("Give --method magnitude, wanda or sparsegpt.")
-    config = OneShotConfig(method=opts["method"], sparsity=opts["sparsity"], pattern=opts["pattern"],
+        raise TicketlabError(f"Give --method {', '.join(ONE_SHOT_METHODS)}.")
+    method = OneShotConfig(method=opts["method"], sparsity=opts["sparsity"], pattern=opts["pattern"],
                            targets=_patterns(opts["targets"]), exclude=_patterns(opts["exclude"]),
                            magnitude_scope=opts["magnitude_scope"], blocksize=opts["blocksize"],
                            percdamp=opts["percdamp"])
-    out = check_out_dir(opts["out"])
-    device = resolve_device(opts["device"], allow_auto=False)
-    validate.integer(opts["nsamples"], "--nsamples", low=1, high=MAX_NSAMPLES)
-    validate.seed(opts["seed"], "--seed")
-    calib_text = read_text(opts["calib"]) if opts["calib"] else packaged_text()
-    eval_text = read_text(opts["eval_text"]) if opts["eval_text"] else None
-    model_dir = Path(opts["model_dir"]) if opts["model_dir"] else default_model_path()
-    loaded = load_pretrained(model_dir)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    check_targets(model, config)
-    seqlen = resolve_seqlen(model, opts["seqlen"])
-    calib = build_calibration(tokenizer, calib_text, nsamples=opts["nsamples"], seqlen=seqlen, seed=opts["seed"],
-                              part=opts["calib_part"], wrap_special=loaded.kind == "encoder")
-    _echo_err(quiet, f"ticketlab llm prune: {config.describe()} of {model_dir} ({loaded.kind}); calibration "
-                     f"{calib.nsamples} x {calib.seqlen} tokens from {calib_text.describe()}, seed {opts['seed']}")
-
-    evaluation: dict[str, Any] = {}
-    reference_embeddings = None
-    eval_sentences: list[str] = []
-    if eval_text is not None:
-        if loaded.kind == "causal":
-            before = text_perplexity(model, tokenizer, eval_text, seqlen=seqlen, part=opts["eval_part"],
-                                     max_windows=opts["max_windows"], progress=not quiet)
-            evaluation = {"metric": "perplexity", "before": before.to_json()}
-            _echo_err(quiet, f"dense: {before.describe()}")
-        else:
-            eval_sentences = heldout_sentences(eval_text, opts["eval_part"])
-            reference_embeddings = sentence_embeddings(model, tokenizer, eval_sentences)
-            evaluation = {"metric": "embedding_fidelity", "reference": str(model_dir),
-                          "before": {"mean_cosine": 1.0, "min_cosine": 1.0, "sentences": len(eval_sentences)}}
-
+    calibration = CalibrationConfig(text=opts["calib"], part=opts["calib_part"], nsamples=opts["nsamples"],
+                                    seqlen=opts["seqlen"], seed=opts["seed"], batch_size=opts["calib_batch_size"])
+    evaluation = (EvaluationConfig(text=opts["eval_text"], part=opts["eval_part"], max_windows=opts["max_windows"])
+                  if opts["eval_text"] else None)
+    run = OneShotRun(method=method, out=opts["out"], model=opts["model_dir"], calibration=calibration,
+                     evaluation=evaluation, device=opts["device"], dtype=opts["dtype"])
     bars = TqdmProgress()
-    report = prune_model(model, calib.input_ids, config, device=device,
-                         progress=None if quiet else (lambda description, total: bars(description, total, 0)))
+    result = run_oneshot(run, progress=None if quiet else (lambda description, total: bars(description, total, 0)),
+                         log=lambda text: _echo_err(quiet, text))
+    _print_prune_summary(result)
 
-    if eval_text is not None:
-        if loaded.kind == "causal":
-            after = text_perplexity(model, tokenizer, eval_text, seqlen=seqlen, part=opts["eval_part"],
-                                    max_windows=opts["max_windows"], progress=not quiet)
-        else:
-            after = embedding_fidelity(model, reference_embeddings, tokenizer, eval_sentences,
-                                       source=eval_text.describe(), part=opts["eval_part"])
-        evaluation["after"] = after.to_json()
 
-    record = {
-        "model": str(model_dir), "model_kind": loaded.kind, "config": {k: (list(v) if isinstance(v, tuple) else v)
-                                              for k, v in vars(config).items()},
-        "calibration": calib.to_json(), "device": str(device), **report.to_json(),
-    }
-    if evaluation:
-        record["evaluation"] = evaluation
-    with atomic_directory(out) as tmp:
-        save_pretrained(model, tokenizer, tmp)
-        copy_sentence_transformers_files(model_dir, tmp)
-        report.masks.save(tmp / "masks.safetensors", metadata={"method": config.method, "model": str(model_dir)})
-        write_json(tmp / "pruning_report.json", record)
-
+def _print_prune_summary(result: Any) -> None:
+    report, record = result.report, result.record
     click.echo(format_layer_table(report.layers))
     total = sum(int(l["shape"][0]) * int(l["shape"][1]) if l.get("shape") and len(l["shape"]) == 2 else 0
                 for l in report.layers)
-    click.echo(f"pruned {len(report.layers)} layers to {config.describe()} (mask density {report.masks.density():.4f}"
-               f"{f', {total:,} weights' if total else ''}); wall time {report.wall_time:.2f} s, "
-               f"peak memory {_format_bytes(report.peak_memory_bytes)}")
+    click.echo(f"pruned {len(report.layers)} layers to {record['config']['method']} "
+               f"(mask density {report.masks.density():.4f}{f', {total:,} weights' if total else ''}); wall time "
+               f"{report.wall_time:.2f} s, peak memory {_format_bytes(report.peak_memory_bytes)}")
+    evaluation = record.get("evaluation")
     if evaluation:
-        if loaded.kind == "causal":
-            click.echo(f"perplexity on {eval_text.describe()} [{opts['eval_part']}]: "
-                       f"dense {evaluation['before']['perplexity']:.3f} -> pruned {evaluation['after']['perplexity']:.3f}")
+        if evaluation["metric"] == "perplexity":
+            click.echo(f"perplexity [{evaluation['after']['part']}]: dense {evaluation['before']['perplexity']:.3f} "
+                       f"-> pruned {evaluation['after']['perplexity']:.3f}")
         else:
-            click.echo(f"embedding fidelity to the dense model on {evaluation['after']['sentences']} "
-                       f"{opts['eval_part']} sentences of {eval_text.describe()}: mean cosine "
-                       f"{evaluation['after']['mean_cosine']:.4f} (min {evaluation['after']['min_cosine']:.4f})")
-    click.echo(f"saved {out} (Hugging Face model + masks.safetensors + pruning_report.json)")
+            click.echo(f"embedding fidelity to the dense model on {evaluation['after']['sentences']} sentences: "
+                       f"mean cosine {evaluation['after']['mean_cosine']:.4f} (min {evaluation['after']['min_cosine']:.4f})")
+    click.echo(f"saved {result.out} (Hugging Face model + masks.safetensors + pruning_report.json)")
 
 
 @llm.command("eval")

@@ -11,10 +11,11 @@ import math
 from dataclasses import dataclass
 
 from ..errors import TicketlabError
+from ..methods.oneshot import ONE_SHOT_METHODS as _REGISTRY
 from ..select import NMPattern
 
-#: The one-shot methods the engine knows, in the order the papers introduced them.
-ONE_SHOT_METHODS: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt")
+#: The one-shot methods the engine knows (the registry `ticketlab.methods.oneshot.ONE_SHOT_METHODS`).
+ONE_SHOT_METHODS: tuple[str, ...] = tuple(_REGISTRY)
 MAGNITUDE_SCOPES: tuple[str, ...] = ("layer", "row")
 
 

@@ -1,0 +1,222 @@
+"""What the first transformer block receives, captured once, replayed for every block; moving modules.
+
+The model runs on each calibration batch with a forward pre-hook (``with_kwargs=True``) on block 0
+that records the hidden states *and every other positional and keyword argument the block
+received* — attention masks, rotary ``position_embeddings``, ``position_ids``, ``cache_position``
+— then raises a private exception to stop the pass. Replaying those arguments is what keeps the
+blocks' outputs exact; dropping them (a common bug) silently changes the attention. Arguments equal
+across batches are stored once; KV caches are dropped.
+
+Calibration runs in batches of samples (`calibration_batch_size`: as many as a quarter of the free
+memory holds, overridable): one block call per batch instead of one per sample.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import TicketlabError
+
+#: The most samples one calibration batch holds, whatever memory allows.
+MAX_BATCH = 64
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook on block 0 to end the model's forward pass early."""
+
+
+@dataclass
+class BlockInputs:
+    """Per-batch arguments of a block besides the hidden states (which live in the buffers)."""
+
+    batch_size: int
+    args: list[tuple[Any, ...]] = field(default_factory=list)      # positional args after hidden
+    kwargs: list[dict[str, Any]] = field(default_factory=list)
+    hidden_as_kwarg: bool = False
+
+    def batches(self, nsamples: int) -> list[slice]:
+        return [slice(s, min(s + self.batch_size, nsamples)) for s in range(0, nsamples, self.batch_size)]
+
+    def call(self, block: nn.Module, batch: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Run ``block`` on ``hidden`` (batch, seqlen, hidden) with batch ``batch``'s recorded arguments."""
+        kwargs = dict(self.kwargs[batch])
+        if self.hidden_as_kwarg:
+            out = block(*self.args[batch], hidden_states=hidden, **kwargs)
+        else:
+            out = block(hidden, *self.args[batch], **kwargs)
+        if isinstance(out, (tuple, list)):  # transformers < 4.5x returned (hidden, attn, cache)
+            out = out[0]
+        if not isinstance(out, torch.Tensor):
+            raise TicketlabError(f"A {type(block).__name__} block returned {type(out).__name__}, not hidden states.")
+        return out
+
+
+def _is_cache(value: Any) -> bool:
+    return any(cls.__name__.endswith("Cache") for cls in type(value).__mro__)
+
+
+def _shared(value: Any, reference: Any) -> Any:
+    """``reference`` when ``value`` equals it (identical masks / rotary tables are stored once)."""
+    if isinstance(value, torch.Tensor) and isinstance(reference, torch.Tensor):
+        if (value.shape == reference.shape and value.dtype == reference.dtype
+                and value.device == reference.device and torch.equal(value, reference)):
+            return reference
+        return value
+    if isinstance(value, (tuple, list)) and isinstance(reference, (tuple, list)) and len(value) == len(reference):
+        items = [_shared(v, r) for v, r in zip(value, reference)]
+        return type(value)(items) if isinstance(value, tuple) else items
+    return value
+
+
+def _sanitize(value: Any) -> Any:
+    """Drop KV caches (replaying one would make every batch attend to the previous ones)."""
+    if _is_cache(value):
+        return None
+    if isinstance(value, tuple):
+        return tuple(_sanitize(v) for v in value)
+    return value
+
+
+def _accepts(model: nn.Module, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device``: CUDA's free bytes, or Linux's MemAvailable (None if unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def calibration_batch_size(model: nn.Module, nsamples: int, seqlen: int, device: torch.device) -> int:
+    """Samples per block call: a quarter of the free memory over a generous per-sample estimate
+    (hidden states, attention scores and the MLP's intermediate activations in fp32)."""
+    config = getattr(model, "config", None)
+    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 1024)
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 16)
+    inner = int(getattr(config, "intermediate_size", 0) or getattr(config, "n_inner", 0) or 4 * hidden)
+    per_sample = 4 * seqlen * (16 * hidden + 3 * inner + 2 * heads * seqlen)
+    free = free_memory_bytes(device)
+    if free is None:
+        return 1
+    return max(1, min(nsamples, MAX_BATCH, free // 4 // max(1, per_sample)))
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, block0: nn.Module, calibration: torch.Tensor,
+                         attention_mask: torch.Tensor | None, device: torch.device,
+                         batch_size: int = 1) -> tuple[torch.Tensor, BlockInputs]:
+    """Hidden states entering block 0, (nsamples, seqlen, hidden) on ``device``, and the other arguments."""
+    nsamples = calibration.shape[0]
+    inputs = BlockInputs(batch_size=batch_size)
+    seen: dict[str, Any] = {}
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = dict(kwargs)
+        if args:
+            seen["hidden"], seen["args"], seen["as_kwarg"] = args[0], tuple(args[1:]), False
+        elif "hidden_states" in kwargs:
+            seen["hidden"], seen["args"], seen["as_kwarg"] = kwargs.pop("hidden_states"), (), True
+        else:
+            raise TicketlabError("The first block was called without hidden states, so its inputs cannot be captured.")
+        seen["kwargs"] = kwargs
+        raise _StopForward
+
+    buffer: torch.Tensor | None = None
+    use_cache = _accepts(model, "use_cache")
+    handle = block0.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for index, rows in enumerate(inputs.batches(nsamples)):
+            call: dict[str, Any] = {"input_ids": calibration[rows].to(device)}
+            if attention_mask is not None:
+                call["attention_mask"] = attention_mask[rows].to(device)
+            if use_cache:
+                call["use_cache"] = False
+            seen.clear()
+            try:
+                model(**call)
+            except _StopForward:
+                pass
+            if "hidden" not in seen:
+                raise TicketlabError("The model's forward pass never reached its first transformer block.")
+            hidden = seen["hidden"]
+            count = rows.stop - rows.start
+            if hidden.dim() < 2 or hidden.shape[0] != count:
+                raise TicketlabError(f"The first block received hidden states of shape {tuple(hidden.shape)}, "
+                                     f"expected ({count}, seqlen, hidden).")
+            if buffer is None:
+                buffer = torch.empty((nsamples, *hidden.shape[1:]), dtype=hidden.dtype, device=device)
+            buffer[rows] = hidden.to(device)
+            args = _sanitize(seen["args"])
+            kwargs = {k: _sanitize(v) for k, v in seen["kwargs"].items()}
+            if index > 0:
+                args = _shared(args, inputs.args[0])
+                kwargs = {k: _shared(v, inputs.kwargs[0].get(k)) for k, v in kwargs.items()}
+            inputs.args.append(args)
+            inputs.kwargs.append(kwargs)
+            inputs.hidden_as_kwarg = seen["as_kwarg"]
+    finally:
+        handle.remove()
+    assert buffer is not None
+    return buffer, inputs
+
+
+def module_device(module: nn.Module) -> torch.device | None:
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return None
+
+
+Moved = list[tuple[nn.Module, str, bool, torch.device]]
+
+
+def move_outside(model: nn.Module, blocks: nn.ModuleList, device: torch.device) -> Moved:
+    """Move every parameter / buffer outside the blocks to ``device``; returns what to move back."""
+    inside = {id(m) for m in blocks.modules()}
+    moved: Moved = []
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        for store, is_param in ((module._parameters, True), (module._buffers, False)):
+            for key, tensor in store.items():
+                if tensor is not None and tensor.device != device:
+                    moved.append((module, key, is_param, tensor.device))
+                    if is_param:
+                        tensor.data = tensor.data.to(device)
+                    else:
+                        store[key] = tensor.to(device)
+    return moved
+
+
+def move_back(moved: Moved) -> None:
+    for module, key, is_param, device in moved:
+        store = module._parameters if is_param else module._buffers
+        tensor = store[key]
+        if tensor is None:
+            continue
+        if is_param:
+            tensor.data = tensor.data.to(device)
+        else:
+            store[key] = tensor.to(device)
+
+
+__all__ = ["BlockInputs", "MAX_BATCH", "calibration_batch_size", "capture_block_inputs", "free_memory_bytes",
+           "module_device", "move_back", "move_outside"]

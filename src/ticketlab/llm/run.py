@@ -1,0 +1,250 @@
+"""`run_oneshot`: the one-shot workflow as a library call — load → calibrate → evaluate → prune →
+evaluate → write — from one frozen, validated config. ``ticketlab llm prune`` only parses flags into
+a `OneShotRun` and prints what `run_oneshot` returns.
+
+Everything that can fail on user input (config, output directory, device, dtype, texts, model
+directory, targets, sequence length, calibration) is checked before the long work starts, so a bad
+request fails in seconds and leaves nothing behind. The output is written atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import validate
+from ..devices import resolve_device
+from ..errors import TicketlabError
+from .config import OneShotConfig
+from .report import PruningReport
+
+#: Calibration windows drawn by default (fewer when the text is short; see `default_nsamples`).
+DEFAULT_NSAMPLES = 128
+MAX_NSAMPLES = 1 << 20
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Where calibration windows come from: a text file or directory (None: the packaged text), its
+    ``part`` (``train``: the first 90%, or ``all``), ``nsamples`` windows (None: `default_nsamples`)
+    of ``seqlen`` tokens (None: min(2048, context)), drawn with ``seed``; ``batch_size`` samples per
+    block call (None: chosen from free memory)."""
+
+    text: str | None = None
+    part: str = "train"
+    nsamples: int | None = None
+    seqlen: int | None = None
+    seed: int = 0
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.part not in ("train", "all"):
+            raise TicketlabError(f"The calibration part must be train or all, not {self.part!r}.")
+        if self.nsamples is not None:
+            validate.integer(self.nsamples, "--nsamples", low=1, high=MAX_NSAMPLES)
+        if self.seqlen is not None:
+            validate.integer(self.seqlen, "--seqlen", low=2, high=1 << 20)
+        validate.seed(self.seed, "--seed")
+        if self.batch_size is not None:
+            validate.integer(self.batch_size, "--calib-batch-size", low=1, high=4096)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Measure before and after pruning on ``text``'s ``part`` (``heldout``: the last 10%, or ``all``):
+    perplexity for a causal LM (at most ``max_windows`` windows), embedding fidelity for an encoder."""
+
+    text: str
+    part: str = "heldout"
+    max_windows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.part not in ("heldout", "all"):
+            raise TicketlabError(f"The evaluation part must be heldout or all, not {self.part!r}.")
+        if self.max_windows is not None:
+            validate.integer(self.max_windows, "--max-windows", low=1, high=MAX_NSAMPLES)
+
+
+@dataclass(frozen=True)
+class OneShotRun:
+    """One complete one-shot pruning job.
+
+    ``model``: a Hugging Face model directory (None: the embedded all-MiniLM-L6-v2); ``method``: what
+    to do; ``out``: the new directory; ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``;
+    ``dtype``: ``float32``, ``bfloat16`` or ``float16`` (None: the checkpoint's own dtype; statistics
+    are always fp32).
+    """
+
+    method: OneShotConfig
+    out: str
+    model: str | None = None
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    evaluation: EvaluationConfig | None = None
+    device: str = "auto"
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, OneShotConfig):
+            raise TicketlabError("OneShotRun.method must be a OneShotConfig.")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise TicketlabError(f"Unknown --dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}.")
+
+
+@dataclass
+class OneShotResult:
+    """What `run_oneshot` did: the record written as ``pruning_report.json`` and the pruning report."""
+
+    out: Path
+    record: dict[str, Any]
+    report: PruningReport
+    kind: str
+
+
+def default_nsamples(text_tokens: int, content: int) -> int:
+    """Windows drawn by default: `DEFAULT_NSAMPLES`, but no more than the text holds without reuse
+    (a 4,594-token text gives 9 windows of 510 tokens, not 128 windows each reusing it 14 times)."""
+    return max(1, min(DEFAULT_NSAMPLES, text_tokens // max(1, content)))
+
+
+def check_dtype(dtype: torch.dtype, device: torch.device) -> None:
+    """A tiny matrix product and layer norm in ``dtype`` on ``device``: a clear sentence if unsupported."""
+    try:
+        x = torch.ones(4, 4, dtype=dtype, device=device)
+        torch.nn.functional.layer_norm(x @ x, (4,))
+    except (RuntimeError, TypeError):
+        raise TicketlabError(f"The device {device} cannot compute in {str(dtype).removeprefix('torch.')}; "
+                             "choose another --dtype.") from None
+
+
+def run_oneshot(run: OneShotRun, *, progress: Callable[[str, int], Any] | None = None,
+                log: Callable[[str], None] | None = None) -> OneShotResult:
+    """Load, calibrate, evaluate, prune, evaluate and write ``run.out``; see the module docstring."""
+    from .engine import check_targets, prune_model
+    from .io import check_out_dir, default_model_path, load_pretrained
+    from .text import packaged_text, read_text
+
+    say = log or (lambda text: None)
+    out = check_out_dir(run.out)
+    device = resolve_device(run.device)
+    calib_text = read_text(run.calibration.text) if run.calibration.text else packaged_text()
+    eval_text = read_text(run.evaluation.text) if run.evaluation else None
+    model_dir = Path(run.model) if run.model else default_model_path()
+    dtype = _dtype_of(model_dir, run.dtype)
+    check_dtype(dtype, device)
+    loaded = load_pretrained(model_dir, dtype=dtype)
+    check_targets(loaded.model, run.method)
+    calibration = _calibration(run, loaded, calib_text)
+    say(f"ticketlab llm prune: {run.method.describe()} of {model_dir} ({loaded.kind}, {_name(dtype)}, {device}); "
+        f"calibration {calibration.nsamples} x {calibration.seqlen} tokens from {calib_text.describe()}, "
+        f"seed {run.calibration.seed}")
+    evaluation = _Evaluation(run, loaded, eval_text, calibration.seqlen, device, progress is not None)
+    evaluation.before(say)
+    report = prune_model(loaded.model, calibration.input_ids, run.method, device=device, progress=progress,
+                         batch_size=run.calibration.batch_size)
+    evaluation.after()
+    record = _record(run, model_dir, loaded.kind, dtype, device, calibration, report, evaluation.record)
+    _write(out, loaded, model_dir, report, record)
+    return OneShotResult(out=out, record=record, report=report, kind=loaded.kind)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dtype_of(model_dir: Path, requested: str | None) -> torch.dtype:
+    """The requested dtype, else the checkpoint's own (``torch_dtype`` / ``dtype`` in config.json)."""
+    if requested is not None:
+        return DTYPES[requested]
+    from ..files import read_json
+
+    config = read_json(model_dir / "config.json") if (model_dir / "config.json").is_file() else {}
+    stored = config.get("dtype") or config.get("torch_dtype") if isinstance(config, dict) else None
+    return DTYPES.get(str(stored), torch.float32)
+
+
+def _calibration(run: OneShotRun, loaded: Any, text: Any) -> Any:
+    from .text import build_calibration, resolve_seqlen, tokenize
+
+    seqlen = resolve_seqlen(loaded.model, run.calibration.seqlen)
+    nsamples = run.calibration.nsamples
+    if nsamples is None:
+        tokens = tokenize(loaded.tokenizer, text.part(run.calibration.part)).numel()
+        nsamples = default_nsamples(tokens, seqlen - (2 if loaded.kind == "encoder" else 0))
+    return build_calibration(loaded.tokenizer, text, nsamples=nsamples, seqlen=seqlen, seed=run.calibration.seed,
+                             part=run.calibration.part, wrap_special=loaded.kind == "encoder")
+
+
+class _Evaluation:
+    """Perplexity (causal LMs) or embedding fidelity to the dense model (encoders), before and after."""
+
+    def __init__(self, run: OneShotRun, loaded: Any, text: Any, seqlen: int, device: torch.device, bars: bool):
+        self.run, self.loaded, self.text, self.seqlen, self.bars = run, loaded, text, seqlen, bars
+        self.record: dict[str, Any] = {}
+        self.sentences: list[str] = []
+        self.reference: torch.Tensor | None = None
+
+    def before(self, say: Callable[[str], None]) -> None:
+        from .fidelity import heldout_sentences, sentence_embeddings
+        from .perplexity import text_perplexity
+
+        if self.text is None:
+            return
+        part = self.run.evaluation.part
+        if self.loaded.kind == "causal":
+            result = text_perplexity(self.loaded.model, self.loaded.tokenizer, self.text, seqlen=self.seqlen, part=part,
+                                     max_windows=self.run.evaluation.max_windows, progress=self.bars)
+            self.record = {"metric": "perplexity", "before": result.to_json()}
+            say(f"dense: {result.describe()}")
+        else:
+            self.sentences = heldout_sentences(self.text, part)
+            self.reference = sentence_embeddings(self.loaded.model, self.loaded.tokenizer, self.sentences)
+            self.record = {"metric": "embedding_fidelity", "reference": "the dense model",
+                           "before": {"mean_cosine": 1.0, "min_cosine": 1.0, "sentences": len(self.sentences)}}
+
+    def after(self) -> None:
+        from .fidelity import embedding_fidelity
+        from .perplexity import text_perplexity
+
+        if self.text is None:
+            return
+        part = self.run.evaluation.part
+        if self.loaded.kind == "causal":
+            result = text_perplexity(self.loaded.model, self.loaded.tokenizer, self.text, seqlen=self.seqlen, part=part,
+                                     max_windows=self.run.evaluation.max_windows, progress=self.bars)
+        else:
+            result = embedding_fidelity(self.loaded.model, self.reference, self.loaded.tokenizer, self.sentences,
+                                        source=self.text.describe(), part=part)
+        self.record["after"] = result.to_json()
+
+
+def _record(run: OneShotRun, model_dir: Path, kind: str, dtype: torch.dtype, device: torch.device, calibration: Any,
+            report: PruningReport, evaluation: dict[str, Any]) -> dict[str, Any]:
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(run.method).items()}
+    record = {"model": str(model_dir), "model_kind": kind, "config": config, "dtype": _name(dtype),
+              "calibration": {**calibration.to_json(),
+                              "reuse": calibration.nsamples * calibration.seqlen / max(1, calibration.text_tokens)},
+              "device": str(device), **report.to_json()}
+    if evaluation:
+        record["evaluation"] = evaluation
+    return record
+
+
+def _write(out: Path, loaded: Any, model_dir: Path, report: PruningReport, record: dict[str, Any]) -> None:
+    from ..files import write_json
+    from .io import atomic_directory, copy_sentence_transformers_files, save_pretrained
+
+    with atomic_directory(out) as tmp:
+        save_pretrained(loaded.model, loaded.tokenizer, tmp)
+        copy_sentence_transformers_files(model_dir, tmp)
+        report.masks.save(tmp / "masks.safetensors", metadata={"method": record["config"]["method"],
+                                                               "model": str(model_dir)})
+        write_json(tmp / "pruning_report.json", record)
+
+
+__all__ = ["CalibrationConfig", "DEFAULT_NSAMPLES", "DTYPES", "EvaluationConfig", "OneShotResult", "OneShotRun",
+           "default_nsamples", "run_oneshot"]

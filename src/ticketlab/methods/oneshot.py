@@ -1,0 +1,140 @@
+"""One-shot (post-training, layer-wise) pruning methods behind one small interface and one registry.
+
+Each method declares the calibration statistics it needs, so the engine (`ticketlab.llm.engine`)
+computes exactly those and nothing more:
+
+* ``none``  — magnitude pruning reads only the weights;
+* ``norms`` — Wanda needs ``Σ_t x_tj²`` per input feature (the diagonal of ``Σ x xᵀ``): O(in)
+  memory and one fused reduction per calibration batch;
+* ``gram``  — SparseGPT needs the whole ``G = Σ x xᵀ`` (in, in) in fp32.
+
+A method maps a weight (out, in) in ``nn.Linear`` orientation and the statistics of its inputs to
+``(new_weight or None, keep)``: ``keep`` is the bool (out, in) mask on the weight's device,
+``new_weight`` the updated fp32 weight for methods that reconstruct (SparseGPT), None for methods
+that only choose a mask. Adding a method = one class (in its own module) + one line in
+`ONE_SHOT_METHODS`; the CLI's choices come from that registry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol
+
+import torch
+
+from ..errors import TicketlabError
+from ..select import NMPattern, select
+from .sparsegpt import hessian_factor, lowest_k, sparsegpt_prune
+from .wanda import lowest_k_per_row, row_keep_count, wanda_mask
+
+Statistics = Literal["none", "norms", "gram"]
+STATISTICS: tuple[str, ...] = ("none", "norms", "gram")
+
+
+@dataclass
+class LayerStatistics:
+    """What the calibration pass measured on one layer's inputs (only what its method asked for).
+
+    ``tokens`` calibration tokens; ``sq_norms`` (in,) ``Σ x_j²`` (fp32); ``gram`` (in, in)
+    ``Σ x xᵀ`` (fp32). A Gram implies the norms (its diagonal).
+    """
+
+    tokens: int
+    sq_norms: torch.Tensor | None = None
+    gram: torch.Tensor | None = None
+
+    def norms(self) -> torch.Tensor:
+        if self.sq_norms is not None:
+            return self.sq_norms
+        if self.gram is not None:
+            return torch.diagonal(self.gram)
+        raise TicketlabError("This method needs input norms, which were not collected.")
+
+
+class PruneRequest(Protocol):
+    """The parts of a one-shot config a method reads (`ticketlab.llm.OneShotConfig` has them)."""
+
+    sparsity: float | None
+    blocksize: int
+    percdamp: float
+    magnitude_scope: str
+
+    @property
+    def nm_pattern(self) -> NMPattern | None: ...
+
+
+class OneShotMethod(ABC):
+    """A one-shot method: its name, the statistics it needs, and how it prunes one layer."""
+
+    name: ClassVar[str]
+    statistics: ClassVar[Statistics]
+
+    @abstractmethod
+    def prune(self, weight: torch.Tensor, stats: LayerStatistics, request: PruneRequest, *, name: str,
+              cache: dict[Any, Any]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Prune ``weight`` (out, in). ``cache`` is shared by the layers of one block (e.g. a Hessian
+        factor computed once for the layers that read the same inputs)."""
+
+
+class MagnitudeOneShot(OneShotMethod):
+    """``|W|``: per layer, or per output row with ``magnitude_scope="row"``."""
+
+    name = "magnitude"
+    statistics = "none"
+
+    def prune(self, weight, stats, request, *, name, cache):
+        rows, cols = weight.shape
+        scores = weight.detach().to(torch.float32).abs()
+        pattern = request.nm_pattern
+        if pattern is not None:
+            keep = select({name: scores}, pattern=pattern)[name]
+        elif request.magnitude_scope == "row":
+            keep = ~lowest_k_per_row(scores, cols - row_keep_count(rows, cols, request.sparsity) // rows)
+        else:
+            keep = ~lowest_k(scores, int(request.sparsity * rows * cols + 0.5))
+        return None, keep.to(weight.device)
+
+
+class WandaOneShot(OneShotMethod):
+    """``|W_ij| · ‖X_j‖₂`` per output row (Sun et al. 2023)."""
+
+    name = "wanda"
+    statistics = "norms"
+
+    def prune(self, weight, stats, request, *, name, cache):
+        pattern = request.nm_pattern
+        sparsity = None if pattern is not None else request.sparsity
+        return None, wanda_mask(weight, stats.norms(), sparsity=sparsity, pattern=pattern).to(weight.device)
+
+
+class SparseGPTOneShot(OneShotMethod):
+    """Blocked OBS reconstruction with an fp32 Hessian (Frantar & Alistarh 2023); the Hessian factor
+    is computed once per distinct input (``cache``) and shared by the layers that read it."""
+
+    name = "sparsegpt"
+    statistics = "gram"
+
+    def prune(self, weight, stats, request, *, name, cache):
+        if stats.gram is None:
+            raise TicketlabError(f"SparseGPT needs the Gram matrix of {name}'s inputs, which was not collected.")
+        key = ("factor", id(stats.gram))
+        if key not in cache:
+            cache[key] = hessian_factor(stats.gram.to(weight.device), request.percdamp, name=name)
+        pattern = request.nm_pattern
+        return sparsegpt_prune(weight, stats.gram, sparsity=None if pattern is not None else request.sparsity,
+                               pattern=pattern, factor=cache[key], blocksize=request.blocksize,
+                               percdamp=request.percdamp, name=name)
+
+
+ONE_SHOT_METHODS: dict[str, OneShotMethod] = {m.name: m for m in (MagnitudeOneShot(), WandaOneShot(),
+                                                                   SparseGPTOneShot())}
+
+
+def one_shot_method(name: str) -> OneShotMethod:
+    if name not in ONE_SHOT_METHODS:
+        raise TicketlabError(f"Unknown one-shot pruning method {name!r}; choose one of {', '.join(ONE_SHOT_METHODS)}.")
+    return ONE_SHOT_METHODS[name]
+
+
+__all__ = ["LayerStatistics", "ONE_SHOT_METHODS", "OneShotMethod", "STATISTICS", "Statistics", "one_shot_method"]

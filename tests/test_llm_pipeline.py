@@ -119,3 +119,44 @@ def test_bad_pipeline_configs():
         CalibrationConfig(part="heldout")
     with pytest.raises(TicketlabError, match="--calib-batch-size"):
         CalibrationConfig(batch_size=0)
+
+
+def test_owl_sparsities_by_hand():
+    from ticketlab.llm.owl import outlier_ratio, owl_sparsities
+
+    # ratios 0.1, 0.3, 0.2 -> normalised 0, 1, 0.5 -> raw S + λ - 2λ·d = 0.58, 0.42, 0.50 (S = 0.5, λ = 0.08)
+    # sizes 100, 100, 200: weighted mean of raw = (58 + 42 + 100) / 400 = 0.5 -> no shift
+    out = owl_sparsities({0: 0.1, 1: 0.3, 2: 0.2}, {0: 100, 1: 100, 2: 200}, 0.5, 0.08)
+    assert out == pytest.approx({0: 0.58, 1: 0.42, 2: 0.50})
+    # unequal sizes: raw 0.58, 0.42 with sizes 300, 100: mean 0.54 -> shift -0.04
+    out = owl_sparsities({0: 0.1, 1: 0.3}, {0: 300, 1: 100}, 0.5, 0.08)
+    assert out == pytest.approx({0: 0.54, 1: 0.38})
+    assert (0.54 * 300 + 0.38 * 100) / 400 == pytest.approx(0.5)
+    assert owl_sparsities({0: 0.2, 1: 0.2}, {0: 1, 1: 3}, 0.7, 0.08) == pytest.approx({0: 0.7, 1: 0.7})
+    # mean of [1, 1, 1, 9] is 3: with M = 2 only 9 > 6 is an outlier -> 1 of 4
+    assert outlier_ratio([torch.tensor([1.0, 1.0]), torch.tensor([1.0, 9.0])], 2.0) == 0.25
+    with pytest.raises(TicketlabError, match="lower --owl-lambda"):
+        owl_sparsities({0: 0.0, 1: 1.0}, {0: 1, 1: 1}, 0.95, 0.08)
+
+
+def test_owl_prunes_outlier_heavy_blocks_less_and_keeps_the_mean():
+    from ticketlab.llm.owl import owl_block_sparsity
+
+    model = make_llama(VOCAB)
+    with torch.no_grad():   # make block 1's weights heavy-tailed: many outliers
+        for p in model.model.layers[1].parameters():
+            if p.dim() == 2:
+                p.mul_(torch.where(torch.rand(p.shape) < 0.02, torch.tensor(20.0), torch.tensor(1.0)))
+    config = OneShotConfig("wanda", sparsity=0.6, layer_sparsity="owl")
+    sparsity, ratios = owl_block_sparsity(copy.deepcopy(model), calibration(), config)
+    assert ratios[1] > ratios[0] and sparsity[1] < sparsity[0]
+    assert (sparsity[0] + sparsity[1]) / 2 == pytest.approx(0.6)   # both blocks hold the same number of weights
+    report = prune_model(model, calibration(), config, block_sparsity=sparsity)
+    by_block = {b: [l["sparsity"] for l in report.layers if l["block"] == b] for b in (0, 1)}
+    assert all(s == pytest.approx(sparsity[0], abs=0.02) for s in by_block[0])
+    assert report.overall_sparsity == pytest.approx(0.6, abs=0.01)
+
+
+def test_owl_with_a_pattern_is_refused():
+    with pytest.raises(TicketlabError, match="N:M pattern"):
+        OneShotConfig("wanda", pattern="2:4", layer_sparsity="owl")

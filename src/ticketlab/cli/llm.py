@@ -94,6 +94,12 @@ def llm() -> None:
 @click.option("--exclude", multiple=True, metavar="PATTERNS", help="Modules to leave dense (same syntax).")
 @click.option("--magnitude-scope", default="layer", show_default=True, type=click.Choice(["layer", "row"]),
               help="Comparison group of magnitude pruning.")
+@click.option("--layer-sparsity", default="uniform", show_default=True, type=click.Choice(["uniform", "owl"]),
+              help="Every block at --sparsity, or OWL's outlier-weighted block sparsities (same mean).")
+@click.option("--owl-threshold", default=5.0, show_default=True, type=float,
+              help="OWL: a score is an outlier above this many times its block's mean score (M).")
+@click.option("--owl-lambda", default=0.08, show_default=True, type=float,
+              help="OWL: block sparsities span [S - lambda, S + lambda] before centring.")
 @click.option("--blocksize", default=128, show_default=True, type=int, help="SparseGPT column block size.")
 @click.option("--percdamp", default=0.01, show_default=True, type=float, help="SparseGPT dampening (fraction of mean diag H).")
 @click.option("--device", default="auto", show_default=True, help="Where the blocks are processed: auto, cpu, cuda, cuda:N.")
@@ -121,7 +127,8 @@ def prune(**opts: Any) -> None:
     method = OneShotConfig(method=opts["method"], sparsity=opts["sparsity"], pattern=opts["pattern"],
                            targets=_patterns(opts["targets"]), exclude=_patterns(opts["exclude"]),
                            magnitude_scope=opts["magnitude_scope"], blocksize=opts["blocksize"],
-                           percdamp=opts["percdamp"])
+                           percdamp=opts["percdamp"], layer_sparsity=opts["layer_sparsity"],
+                           owl_threshold=opts["owl_threshold"], owl_lambda=opts["owl_lambda"])
     calibration = CalibrationConfig(text=opts["calib"], part=opts["calib_part"], nsamples=opts["nsamples"],
                                     seqlen=opts["seqlen"], seed=opts["seed"], batch_size=opts["calib_batch_size"])
     evaluation = (EvaluationConfig(text=opts["eval_text"], part=opts["eval_part"], max_windows=opts["max_windows"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .. import validate
 from ..errors import TicketlabError
 from ..methods.oneshot import ONE_SHOT_METHODS as _REGISTRY
 from ..select import NMPattern
@@ -17,6 +18,7 @@ from ..select import NMPattern
 #: The one-shot methods the engine knows (the registry `ticketlab.methods.oneshot.ONE_SHOT_METHODS`).
 ONE_SHOT_METHODS: tuple[str, ...] = tuple(_REGISTRY)
 MAGNITUDE_SCOPES: tuple[str, ...] = ("layer", "row")
+LAYER_SPARSITIES: tuple[str, ...] = ("uniform", "owl")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ class OneShotConfig:
         magnitude_scope: comparison group for magnitude pruning: ``"layer"`` or ``"row"``.
         blocksize: SparseGPT's column block (mask chosen per block, lazy batch updates between blocks).
         percdamp: SparseGPT's dampening, as a fraction of the mean diagonal of the Hessian.
+        layer_sparsity: ``"uniform"`` (every block at ``sparsity``) or ``"owl"`` (outlier-weighted
+            per-block sparsities with the same parameter-weighted mean; `ticketlab.llm.owl`).
+        owl_threshold, owl_lambda: OWL's outlier threshold M (a score is an outlier above M × the
+            block's mean score) and spread λ (block sparsities span [S − λ, S + λ] before centring).
     """
 
     method: str
@@ -46,6 +52,9 @@ class OneShotConfig:
     magnitude_scope: str = "layer"
     blocksize: int = 128
     percdamp: float = 0.01
+    layer_sparsity: str = "uniform"
+    owl_threshold: float = 5.0
+    owl_lambda: float = 0.08
 
     def __post_init__(self) -> None:
         # Lists from a CLI or JSON config are accepted and frozen into tuples.
@@ -92,6 +101,14 @@ class OneShotConfig:
                 or not math.isfinite(self.percdamp) or self.percdamp < 0):
             raise TicketlabError(f"The SparseGPT dampening must be a non-negative number, got {self.percdamp!r}.")
         object.__setattr__(self, "percdamp", float(self.percdamp))
+        if self.layer_sparsity not in LAYER_SPARSITIES:
+            raise TicketlabError(f"Unknown --layer-sparsity {self.layer_sparsity!r}; choose one of {', '.join(LAYER_SPARSITIES)}.")
+        if self.layer_sparsity == "owl" and self.pattern is not None:
+            raise TicketlabError("OWL sets layer-wise sparsities, which an N:M pattern fixes: give --sparsity instead.")
+        object.__setattr__(self, "owl_threshold", validate.real(self.owl_threshold, "--owl-threshold", low=0.0,
+                                                                 low_open=True, high=1e6))
+        object.__setattr__(self, "owl_lambda", validate.real(self.owl_lambda, "--owl-lambda", low=0.0, high=0.5,
+                                                              high_open=True))
 
     @property
     def nm_pattern(self) -> NMPattern | None:
@@ -105,5 +122,7 @@ class OneShotConfig:
         return 1.0 - nm.density if nm is not None else float(self.sparsity)  # type: ignore[arg-type]
 
     def describe(self) -> str:
-        """Short human label, e.g. ``"wanda 2:4"`` or ``"sparsegpt 50%"``."""
-        return f"{self.method} {self.pattern}" if self.pattern else f"{self.method} {self.sparsity:.0%}"
+        """Short human label, e.g. ``"wanda 2:4"``, ``"sparsegpt 50%"`` or ``"wanda 70% (OWL)"``."""
+        if self.pattern:
+            return f"{self.method} {self.pattern}"
+        return f"{self.method} {self.sparsity:.0%}" + (" (OWL)" if self.layer_sparsity == "owl" else "")

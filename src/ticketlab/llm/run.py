@@ -144,12 +144,30 @@ def run_oneshot(run: OneShotRun, *, progress: Callable[[str, int], Any] | None =
         f"seed {run.calibration.seed}")
     evaluation = _Evaluation(run, loaded, eval_text, calibration.seqlen, device, progress is not None)
     evaluation.before(say)
+    block_sparsity, owl = _layer_sparsity(run, loaded.model, calibration.input_ids, device, say)
     report = prune_model(loaded.model, calibration.input_ids, run.method, device=device, progress=progress,
-                         batch_size=run.calibration.batch_size)
+                         batch_size=run.calibration.batch_size, block_sparsity=block_sparsity)
     evaluation.after()
     record = _record(run, model_dir, loaded.kind, dtype, device, calibration, report, evaluation.record)
+    if owl:
+        record["owl"] = owl
     _write(out, loaded, model_dir, report, record)
     return OneShotResult(out=out, record=record, report=report, kind=loaded.kind)
+
+
+def _layer_sparsity(run: OneShotRun, model: Any, calibration: torch.Tensor, device: torch.device,
+                    say: Callable[[str], None]) -> tuple[dict[int, float] | None, dict[str, Any]]:
+    """OWL's per-block sparsities (measured on the dense model), or None for uniform sparsity."""
+    if run.method.layer_sparsity != "owl":
+        return None, {}
+    from .owl import owl_block_sparsity
+
+    sparsity, ratios = owl_block_sparsity(model, calibration, run.method, device=device,
+                                          batch_size=run.calibration.batch_size)
+    say("OWL block sparsities: " + ", ".join(f"{b}: {100 * s:.1f}%" for b, s in sorted(sparsity.items())))
+    return sparsity, {"threshold": run.method.owl_threshold, "lambda": run.method.owl_lambda,
+                      "block_sparsity": {str(b): s for b, s in sorted(sparsity.items())},
+                      "outlier_ratios": {str(b): r for b, r in sorted(ratios.items())}}
 
 
 def _name(dtype: torch.dtype) -> str:

@@ -105,6 +105,8 @@ def llm() -> None:
 @click.option("--device", default="auto", show_default=True, help="Where the blocks are processed: auto, cpu, cuda, cuda:N.")
 @click.option("--dtype", default=None, type=click.Choice(["float32", "bfloat16", "float16"]),
               help="Model dtype [default: the checkpoint's own]; statistics are always float32.")
+@click.option("--stream", is_flag=True,
+              help="Stream the weights block by block from the safetensors shards (models larger than memory).")
 @click.option("--eval-text", default=None, metavar="PATH",
               help="Measure perplexity (causal LM) or embedding fidelity (encoder) before and after pruning on this text.")
 @click.option("--eval-part", default="heldout", show_default=True, type=click.Choice(["heldout", "all"]),
@@ -134,7 +136,7 @@ def prune(**opts: Any) -> None:
     evaluation = (EvaluationConfig(text=opts["eval_text"], part=opts["eval_part"], max_windows=opts["max_windows"])
                   if opts["eval_text"] else None)
     run = OneShotRun(method=method, out=opts["out"], model=opts["model_dir"], calibration=calibration,
-                     evaluation=evaluation, device=opts["device"], dtype=opts["dtype"])
+                     evaluation=evaluation, device=opts["device"], dtype=opts["dtype"], stream=opts["stream"])
     bars = TqdmProgress()
     result = run_oneshot(run, progress=None if quiet else (lambda description, total: bars(description, total, 0)),
                          log=lambda text: _echo_err(quiet, text))

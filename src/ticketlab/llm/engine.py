@@ -25,7 +25,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -42,6 +42,15 @@ from .stats import StatisticsHooks, layer_error, relative_reconstruction_error
 
 #: progress(description, total) -> handle with update(n) and close() (tqdm-like); None = silent.
 Progress = Callable[[str, int], Any]
+
+
+class BlockLoader(Protocol):
+    """Where a block's weights come from when the model is not in memory (`ticketlab.llm.stream`):
+    `load` before the block is used, `release` once it is pruned and its outputs computed."""
+
+    def load(self, index: int, block: nn.Module) -> None: ...
+
+    def release(self, index: int, block: nn.Module) -> None: ...
 
 
 def prune_layer(weight: torch.Tensor, gram: torch.Tensor, config: OneShotConfig, *,
@@ -168,7 +177,8 @@ def _prune_block(block: nn.Module, index: int, layers: list[TargetLayer], hooks:
 def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConfig, *,
                 attention_mask: torch.Tensor | None = None, device: str | torch.device = "cpu",
                 progress: Progress | None = None, batch_size: int | None = None,
-                block_sparsity: Mapping[int, float] | None = None) -> PruningReport:
+                block_sparsity: Mapping[int, float] | None = None,
+                loader: BlockLoader | None = None) -> PruningReport:
     """Prune ``model``'s linear layers inside its transformer blocks, in place, block by block.
 
     Args:
@@ -182,6 +192,8 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
         progress: optional ``progress(description, total)`` returning a tqdm-like handle.
         batch_size: calibration samples per block call (default: `calibration_batch_size`).
         block_sparsity: per-block sparsity overriding ``config.sparsity`` (OWL); unstructured only.
+        loader: materialises each block's weights before it is used and releases them after
+            (streaming from shards; `ticketlab.llm.stream`). Without one the model is in memory.
 
     Returns a `PruningReport`; the pruned weights are exactly zero, the embedding and output head
     untouched.
@@ -219,6 +231,8 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
         calibration_state = _Calibration(hidden, inputs, token_masks)
         for index in range(last + 1):
             block = blocks[index]
+            if loader is not None:
+                loader.load(index, block)
             home = module_device(block)
             if home is not None and home != device:
                 block.to(device)
@@ -238,6 +252,8 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
                 calibration_state.run(block, keep_outputs=True)
             if home is not None and home != device:
                 block.to(home)
+            if loader is not None:
+                loader.release(index, block)
             handle.update(1)
     finally:
         handle.close()

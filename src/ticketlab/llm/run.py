@@ -87,10 +87,17 @@ class OneShotRun:
     evaluation: EvaluationConfig | None = None
     device: str = "auto"
     dtype: str | None = None
+    stream: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, OneShotConfig):
             raise TicketlabError("OneShotRun.method must be a OneShotConfig.")
+        if self.stream and self.evaluation is not None:
+            raise TicketlabError("Evaluation needs the whole model in memory; with --stream, evaluate the output "
+                                 "afterwards with ticketlab llm eval.")
+        if self.stream and self.method.layer_sparsity == "owl":
+            raise TicketlabError("OWL's dense pass over the model is not available with --stream yet; use the "
+                                 "in-memory path or --layer-sparsity uniform.")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise TicketlabError(f"Unknown --dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}.")
 
@@ -136,6 +143,8 @@ def run_oneshot(run: OneShotRun, *, progress: Callable[[str, int], Any] | None =
     model_dir = Path(run.model) if run.model else default_model_path()
     dtype = _dtype_of(model_dir, run.dtype)
     check_dtype(dtype, device)
+    if run.stream:
+        return _run_streaming(run, out, model_dir, dtype, device, calib_text, progress, say)
     loaded = load_pretrained(model_dir, dtype=dtype)
     check_targets(loaded.model, run.method)
     calibration = _calibration(run, loaded, calib_text)
@@ -153,6 +162,59 @@ def run_oneshot(run: OneShotRun, *, progress: Callable[[str, int], Any] | None =
         record["owl"] = owl
     _write(out, loaded, model_dir, report, record)
     return OneShotResult(out=out, record=record, report=report, kind=loaded.kind)
+
+
+def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dtype, device: torch.device,
+                   calib_text: Any, progress: Any, say: Callable[[str], None]) -> OneShotResult:
+    """The streaming path (`ticketlab.llm.stream`): the model never sits in memory whole."""
+    from ..files import atomic_directory, write_json
+    from .adapters import find_blocks, find_targets
+    from .engine import check_targets, prune_model
+    from .io import (LoadedModel, check_model_dir, copy_sentence_transformers_files, kind_from_config,
+                     load_tokenizer, quiet_transformers)
+    from .stream import ShardIndex, ShardLoader, build_skeleton, peak_rss_bytes
+
+    check_model_dir(model_dir)
+    index = ShardIndex(model_dir)
+    skeleton_config = _config_of(model_dir)
+    kind = kind_from_config(skeleton_config)
+    model = build_skeleton(model_dir, kind, dtype)
+    loaded = LoadedModel(model=model, tokenizer=load_tokenizer(model_dir), kind=kind, path=model_dir)
+    check_targets(model, run.method)
+    calibration = _calibration(run, loaded, calib_text)
+    blocks_path, blocks = find_blocks(model)
+    last = max(t.block for t in find_targets(model, blocks_path, blocks, run.method.targets, run.method.exclude))
+    say(f"ticketlab llm prune --stream: {run.method.describe()} of {model_dir} ({kind}, {_name(dtype)}, {device}), "
+        f"{index.total_bytes() / 2**20:.0f} MiB of weights in {index.file_count()} file(s); "
+        f"calibration {calibration.nsamples} x {calibration.seqlen} tokens")
+    with atomic_directory(out) as tmp:
+        loader = ShardLoader(model, index, blocks_path, len(blocks), tmp, dtype)
+        loader.load_outside()
+        report = prune_model(model, calibration.input_ids, run.method, device=device, progress=progress,
+                             batch_size=run.calibration.batch_size, loader=loader)
+        loader.copy_untouched(last + 1)
+        loader.finish()
+        with quiet_transformers():
+            model.config.save_pretrained(str(tmp))
+            loaded.tokenizer.save_pretrained(str(tmp))
+        copy_sentence_transformers_files(model_dir, tmp)
+        record = _record(run, model_dir, kind, dtype, device, calibration, report, {})
+        record["streaming"] = {"model_bytes": index.total_bytes(), "peak_rss_bytes": peak_rss_bytes(),
+                               "output_shards": loader.total}
+        report.masks.save(tmp / "masks.safetensors", metadata={"method": run.method.method, "model": str(model_dir)})
+        write_json(tmp / "pruning_report.json", record)
+    return OneShotResult(out=out, record=record, report=report, kind=kind)
+
+
+def _config_of(model_dir: Path) -> Any:
+    from .io import _transformers, quiet_transformers
+
+    try:
+        with quiet_transformers():
+            return _transformers().AutoConfig.from_pretrained(str(model_dir), local_files_only=True,
+                                                              trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - transformers raises many types for a broken config
+        raise TicketlabError(f"Cannot read the config in {str(model_dir)!r} ({type(err).__name__}).") from None
 
 
 def _layer_sparsity(run: OneShotRun, model: Any, calibration: torch.Tensor, device: torch.device,

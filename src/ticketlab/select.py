@@ -9,16 +9,27 @@ into a mask, written once for every comparison group:
 * ``pattern=NMPattern(n, m)``: keep the ``n`` best of every ``m`` consecutive weights along the
   input dimension (the last dimension after flattening everything but dim 0).
 
-Exact-k and deterministic: ranking uses a stable sort, so among equal scores the weight with the
-lower flat index is kept. Weights outside ``within`` (already pruned) can never be kept, which is
-what makes masks only shrink across IMP rounds.
+Exact-k and deterministic: among equal scores the weight with the lower flat index is kept (the
+first ``k`` entries of a stable descending sort). Weights outside ``within`` (already pruned) can
+never be kept, which is what makes masks only shrink across IMP rounds.
+
+Where it runs. All arithmetic happens on the device of the scores, with no host synchronisation:
+no Python branch depends on a tensor's value, and no loop runs over rows or groups. The count
+scopes share one kernel, `top_k_rows`: the k-th largest score of each row (``kthvalue``, or
+``topk`` where a GPU would give a long row to one thread block), everything above it, then the
+lowest-index entries equal to it, found by a prefix count. N:M groups (m <= 8) rank their entries
+by pairwise comparisons, `top_n_of_m`. The checks that need a tensor's value (NaN scores, a row
+that would have to keep already-pruned weights) are kept as flags on the device and read once,
+after all the selection work is queued: `select_tensors` (device tensors out) makes that one read
+unless ``check=False``; `select` returns a `Mask`, which lives on the CPU, so it also copies every
+layer's mask to the host.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -28,6 +39,13 @@ from .masks import Mask
 
 Scope = Literal["global", "layer", "row"]
 SCOPES: tuple[str, ...] = ("global", "layer", "row")
+
+#: On a GPU, ``kthvalue`` runs each row on one thread block; with fewer rows than this, the
+#: threshold comes from ``topk`` instead, which splits a long row over many blocks.
+_KTHVALUE_MIN_ROWS = 256
+#: N:M groups up to this size are ranked by pairwise comparisons (m·(m-1)/2 elementwise steps);
+#: larger groups go through `_top_k` like any other row.
+_PAIRWISE_MAX_M = 8
 
 
 @dataclass(frozen=True)
@@ -54,43 +72,144 @@ class NMPattern:
         return self.n / self.m
 
 
-def _top_k_flat(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask over a 1-D score vector keeping exactly ``k`` entries; ties -> lower index kept.
+# ------------------------------------------------------------------------------------------------
+# kernels: one comparison group per row, on the scores' device, no host synchronisation
+# ------------------------------------------------------------------------------------------------
+def _count_dtype(length: int) -> torch.dtype:
+    """The narrowest integer type that can count to ``length``: a prefix count over a 4096x11008
+    layer then costs 2 bytes per weight (int16), not 8 (int64), and counting is faster too."""
+    if length < 2**15:
+        return torch.int16
+    return torch.int32 if length < 2**31 else torch.int64
 
-    Equivalent to taking the first ``k`` entries of a stable descending sort, in O(n): find the
-    k-th largest value, keep everything above it, then the lowest-index entries equal to it.
+
+def _prefer_topk(flat: torch.Tensor) -> bool:
+    """Whether `_kth_largest` should use ``topk``: a GPU tensor with too few rows to fill it."""
+    return flat.is_cuda and flat.shape[0] < _KTHVALUE_MIN_ROWS
+
+
+def _kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """(rows, 1): the ``k``-th largest score of every row of ``flat`` (rows, cols), 1 <= k <= cols.
+
+    ``kthvalue`` is O(cols) per row and allocates nothing of the input's size, but on a GPU it runs
+    each row on one thread block: one long row (a whole layer, a SparseGPT block) would crawl, so
+    few rows use ``topk`` of the smaller side, which spreads a row over many blocks (it returns
+    ``min(k, cols - k + 1)`` values and int64 indices per row). Both give the same value.
     """
-    n = scores.numel()
+    rows, cols = flat.shape
+    if _prefer_topk(flat):
+        if k <= cols - k + 1:
+            return torch.topk(flat, k, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
+        return torch.topk(flat, cols - k + 1, dim=1, largest=False, sorted=False).values.amax(dim=1, keepdim=True)
+    return torch.kthvalue(flat, cols - k + 1, dim=1, keepdim=True).values
+
+
+def _top_k(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Keep exactly ``k`` entries of every row of ``flat`` (rows, cols); ties -> lower index kept.
+
+    The same set as the first ``k`` entries of a stable descending sort, in O(cols) per row and
+    without a sort: keep everything above the row's k-th largest score, then the first ``missing``
+    entries equal to it, found by a prefix count of the ties (``missing`` stays on the device, so
+    no row waits for the host). Returns ``(keep, threshold)``: bool (rows, cols) and the (rows, 1)
+    thresholds, None when ``k`` is 0 or ``cols`` and nothing had to be ranked.
+    """
+    rows, cols = flat.shape
     if k <= 0:
-        return torch.zeros(n, dtype=torch.bool)
-    if k >= n:
-        return torch.ones(n, dtype=torch.bool)
-    threshold = torch.kthvalue(scores, n - k + 1).values
-    keep = scores > threshold
-    missing = k - int(keep.sum())
-    if missing:
-        ties = torch.nonzero(scores == threshold).flatten()[:missing]
-        keep[ties] = True
-    return keep
+        return torch.zeros_like(flat, dtype=torch.bool), None
+    if k >= cols:
+        return torch.ones_like(flat, dtype=torch.bool), None
+    count = _count_dtype(cols)
+    threshold = _kth_largest(flat, k)
+    keep = flat > threshold
+    missing = k - keep.sum(dim=1, keepdim=True, dtype=count)    # (rows, 1), >= 1
+    ties = flat == threshold
+    ties &= ties.cumsum(dim=1, dtype=count) <= missing
+    keep |= ties
+    return keep, threshold
 
 
-def _prepared(scores: Mapping[str, torch.Tensor], within: Mask | None) -> dict[str, torch.Tensor]:
-    """Scores on CPU with already-pruned weights set to -inf; rejects NaN and bad shapes.
+def top_k_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool (rows, cols) on the device of ``scores`` (rows, cols): exactly ``k`` kept per row.
+
+    The kernel behind every count-based scope (ties -> lower index kept), for callers that select
+    in a hot loop on a GPU (one block of SparseGPT): no checks, no host synchronisation; NaN
+    scores give unspecified rows. The complement, ``~top_k_rows(s, cols - k)``, marks the ``k``
+    lowest of each row with the higher index pruned among ties.
+    """
+    return _top_k(scores, k)[0]
+
+
+def top_n_of_m(groups: torch.Tensor, n: int) -> torch.Tensor:
+    """Keep the ``n`` best of every row of ``groups`` (G, m); ties -> lower index kept.
+
+    For small ``m`` a row is too short for a selection kernel to pay off, so each entry's rank in
+    a stable descending order is counted directly: entry ``i`` is beaten by every ``j`` with a
+    higher score or an equal score and ``j < i``. One comparison per pair ``j < i`` settles both
+    directions (``s_j >= s_i`` means ``j`` beats ``i``, otherwise ``i`` beats ``j``), so the loop
+    runs over the m·(m-1)/2 column pairs — never over rows — on strided views, with a uint8 rank.
+    Any strides work: ``top_n_of_m(s.t(), n)`` ranks the columns of an (m, G) layout in place.
+    Like `top_k_rows`: no checks, no host synchronisation, NaN gives unspecified groups.
+    """
+    m = groups.shape[1]
+    if m > _PAIRWISE_MAX_M:
+        return _top_k(groups, n)[0]
+    # rank_p starts at m-1-p ("beaten by every later entry") and loses one per later entry it beats
+    rank = torch.arange(m, device=groups.device).flip(0).to(torch.uint8).expand(groups.shape[0], m).contiguous()
+    for j in range(m):
+        for i in range(j + 1, m):
+            j_beats_i = (groups[:, j] >= groups[:, i]).view(torch.uint8)
+            rank[:, i] += j_beats_i
+            rank[:, j] -= j_beats_i
+    return rank < n
+
+
+# ------------------------------------------------------------------------------------------------
+# checks that need a tensor's value: flags on the device, read once at the end
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class _Checks:
+    """Problem flags kept on the device, in the order they are reported: every layer's NaN flag
+    (added while preparing the scores), then the row checks."""
+
+    flags: list[tuple[torch.Tensor, str]] = field(default_factory=list)
+
+    def add(self, flag: torch.Tensor, message: str) -> None:
+        """``flag``: 0-dim bool tensor on any device, True when ``message`` applies."""
+        self.flags.append((flag, message))
+
+    def raise_first(self) -> None:
+        """One host read per device (a bool vector), then the first problem as a TicketlabError."""
+        by_device: dict[torch.device, list[int]] = {}
+        for index, (flag, _) in enumerate(self.flags):
+            by_device.setdefault(flag.device, []).append(index)
+        raised = [False] * len(self.flags)
+        for indices in by_device.values():
+            values = torch.stack([self.flags[i][0] for i in indices]).tolist()
+            for i, value in zip(indices, values):
+                raised[i] = bool(value)
+        for (_, message), bad in zip(self.flags, raised):
+            if bad:
+                raise TicketlabError(message)
+
+
+def _prepared(scores: Mapping[str, torch.Tensor], within: Mask | None, checks: _Checks | None) -> dict[str, torch.Tensor]:
+    """Scores, on their own devices, with already-pruned weights set to -inf; NaN flagged in ``checks``.
 
     Floating scores keep their dtype (converting is monotone, so it would not change a ranking,
     only cost a copy); integer or bool scores become float64 so that -inf can mark pruned weights.
+    ``within`` (a CPU `Mask`) travels to the device without blocking the host.
     """
     out = {}
     for name, score in scores.items():
-        s = score.detach().to(device="cpu")
+        s = score.detach()
         if not s.is_floating_point():
             s = s.to(torch.float64)
-        if torch.isnan(s).any():
-            raise TicketlabError(f"The scores for {name!r} contain NaN, so no ranking is possible.")
+        if checks is not None:
+            checks.add(torch.isnan(s).any(), f"The scores for {name!r} contain NaN, so no ranking is possible.")
         if within is not None:
             if name not in within or within[name].shape != s.shape:
                 raise TicketlabError(f"The current mask does not cover {name!r} with shape {tuple(s.shape)}.")
-            s = s.masked_fill(~within[name], float("-inf"))
+            s = s.masked_fill(~within[name].to(s.device, non_blocking=True), float("-inf"))
         out[name] = s
     return out
 
@@ -99,6 +218,9 @@ def _available(name: str, scores: torch.Tensor, within: Mask | None) -> int:
     return int(within[name].sum()) if within is not None else scores.numel()
 
 
+# ------------------------------------------------------------------------------------------------
+# the routine
+# ------------------------------------------------------------------------------------------------
 def select(
     scores: Mapping[str, torch.Tensor],
     keep: int | Mapping[str, int] | None = None,
@@ -118,27 +240,73 @@ def select(
         pattern: N:M structure instead of a count.
         within: the current mask; only its kept weights are candidates.
 
-    Returns a `Mask` with exactly the requested number of True entries.
+    Returns a `Mask` (on the CPU, like every `Mask`) with exactly the requested number of True
+    entries. The selection runs where the scores are (`select_tensors`); on a GPU the checks cost
+    one read of a few flags and the `Mask` one copy per layer to the host.
     """
-    prepared = _prepared(scores, within)
+    return Mask(select_tensors(scores, keep, scope=scope, pattern=pattern, within=within))
+
+
+def select_tensors(
+    scores: Mapping[str, torch.Tensor],
+    keep: int | Mapping[str, int] | None = None,
+    *,
+    scope: Scope = "layer",
+    pattern: NMPattern | None = None,
+    within: Mask | None = None,
+    check: bool = True,
+) -> dict[str, torch.Tensor]:
+    """`select`, returning name -> bool keep tensor on the device of that layer's scores.
+
+    With ``check=True`` the problems that need a tensor's value (NaN scores; a row that has fewer
+    candidates than its quota) raise a TicketlabError naming the layer after all the selection
+    work is queued, at the cost of one host synchronisation per device (on the CPU it costs
+    nothing). With ``check=False`` nothing waits for the device at all; the caller vouches that
+    the scores are NaN-free (e.g. it checked the weights and statistics they come from), and a
+    layer that breaks that promise gets a mask of its shape with unspecified contents.
+
+    Global scope ranks all layers in one tensor: on their common device, or on the CPU if the
+    layers live on different devices; the returned tensors are then views of one keep vector.
+    Errors found from the arguments alone (counts, shapes, N:M divisibility) are raised at once,
+    before the flagged ones, whatever the layer order.
+    """
+    checks = _Checks() if check else None
+    prepared = _prepared(scores, within, checks)
     if pattern is not None:
-        return Mask({n: _select_nm(s, pattern, n) for n, s in prepared.items()})
-    if keep is None:
+        out = {name: _select_nm(s, pattern, name) for name, s in prepared.items()}
+    elif keep is None:
         raise TicketlabError("select() needs either a number of weights to keep or an N:M pattern.")
-    if scope == "global":
-        if not isinstance(keep, int):
-            raise TicketlabError("Global selection takes one total count of weights to keep.")
-        available = sum(_available(n, s, within) for n, s in prepared.items())
-        _check_count(keep, available, "the whole model")
-        flat = torch.cat([s.flatten() for s in prepared.values()])
-        chosen = _top_k_flat(flat, keep)
-        out, offset = {}, 0
-        for name, s in prepared.items():
-            out[name] = chosen[offset: offset + s.numel()].view(s.shape)
-            offset += s.numel()
-        return Mask(out)
-    if scope not in ("layer", "row"):
+    elif scope == "global":
+        out = _select_global(prepared, keep, within)
+    elif scope in ("layer", "row"):
+        out = _select_layers(prepared, keep, scope, within, checks)
+    else:
         raise TicketlabError(f"Unknown selection scope {scope!r}; choose one of {', '.join(SCOPES)}.")
+    if checks is not None:
+        checks.raise_first()
+    return out
+
+
+def _select_global(prepared: dict[str, torch.Tensor], keep: int | Mapping[str, int], within: Mask | None) -> dict[str, torch.Tensor]:
+    """One ranking over every layer, as one row of all their scores."""
+    if not isinstance(keep, int):
+        raise TicketlabError("Global selection takes one total count of weights to keep.")
+    available = sum(_available(n, s, within) for n, s in prepared.items())
+    _check_count(keep, available, "the whole model")
+    devices = {s.device for s in prepared.values()}
+    device = devices.pop() if len(devices) == 1 else torch.device("cpu")
+    flat = torch.cat([s.to(device).flatten() for s in prepared.values()]) if prepared else torch.zeros(0)
+    chosen = _top_k(flat.view(1, -1), keep)[0].view(-1)
+    out, offset = {}, 0
+    for name, s in prepared.items():
+        out[name] = chosen[offset: offset + s.numel()].view(s.shape)
+        offset += s.numel()
+    return out
+
+
+def _select_layers(prepared: dict[str, torch.Tensor], keep: int | Mapping[str, int], scope: str,
+                   within: Mask | None, checks: _Checks | None) -> dict[str, torch.Tensor]:
+    """Per-layer counts: the top ``k`` of each layer (``"layer"``) or of each of its rows (``"row"``)."""
     counts = {n: keep for n in prepared} if isinstance(keep, int) else dict(keep)
     missing = [n for n in prepared if n not in counts]
     if missing:
@@ -147,8 +315,8 @@ def select(
     for name, s in prepared.items():
         k = counts[name]
         _check_count(k, _available(name, s, within), repr(name))
-        out[name] = _select_rows(s, k, name) if scope == "row" else _top_k_flat(s.flatten(), k).view(s.shape)
-    return Mask(out)
+        out[name] = _select_rows(s, k, name, checks) if scope == "row" else _top_k(s.reshape(1, -1), k)[0].view(s.shape)
+    return out
 
 
 def _check_count(k: int, available: int, where: str) -> None:
@@ -156,33 +324,22 @@ def _check_count(k: int, available: int, where: str) -> None:
         raise TicketlabError(f"Cannot keep {k} weights in {where}: only {available} are available.")
 
 
-def _select_rows(scores: torch.Tensor, k: int, name: str) -> torch.Tensor:
+def _select_rows(scores: torch.Tensor, k: int, name: str, checks: _Checks | None) -> torch.Tensor:
     """Keep ``k / rows`` weights in every output row (dim 0) of one layer.
 
-    Same rule as `_top_k_flat`, row by row and vectorised: each row's threshold is its
-    ``per_row``-th largest score (``kthvalue``, no sort); everything above is kept, then the
-    lowest-index entries equal to the threshold fill the row's quota.
+    A row whose quota reaches its already-pruned (-inf) weights would keep some of them: that is
+    flagged, and it happens exactly when some row's threshold (its quota-th largest score) is -inf.
     """
     rows = scores.shape[0]
     if k % rows:
         raise TicketlabError(f"Row-wise selection in {name!r} needs a count divisible by its {rows} rows (got {k}).")
     per_row = k // rows
     flat = scores.reshape(rows, -1)
-    cols = flat.shape[1]
-    if per_row == 0:
-        keep = torch.zeros_like(flat, dtype=torch.bool)
-    elif per_row == cols:
-        keep = torch.ones_like(flat, dtype=torch.bool)
-    else:
-        threshold = torch.kthvalue(flat, cols - per_row + 1, dim=1, keepdim=True).values
-        keep = flat > threshold
-        missing = per_row - keep.sum(dim=1, keepdim=True)
-        if bool(missing.any()):
-            ties = flat == threshold
-            keep |= ties & (ties.cumsum(dim=1) <= missing)
-    if bool(torch.isneginf(threshold if 0 < per_row < cols else flat).any()) and \
-            bool(torch.isneginf(flat).logical_and(keep).any()):
-        raise TicketlabError(f"Row-wise selection in {name!r} would keep weights that are already pruned.")
+    keep, threshold = _top_k(flat, per_row)
+    if checks is not None and per_row > 0:
+        lowest_kept = threshold if threshold is not None else flat.amin(dim=1)
+        checks.add(torch.isneginf(lowest_kept).any(),
+                   f"Row-wise selection in {name!r} would keep weights that are already pruned.")
     return keep.view(scores.shape)
 
 
@@ -193,11 +350,7 @@ def _select_nm(scores: torch.Tensor, pattern: NMPattern, name: str) -> torch.Ten
         raise TicketlabError(
             f"Layer {name!r} has {flat.shape[1]} inputs, not a multiple of {pattern.m}, so {pattern.n}:{pattern.m} cannot apply."
         )
-    groups = flat.reshape(-1, pattern.m)
-    order = torch.argsort(groups, dim=1, descending=True, stable=True)
-    keep = torch.zeros_like(groups, dtype=torch.bool)
-    keep.scatter_(1, order[:, : pattern.n], True)
-    return keep.view(scores.shape)
+    return top_n_of_m(flat.reshape(-1, pattern.m), pattern.n).view(scores.shape)
 
 
 def keep_counts_after_pruning(within: Mask, rates: Mapping[str, float]) -> dict[str, int]:

@@ -140,7 +140,10 @@ def prune(**opts: Any) -> None:
     bars = TqdmProgress()
     result = run_oneshot(run, progress=None if quiet else (lambda description, total: bars(description, total, 0)),
                          log=lambda text: _echo_err(quiet, text))
-    _print_prune_summary(result)
+    from ..train.distributed import is_main_process
+
+    if is_main_process():  # under torchrun every rank prunes; rank 0 writes and prints
+        _print_prune_summary(result)
 
 
 def _print_prune_summary(result: Any) -> None:

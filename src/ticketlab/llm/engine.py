@@ -37,6 +37,7 @@ from .adapters import TargetLayer, context_length, find_blocks, find_targets
 from .capture import (BlockInputs, calibration_batch_size, capture_block_inputs, module_device, move_back,
                       move_outside)
 from .config import OneShotConfig
+from .ranks import RankGroup
 from .report import PruningReport
 from .stats import StatisticsHooks, layer_error, relative_reconstruction_error
 
@@ -142,35 +143,56 @@ class _Calibration:
 
 
 def _prune_block(block: nn.Module, index: int, layers: list[TargetLayer], hooks: StatisticsHooks,
-                 config: OneShotConfig, masks: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-    """Prune one block's target layers from its statistics; returns their report entries."""
+                 config: OneShotConfig, masks: dict[str, torch.Tensor], group: RankGroup) -> list[dict[str, Any]]:
+    """Prune one block's target layers from its statistics; returns their report entries.
+
+    With several ranks each prunes the layers `RankGroup.owners` gives it and the results are
+    broadcast, so every rank applies the same weights and masks.
+    """
+    shared: dict[int, list[str]] = {}
+    for layer in layers:
+        shared.setdefault(id(hooks.accumulators[layer.name]), []).append(layer.name)
+    owners = group.owners(list(shared.values()))
+    reconstructs = one_shot_method(config.method).reconstructs
     block_mask: dict[str, torch.Tensor] = {}
     entries: list[tuple[TargetLayer, dict[str, Any]]] = []
     cache: dict[Any, Any] = {}
     for layer in layers:
-        accumulator = hooks.accumulators[layer.name]
         param = layer.module.weight
         weight = param.t() if layer.transposed else param    # (out, in) view
-        started = time.perf_counter()
-        new_w, keep = _prune_checked(weight, accumulator.statistics(), config, layer.name, cache)
-        seconds = time.perf_counter() - started
-        pruned = new_w if new_w is not None else weight.to(torch.float32) * keep
-        error, source = layer_error(weight, pruned, accumulator)
-        if new_w is not None:
-            weight.copy_(new_w.to(param.dtype))
+        if owners[layer.name] == group.rank:
+            keep, entry = _prune_one(layer, weight, hooks.accumulators[layer.name], config, cache, index)
+        else:
+            keep, entry = torch.zeros(weight.shape, dtype=torch.bool, device=weight.device), {}
+        if group.active:
+            keep, entry = group.share(owners[layer.name], param if reconstructs else None, keep, entry)
         keep_param = (keep.t() if layer.transposed else keep).contiguous()
         block_mask[f"{layer.relative}.weight"] = keep_param
         masks[layer.parameter] = keep_param
-        entries.append((layer, {
-            "name": layer.name, "parameter": layer.parameter, "block": index, "shape": list(param.shape),
-            "sparsity": 0.0, "target_sparsity": config.target_sparsity, "reconstruction_error": error,
-            "reconstruction_error_source": source, "seconds": seconds, "calibration_tokens": accumulator.tokens,
-        }))
+        entries.append((layer, entry))
     Mask(block_mask).apply_(block)      # the one mechanism that zeroes pruned weights
     for layer, entry in entries:
         w = layer.module.weight
         entry["sparsity"] = float((w == 0).sum()) / w.numel()
     return [entry for _, entry in entries]
+
+
+def _prune_one(layer: TargetLayer, weight: torch.Tensor, accumulator: Any, config: OneShotConfig,
+               cache: dict[Any, Any], index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Prune one layer in place (reconstructed weights written back); its keep mask and report entry."""
+    param = layer.module.weight
+    started = time.perf_counter()
+    new_w, keep = _prune_checked(weight, accumulator.statistics(), config, layer.name, cache)
+    seconds = time.perf_counter() - started
+    pruned = new_w if new_w is not None else weight.to(torch.float32) * keep
+    error, source = layer_error(weight, pruned, accumulator)
+    if new_w is not None:
+        weight.copy_(new_w.to(param.dtype))
+    return keep, {
+        "name": layer.name, "parameter": layer.parameter, "block": index, "shape": list(param.shape),
+        "sparsity": 0.0, "target_sparsity": config.target_sparsity, "reconstruction_error": error,
+        "reconstruction_error_source": source, "seconds": seconds, "calibration_tokens": accumulator.tokens,
+    }
 
 
 @torch.no_grad()
@@ -210,7 +232,11 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
     for layer in find_targets(model, blocks_path, blocks, config.targets, config.exclude):
         by_block.setdefault(layer.block, []).append(layer)
     nsamples, seqlen = calibration.shape
-    batch = batch_size or calibration_batch_size(model, nsamples, seqlen, device)
+    group = RankGroup.from_env(device)
+    mine = group.samples(nsamples)
+    local = calibration[mine]
+    local_mask = attention_mask[mine] if attention_mask is not None else None
+    batch = batch_size or calibration_batch_size(model, local.shape[0], seqlen, device)
     method = one_shot_method(config.method)
     model_config = getattr(model, "config", None)
     saved_use_cache, was_training = getattr(model_config, "use_cache", None), model.training
@@ -224,10 +250,10 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
         if saved_use_cache is not None:
             model_config.use_cache = False
         moved = move_outside(model, blocks, device)
-        hidden, inputs = capture_block_inputs(model, blocks[0], calibration, attention_mask, device, batch)
+        hidden, inputs = capture_block_inputs(model, blocks[0], local, local_mask, device, batch)
         move_back(moved)
         moved = []
-        token_masks = attention_mask.to(device=device).bool() if attention_mask is not None else None
+        token_masks = local_mask.to(device=device).bool() if local_mask is not None else None
         calibration_state = _Calibration(hidden, inputs, token_masks)
         for index in range(last + 1):
             block = blocks[index]
@@ -243,10 +269,11 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
                     calibration_state.run(block, hooks)
                 finally:
                     hooks.remove()
+                group.reduce_statistics(list({id(a): a for a in hooks.accumulators.values()}.values()))
                 block_config = config
                 if block_sparsity is not None and index in block_sparsity:
                     block_config = dataclasses.replace(config, sparsity=float(block_sparsity[index]))
-                layers_report += _prune_block(block, index, layers, hooks, block_config, masks)
+                layers_report += _prune_block(block, index, layers, hooks, block_config, masks, group)
                 del hooks   # free this block's statistics before the next
             if index < last:   # pruned outputs become the next block's inputs
                 calibration_state.run(block, keep_outputs=True)
@@ -267,7 +294,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
         layers=layers_report, wall_time=time.perf_counter() - start, peak_memory_bytes=peak,
         masks=Mask(masks), peak_memory_source=source, nsamples=int(nsamples), seqlen=int(seqlen),
         blocks=blocks_path, device=str(device), model_type=getattr(model_config, "model_type", None),
-        extra={"calibration_batch_size": batch, "statistics": method.statistics},
+        extra={"calibration_batch_size": batch, "statistics": method.statistics, "processes": group.world},
     )
 
 

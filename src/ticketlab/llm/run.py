@@ -135,9 +135,13 @@ def run_oneshot(run: OneShotRun, *, progress: Callable[[str, int], Any] | None =
     from .io import check_out_dir, default_model_path, load_pretrained
     from .text import packaged_text, read_text
 
-    say = log or (lambda text: None)
+    from ..train import distributed as dist_helpers
+
+    main_process = dist_helpers.is_main_process()
+    say = (log or (lambda text: None)) if main_process else (lambda text: None)
+    progress = progress if main_process else None
     out = check_out_dir(run.out)
-    device = resolve_device(run.device)
+    device = dist_helpers.rank_device(resolve_device(run.device))
     calib_text = read_text(run.calibration.text) if run.calibration.text else packaged_text()
     eval_text = read_text(run.evaluation.text) if run.evaluation else None
     model_dir = Path(run.model) if run.model else default_model_path()
@@ -160,8 +164,29 @@ def run_oneshot(run: OneShotRun, *, progress: Callable[[str, int], Any] | None =
     record = _record(run, model_dir, loaded.kind, dtype, device, calibration, report, evaluation.record)
     if owl:
         record["owl"] = owl
-    _write(out, loaded, model_dir, report, record)
+    checksums = _rank_checksums(loaded.model)
+    if checksums is not None:
+        record["rank_weight_checksums"] = checksums
+    if main_process:
+        _write(out, loaded, model_dir, report, record)
     return OneShotResult(out=out, record=record, report=report, kind=loaded.kind)
+
+
+def _rank_checksums(model: Any) -> list[str] | None:
+    """Under torchrun, every rank's SHA-256 of all its weights (they must be identical), else None."""
+    import hashlib
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, digest.hexdigest())
+    return gathered
 
 
 def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dtype, device: torch.device,

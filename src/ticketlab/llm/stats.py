@@ -65,6 +65,10 @@ class InputAccumulator:
         """The kept token rows (tokens, in), or None when the error comes from the Gram matrix."""
         return torch.cat(self._samples) if self._samples else None
 
+    def set_samples(self, parts: list[torch.Tensor]) -> None:
+        """Replace the kept token rows (every rank's rows, gathered in rank order)."""
+        self._samples = list(parts)
+
 
 class StatisticsHooks:
     """Forward hooks on one block's target layers, one `InputAccumulator` per distinct input tensor."""

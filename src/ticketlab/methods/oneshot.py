@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import torch
 
 from ..errors import TicketlabError
-from ..select import NMPattern, select
+from ..select import NMPattern, select_tensors
 from .sparsegpt import hessian_factor, lowest_k, sparsegpt_prune
 from .wanda import lowest_k_per_row, row_keep_count, wanda_mask
 
@@ -69,6 +69,8 @@ class OneShotMethod(ABC):
 
     name: ClassVar[str]
     statistics: ClassVar[Statistics]
+    #: True when the method changes the kept weights (not only chooses a mask).
+    reconstructs: ClassVar[bool] = False
 
     @abstractmethod
     def prune(self, weight: torch.Tensor, stats: LayerStatistics, request: PruneRequest, *, name: str,
@@ -88,7 +90,7 @@ class MagnitudeOneShot(OneShotMethod):
         scores = weight.detach().to(torch.float32).abs()
         pattern = request.nm_pattern
         if pattern is not None:
-            keep = select({name: scores}, pattern=pattern)[name]
+            keep = select_tensors({name: scores}, pattern=pattern)[name]
         elif request.magnitude_scope == "row":
             keep = ~lowest_k_per_row(scores, cols - row_keep_count(rows, cols, request.sparsity) // rows)
         else:
@@ -114,6 +116,7 @@ class SparseGPTOneShot(OneShotMethod):
 
     name = "sparsegpt"
     statistics = "gram"
+    reconstructs = True
 
     def prune(self, weight, stats, request, *, name, cache):
         if stats.gram is None:

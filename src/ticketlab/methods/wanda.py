@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import TicketlabError
 from ..masks import Mask
-from ..select import NMPattern, select
+from ..select import NMPattern, select, select_tensors
 from ..targets import is_conv1d
 
 
@@ -49,14 +49,16 @@ def lowest_k_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Bool (rows, cols), on the scores' device, marking the ``k`` lowest scores of every row.
 
     The complement of the shared `select`'s row-scope keep set (same tie rule), which finds each
-    row's threshold with ``kthvalue`` rather than sorting every row.
+    row's threshold with ``kthvalue`` rather than sorting every row. On a GPU nothing waits for
+    the device: NaN scores are refused (TicketlabError) only on the CPU, where the check is free;
+    on a GPU the caller vouches for finite scores (the engine checks weights and statistics first).
     """
     if scores.dim() != 2:
         raise TicketlabError(f"Row-wise selection needs a 2-D score tensor, got shape {tuple(scores.shape)}.")
     rows, cols = scores.shape
     k = max(0, min(k, cols))
-    keep = select({"layer": scores}, rows * (cols - k), scope="row")["layer"]
-    return ~keep.to(scores.device)
+    keep = select_tensors({"layer": scores}, rows * (cols - k), scope="row", check=scores.device.type == "cpu")["layer"]
+    return ~keep
 
 
 def wanda_mask(weight: torch.Tensor, input_sq_norms: torch.Tensor, *, sparsity: float | None = None,

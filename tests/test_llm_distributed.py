@@ -1,0 +1,79 @@
+"""One-shot pruning under torchrun: 2 gloo processes split the calibration samples and the layers,
+end with identical weights, and match a single process up to float summation order."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from ticketlab.cli import main  # noqa: E402
+
+from llm_assets import llm_assets  # noqa: E402,F401
+
+TIMEOUT_S = 240
+
+
+def _torchrun(argv: list[str]) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    if Path("/sys/class/net/lo").exists():
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "--max-restarts", "0", "-m", "ticketlab", *argv]
+    failures = []
+    for _attempt in range(2):  # one retry: a rendezvous port can be taken at the wrong moment
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            failures.append(f"timeout; output:\n{output[-4000:]}")
+            continue
+        if proc.returncode == 0:
+            return output
+        failures.append(f"exit {proc.returncode}; output:\n{output[-4000:]}")
+    pytest.fail("\n--- retry ---\n".join(failures))
+
+
+@pytest.mark.parametrize("method", [["--method", "sparsegpt", "--sparsity", "0.5"], ["--method", "wanda", "--pattern", "2:4"]])
+def test_two_processes_prune_like_one(llm_assets, tmp_path, capsys, method):
+    common = ["llm", "prune", "--model", str(llm_assets.llama_dir), *method, "--calib", str(llm_assets.text_path),
+              "--nsamples", "6", "--seqlen", "16", "--calib-batch-size", "2", "--device", "cpu", "--quiet"]
+    output = _torchrun([*common, "--out", str(tmp_path / "two")])
+    assert output.count("saved ") == 1          # rank 0 alone writes and prints
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    record = json.loads((tmp_path / "two" / "pruning_report.json").read_text())
+    checksums = record["rank_weight_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    assert record["extra"]["processes"] == 2
+    from safetensors.torch import load_file
+
+    two, one = load_file(str(tmp_path / "two" / "model.safetensors")), load_file(str(tmp_path / "one" / "model.safetensors"))
+    for name in one:
+        assert torch.allclose(two[name], one[name], rtol=1e-4, atol=1e-5), name
+    flips = sum(int(((two[n] == 0) != (one[n] == 0)).sum()) for n in one)
+    assert flips <= 1e-3 * sum(t.numel() for t in one.values())
+
+
+def test_more_processes_than_samples_is_one_sentence(llm_assets, tmp_path):
+    output = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ticketlab",
+         "llm", "prune", "--model", str(llm_assets.llama_dir), "--method", "wanda", "--sparsity", "0.5",
+         "--calib", str(llm_assets.text_path), "--nsamples", "1", "--seqlen", "16", "--device", "cpu", "--quiet",
+         "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=TIMEOUT_S,
+        env={k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")})
+    assert output.returncode != 0 and "need at least 2 calibration samples" in output.stdout + output.stderr
+    assert not (tmp_path / "x").exists()

@@ -4,6 +4,7 @@ model larger than the process's memory limit pruned under that limit."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,9 @@ def test_streaming_equals_the_in_memory_path_bit_for_bit(sharded_llama, llm_asse
     for name, value in memory.items():
         assert torch.equal(value.view(torch.uint8) if value.is_floating_point() else value,
                            stream[name].view(torch.uint8) if value.is_floating_point() else stream[name]), name
+    from ticketlab.masks import Mask
+
+    assert Mask.load(tmp_path / "stream" / "masks.safetensors") == Mask.load(tmp_path / "memory" / "masks.safetensors")
     record = json.loads((tmp_path / "stream" / "pruning_report.json").read_text())
     assert record["streaming"]["model_bytes"] > 0 and record["streaming"]["peak_rss_bytes"] > 0
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "stream"))
@@ -90,3 +94,67 @@ def test_a_truncated_shard_header_is_refused(tmp_path):
     (tmp_path / "model.safetensors").write_bytes((10**12).to_bytes(8, "little") + b"{}")
     with pytest.raises(TicketlabError, match="as safetensors"):
         ShardIndex(tmp_path)
+
+
+MEMORY_LIMIT = 700 * 2**20   # private memory (RLIMIT_DATA) of the pruning process
+LIMITED_RUNNER = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_DATA, (int(sys.argv[1]), int(sys.argv[1])))
+from ticketlab.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _write_big_llama(directory: Path, tokenizer) -> int:
+    """A LLaMA-shaped model of ~1 GB written shard by shard (never whole in memory); returns its bytes."""
+    from safetensors.torch import save_file
+
+    config = transformers.LlamaConfig(vocab_size=512, hidden_size=1024, intermediate_size=4096, num_hidden_layers=15,
+                                      num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=64)
+    with torch.device("meta"):
+        shapes = {n: tuple(t.shape) for n, t in transformers.LlamaForCausalLM(config).state_dict().items()}
+    directory.mkdir(parents=True)
+    config.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    generator = torch.Generator().manual_seed(0)
+    weight_map, shard, size, index = {}, {}, 0, 0
+
+    def flush():
+        nonlocal shard, size, index
+        name = f"model-{index + 1:05d}.safetensors"
+        save_file(shard, str(directory / name), metadata={"format": "pt"})
+        weight_map.update({n: name for n in shard})
+        shard, size, index = {}, 0, index + 1
+
+    for name, shape in shapes.items():
+        value = torch.ones(shape) if name.endswith("norm.weight") else torch.randn(shape, generator=generator) * 0.02
+        shard[name] = value
+        size += value.numel() * 4
+        if size > 200 * 2**20:
+            flush()
+    if shard:
+        flush()
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return sum(p.stat().st_size for p in directory.glob("model-*.safetensors"))
+
+
+@pytest.mark.slow
+def test_a_model_larger_than_the_memory_limit_is_pruned_under_it(llm_assets, tmp_path, capsys):
+    model = tmp_path / "big"
+    model_bytes = _write_big_llama(model, llm_assets.tokenizer)
+    assert model_bytes > 1.3 * MEMORY_LIMIT
+    argv = ["llm", "prune", "--model", str(model), "--method", "wanda", "--sparsity", "0.5",
+            "--calib", str(llm_assets.text_path), "--nsamples", "2", "--seqlen", "32", "--calib-batch-size", "2",
+            "--device", "cpu", "--quiet"]
+    limited = subprocess.run([sys.executable, "-c", LIMITED_RUNNER, str(MEMORY_LIMIT), *argv, "--stream",
+                              "--out", str(tmp_path / "stream")], capture_output=True, text=True, timeout=600,
+                             env=dict(os.environ, OMP_NUM_THREADS="1"))  # the same threads as this process
+    assert limited.returncode == 0, limited.stderr[-3000:]
+    record = json.loads((tmp_path / "stream" / "pruning_report.json").read_text())
+    assert record["streaming"]["model_bytes"] == model_bytes
+    assert record["streaming"]["peak_rss_bytes"] < model_bytes
+    assert main([*argv, "--out", str(tmp_path / "memory")]) == 0     # the in-memory path, no limit
+    capsys.readouterr()
+    memory, stream = _tensors(tmp_path / "memory"), _tensors(tmp_path / "stream")
+    assert set(memory) == set(stream)
+    assert all(torch.equal(memory[n], stream[n]) for n in memory)

@@ -53,6 +53,8 @@ class BlockLoader(Protocol):
 
     def release(self, index: int, block: nn.Module) -> None: ...
 
+    def store_mask(self, name: str, keep: torch.Tensor) -> None: ...
+
 
 def prune_layer(weight: torch.Tensor, gram: torch.Tensor, config: OneShotConfig, *,
                 name: str = "the layer", factors: dict[Any, Any] | None = None,
@@ -143,7 +145,8 @@ class _Calibration:
 
 
 def _prune_block(block: nn.Module, index: int, layers: list[TargetLayer], hooks: StatisticsHooks,
-                 config: OneShotConfig, masks: dict[str, torch.Tensor], group: RankGroup) -> list[dict[str, Any]]:
+                 config: OneShotConfig, masks: Callable[[str, torch.Tensor], None], group: RankGroup
+                 ) -> list[dict[str, Any]]:
     """Prune one block's target layers from its statistics; returns their report entries.
 
     With several ranks each prunes the layers `RankGroup.owners` gives it and the results are
@@ -168,7 +171,7 @@ def _prune_block(block: nn.Module, index: int, layers: list[TargetLayer], hooks:
             keep, entry = group.share(owners[layer.name], param if reconstructs else None, keep, entry)
         keep_param = (keep.t() if layer.transposed else keep).contiguous()
         block_mask[f"{layer.relative}.weight"] = keep_param
-        masks[layer.parameter] = keep_param
+        masks(layer.parameter, keep_param)
         entries.append((layer, entry))
     Mask(block_mask).apply_(block)      # the one mechanism that zeroes pruned weights
     for layer, entry in entries:
@@ -244,6 +247,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
     handle = progress(f"{config.describe()}: pruning {last + 1} blocks", last + 1) if progress else _Silent()
     layers_report: list[dict[str, Any]] = []
     masks: dict[str, torch.Tensor] = {}
+    store_mask = loader.store_mask if loader is not None else masks.__setitem__
     moved: list = []
     try:
         model.eval()
@@ -273,7 +277,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
                 block_config = config
                 if block_sparsity is not None and index in block_sparsity:
                     block_config = dataclasses.replace(config, sparsity=float(block_sparsity[index]))
-                layers_report += _prune_block(block, index, layers, hooks, block_config, masks, group)
+                layers_report += _prune_block(block, index, layers, hooks, block_config, store_mask, group)
                 del hooks   # free this block's statistics before the next
             if index < last:   # pruned outputs become the next block's inputs
                 calibration_state.run(block, keep_outputs=True)
@@ -292,7 +296,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
     return PruningReport(
         method=config.method, sparsity=config.target_sparsity, pattern=config.pattern,
         layers=layers_report, wall_time=time.perf_counter() - start, peak_memory_bytes=peak,
-        masks=Mask(masks), peak_memory_source=source, nsamples=int(nsamples), seqlen=int(seqlen),
+        masks=loader.masks if loader is not None else Mask(masks), peak_memory_source=source, nsamples=int(nsamples), seqlen=int(seqlen),
         blocks=blocks_path, device=str(device), model_type=getattr(model_config, "model_type", None),
         extra={"calibration_batch_size": batch, "statistics": method.statistics, "processes": group.world},
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..masks import Mask
 
 
 @dataclass
@@ -26,7 +25,8 @@ class PruningReport:
             lifetime peak, so it includes whatever ran before); on CUDA the peak of
             ``torch.cuda.max_memory_allocated`` during the call. ``peak_memory_source`` says which.
         nsamples, seqlen: calibration shape; blocks: dotted path of the block list; device.
-        masks: parameter name -> kept (bool), in each parameter's own orientation.
+        masks: parameter name -> kept (bool), in each parameter's own orientation (a `Mask`, or for a
+            streamed model its bit-packed equivalent `ticketlab.llm.stream.PackedMasks`).
     """
 
     method: str
@@ -35,7 +35,7 @@ class PruningReport:
     layers: list[dict[str, Any]]
     wall_time: float
     peak_memory_bytes: int
-    masks: Mask
+    masks: Any
     peak_memory_source: str = "cpu_peak_rss"
     nsamples: int = 0
     seqlen: int = 0

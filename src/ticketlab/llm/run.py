@@ -197,8 +197,9 @@ def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dty
     from .engine import check_targets, prune_model
     from .io import (LoadedModel, check_model_dir, copy_sentence_transformers_files, kind_from_config,
                      load_tokenizer, quiet_transformers)
-    from .stream import ShardIndex, ShardLoader, build_skeleton, peak_rss_bytes
+    from .stream import ShardIndex, ShardLoader, build_skeleton, peak_rss_bytes, return_freed_memory_promptly
 
+    return_freed_memory_promptly()
     check_model_dir(model_dir)
     index = ShardIndex(model_dir)
     skeleton_config = _config_of(model_dir)

@@ -188,6 +188,7 @@ class ShardLoader:
         self.total = num_blocks + 1
         self.weight_map: dict[str, str] = {}
         self.total_size = 0
+        self.masks = PackedMasks()
 
     def names_of(self, index: int) -> list[str]:
         return [n for n in self.index.files if n.startswith(self.prefixes[index])]
@@ -198,6 +199,9 @@ class ShardLoader:
     def load(self, index: int, block: nn.Module) -> None:
         for name in self.names_of(index):
             _assign(self.model, name, self.index.read(name, self.dtype))
+
+    def store_mask(self, name: str, keep: torch.Tensor) -> None:
+        self.masks.add(name, keep)
 
     def release(self, index: int, block: nn.Module) -> None:
         names = self.names_of(index)
@@ -249,6 +253,69 @@ class ShardLoader:
             self.total_size += value.numel() * value.element_size()
 
 
+class PackedMasks:
+    """The keep masks of a streamed model, packed 8 to a byte while the model is pruned (a bool mask of
+    every weight would cost a quarter of an fp32 model's size) and written as ``masks.safetensors``
+    one tensor at a time. Offers what the report and the writer use of `ticketlab.masks.Mask`."""
+
+    def __init__(self) -> None:
+        self.packed: dict[str, tuple[torch.Tensor, tuple[int, ...], int]] = {}
+
+    def add(self, name: str, keep: torch.Tensor) -> None:
+        from ..deploy.format import pack_bits
+
+        flags = keep.detach().to("cpu", torch.bool)
+        self.packed[name] = (pack_bits(flags), tuple(flags.shape), int(flags.sum()))
+
+    def num_kept(self) -> int:
+        return sum(kept for _, _, kept in self.packed.values())
+
+    def num_total(self) -> int:
+        return sum(torch.Size(shape).numel() for _, shape, _ in self.packed.values())
+
+    def density(self) -> float:
+        total = self.num_total()
+        return self.num_kept() / total if total else 1.0
+
+    def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
+        """Write a safetensors file of bool tensors (as `Mask.save` does), unpacking one at a time."""
+        from ..deploy.format import unpack_bits
+        from ..files import METADATA_KEY, atomic_path
+
+        names = sorted(self.packed)
+        header: dict[str, Any] = {"__metadata__": {METADATA_KEY: json.dumps(
+            {"format": "ticketlab-mask", "density": round(self.density(), 8), **dict(metadata or {})},
+            sort_keys=True)}}
+        offset = 0
+        for name in names:
+            size = torch.Size(self.packed[name][1]).numel()
+            header[name] = {"dtype": "BOOL", "shape": list(self.packed[name][1]), "data_offsets": [offset, offset + size]}
+            offset += size
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * ((-len(text)) % 8)
+        with atomic_path(path) as tmp, tmp.open("wb") as handle:
+            handle.write(len(text).to_bytes(8, "little") + text)
+            for name in names:
+                bits, shape, _ = self.packed[name]
+                flags = unpack_bits(bits, torch.Size(shape).numel())
+                handle.write(flags.to(torch.uint8).numpy().tobytes())
+
+
+def return_freed_memory_promptly() -> None:
+    """Ask glibc to serve allocations of 1 MiB and more with their own mappings, which go back to the
+    system when freed. Streaming frees a block's tensors before it loads the next; with the default
+    (adaptive) threshold those frees stay in the heap and the process grows by a block or two of
+    fragments. No-op where glibc is not the allocator."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)   # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set size so far (bytes)."""
     import resource
@@ -257,5 +324,5 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
 
 
-__all__ = ["INDEX_NAME", "SafetensorsFile", "ShardIndex", "ShardLoader", "build_skeleton", "check_materialised",
+__all__ = ["INDEX_NAME", "PackedMasks", "return_freed_memory_promptly", "SafetensorsFile", "ShardIndex", "ShardLoader", "build_skeleton", "check_materialised",
            "peak_rss_bytes"]

@@ -158,3 +158,34 @@ def test_a_model_larger_than_the_memory_limit_is_pruned_under_it(llm_assets, tmp
     memory, stream = _tensors(tmp_path / "memory"), _tensors(tmp_path / "stream")
     assert set(memory) == set(stream)
     assert all(torch.equal(memory[n], stream[n]) for n in memory)
+
+
+def test_a_memory_limit_below_two_blocks_is_one_sentence(sharded_llama, llm_assets, tmp_path, monkeypatch, capsys):
+    import ticketlab.llm.stream as stream
+
+    monkeypatch.setattr(stream, "memory_limit_bytes", lambda: 1000)
+    code = main(["llm", "prune", "--model", str(sharded_llama), "--method", "wanda", "--sparsity", "0.5", "--stream",
+                 "--calib", str(llm_assets.text_path), "--nsamples", "2", "--seqlen", "16", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "room for about two blocks" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_dtype_the_device_cannot_run_is_one_sentence(monkeypatch):
+    from ticketlab.llm import run
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError('"LayerNormKernelImpl" not implemented for Half')
+
+    monkeypatch.setattr(torch.nn.functional, "layer_norm", refuse)
+    with pytest.raises(TicketlabError, match="cannot compute in float16"):
+        run.check_dtype(torch.float16, torch.device("cpu"))
+
+
+def test_more_ranks_than_layers_is_refused():
+    from ticketlab.llm.ranks import RankGroup
+
+    with pytest.raises(TicketlabError, match="use fewer processes"):
+        RankGroup(rank=0, world=4).owners([["a", "b"], ["c"]])
+    assert RankGroup(rank=1, world=2).owners([["q", "k", "v"], ["o"]]) == {"q": 0, "k": 0, "v": 0, "o": 1}
+    assert RankGroup(rank=0, world=3).samples(7) == slice(0, 2)

@@ -197,7 +197,8 @@ def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dty
     from .engine import check_targets, prune_model
     from .io import (LoadedModel, check_model_dir, copy_sentence_transformers_files, kind_from_config,
                      load_tokenizer, quiet_transformers)
-    from .stream import ShardIndex, ShardLoader, build_skeleton, peak_rss_bytes, return_freed_memory_promptly
+    from .stream import (ShardIndex, ShardLoader, build_skeleton, check_room_for_blocks, peak_rss_bytes,
+                         return_freed_memory_promptly)
 
     return_freed_memory_promptly()
     check_model_dir(model_dir)
@@ -209,6 +210,7 @@ def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dty
     check_targets(model, run.method)
     calibration = _calibration(run, loaded, calib_text)
     blocks_path, blocks = find_blocks(model)
+    check_room_for_blocks(index, [f"{blocks_path}.{i}." for i in range(len(blocks))], dtype)
     last = max(t.block for t in find_targets(model, blocks_path, blocks, run.method.targets, run.method.exclude))
     say(f"ticketlab llm prune --stream: {run.method.describe()} of {model_dir} ({kind}, {_name(dtype)}, {device}), "
         f"{index.total_bytes() / 2**20:.0f} MiB of weights in {index.file_count()} file(s); "

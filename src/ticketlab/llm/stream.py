@@ -301,6 +301,42 @@ class PackedMasks:
                 handle.write(flags.to(torch.uint8).numpy().tobytes())
 
 
+def memory_limit_bytes() -> int | None:
+    """What this process may allocate: the lower of its RLIMIT_DATA / RLIMIT_AS soft limits and the
+    system's available memory (None when nothing is known)."""
+    import resource
+
+    from .capture import free_memory_bytes
+
+    limits = []
+    for kind in (resource.RLIMIT_DATA, resource.RLIMIT_AS):
+        soft, _ = resource.getrlimit(kind)
+        if soft != resource.RLIM_INFINITY:
+            limits.append(int(soft))
+    available = free_memory_bytes(torch.device("cpu"))
+    if available is not None:
+        limits.append(available)
+    return min(limits) if limits else None
+
+
+def check_room_for_blocks(index: ShardIndex, prefixes: list[str], dtype: torch.dtype) -> int:
+    """The largest block's bytes in ``dtype``; a TicketlabError when the memory this process may use
+    cannot hold two of them (the block being pruned and its statistics and copies)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    largest = 0
+    for prefix in prefixes:
+        total = 0
+        for name, shard in index.files.items():
+            if name.startswith(prefix):
+                total += torch.Size(shard.entries[name]["shape"]).numel() * size
+        largest = max(largest, total)
+    limit = memory_limit_bytes()
+    if limit is not None and limit < 2 * largest:
+        raise TicketlabError(f"This process may use {limit / 2**20:.0f} MiB of memory, but one block of the model "
+                             f"holds {largest / 2**20:.0f} MiB: streaming needs room for about two blocks.")
+    return largest
+
+
 def return_freed_memory_promptly() -> None:
     """Ask glibc to serve allocations of 1 MiB and more with their own mappings, which go back to the
     system when freed. Streaming frees a block's tensors before it loads the next; with the default
@@ -324,5 +360,5 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
 
 
-__all__ = ["INDEX_NAME", "PackedMasks", "return_freed_memory_promptly", "SafetensorsFile", "ShardIndex", "ShardLoader", "build_skeleton", "check_materialised",
+__all__ = ["INDEX_NAME", "PackedMasks", "check_room_for_blocks", "memory_limit_bytes", "return_freed_memory_promptly", "SafetensorsFile", "ShardIndex", "ShardLoader", "build_skeleton", "check_materialised",
            "peak_rss_bytes"]

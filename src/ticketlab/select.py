@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
 from .errors import TicketlabError
@@ -88,16 +89,28 @@ def _prefer_topk(flat: torch.Tensor) -> bool:
     return flat.is_cuda and flat.shape[0] < _KTHVALUE_MIN_ROWS
 
 
-def _kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
+def _kth_largest(flat: torch.Tensor, k: int, method: str | None = None) -> torch.Tensor:
     """(rows, 1): the ``k``-th largest score of every row of ``flat`` (rows, cols), 1 <= k <= cols.
 
-    ``kthvalue`` is O(cols) per row and allocates nothing of the input's size, but on a GPU it runs
-    each row on one thread block: one long row (a whole layer, a SparseGPT block) would crawl, so
-    few rows use ``topk`` of the smaller side, which spreads a row over many blocks (it returns
-    ``min(k, cols - k + 1)`` values and int64 indices per row). Both give the same value.
+    The same value whichever way, chosen by device for speed (or by ``method``: ``"partition"``,
+    ``"topk"`` or ``"kthvalue"``):
+
+    * CPU: numpy's ``partition`` moves the values alone (SIMD partitioning in numpy >= 2), where
+      torch's CPU ``kthvalue`` also permutes an int64 index array of the input's size: about 4x
+      faster on a SparseGPT block and no index allocation (dtypes numpy lacks, bf16, use kthvalue);
+    * GPU with few rows: ``kthvalue`` runs each row on one thread block, so one long row (a whole
+      layer, a SparseGPT block) would crawl; ``topk`` of the smaller side spreads a row over many
+      blocks (it returns ``min(k, cols - k + 1)`` values and int64 indices per row);
+    * otherwise ``kthvalue``: O(cols) per row.
     """
     rows, cols = flat.shape
-    if _prefer_topk(flat):
+    if method is None:
+        numpy_ok = flat.device.type == "cpu" and flat.dtype not in (torch.bfloat16, torch.bool)
+        method = "partition" if numpy_ok else "topk" if _prefer_topk(flat) else "kthvalue"
+    if method == "partition":
+        part = np.partition(flat.detach().numpy(), cols - k, axis=1)
+        return torch.from_numpy(np.ascontiguousarray(part[:, cols - k:cols - k + 1]))
+    if method == "topk":
         if k <= cols - k + 1:
             return torch.topk(flat, k, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
         return torch.topk(flat, cols - k + 1, dim=1, largest=False, sorted=False).values.amax(dim=1, keepdim=True)

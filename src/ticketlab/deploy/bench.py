@@ -121,11 +121,11 @@ def _layer_rows(model: nn.Module, inputs: dict[str, torch.Tensor], batch: int, r
 
 def peak_memory(directory: Path, batch: int, seqlen: int, *, sparse: bool, threads: int) -> int | None:
     """Peak RSS (bytes) of a fresh process that loads ``directory`` and runs one batch (Linux/macOS)."""
-    code = ("import resource,sys,torch;torch.set_num_threads(int(sys.argv[4]))\n"
+    code = ("import sys,torch;torch.set_num_threads(int(sys.argv[4]))\n"
             "from ticketlab.deploy.bench import run_once\n"
+            "from ticketlab.memory import peak_rss_bytes\n"
             "run_once(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[5] == '1')\n"
-            "r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "print(r * (1 if sys.platform == 'darwin' else 1024))")
+            "print(peak_rss_bytes())")
     try:
         done = subprocess.run([sys.executable, "-c", code, str(directory), str(batch), str(seqlen), str(threads),
                                "1" if sparse else "0"], capture_output=True, text=True, timeout=600,

@@ -21,8 +21,6 @@ cache is off (``use_cache=False``). Blocks after the last one holding a target a
 from __future__ import annotations
 
 import dataclasses
-import resource
-import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -32,6 +30,7 @@ from torch import nn
 
 from ..errors import TicketlabError
 from ..masks import Mask
+from ..memory import peak_rss_bytes
 from ..methods.oneshot import LayerStatistics, one_shot_method
 from .adapters import TargetLayer, context_length, find_blocks, find_targets
 from .capture import (BlockInputs, calibration_batch_size, capture_block_inputs, module_device, move_back,
@@ -71,13 +70,17 @@ def prune_layer(weight: torch.Tensor, gram: torch.Tensor, config: OneShotConfig,
 def _prune_checked(weight: torch.Tensor, stats: LayerStatistics, config: Any, name: str,
                    cache: dict[Any, Any]) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Refuse NaN / infinite weights or statistics, naming the layer, then prune."""
+    _check_finite(weight, stats, name)
+    return one_shot_method(config.method).prune(weight, stats, config, name=name, cache=cache)
+
+
+def _check_finite(weight: torch.Tensor, stats: LayerStatistics, name: str) -> None:
     if not bool(torch.isfinite(weight).all()):
         raise TicketlabError(f"The weights of {name} hold NaN or infinite values; the model file is damaged.")
     for statistic in (stats.gram, stats.sq_norms):
         if statistic is not None and not bool(torch.isfinite(statistic).all()):
             raise TicketlabError(f"The calibration inputs of {name} hold NaN or infinite values "
                                  "(the model's activations overflow on the calibration text).")
-    return one_shot_method(config.method).prune(weight, stats, config, name=name, cache=cache)
 
 
 def _check_calibration(model: nn.Module, calibration: Any, attention_mask: Any) -> None:
@@ -102,8 +105,7 @@ def _check_calibration(model: nn.Module, calibration: Any, attention_mask: Any) 
 def _peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale, "cpu_peak_rss"
+    return peak_rss_bytes(), "cpu_peak_rss"
 
 
 class _Silent:
@@ -149,53 +151,69 @@ def _prune_block(block: nn.Module, index: int, layers: list[TargetLayer], hooks:
                  ) -> list[dict[str, Any]]:
     """Prune one block's target layers from its statistics; returns their report entries.
 
-    With several ranks each prunes the layers `RankGroup.owners` gives it and the results are
-    broadcast, so every rank applies the same weights and masks.
+    Layers reading the same input are pruned together (`OneShotMethod.prune_group`: SparseGPT
+    stacks their rows). With several ranks each prunes the groups `RankGroup.owners` gives it and
+    the results are broadcast, so every rank applies the same weights and masks.
     """
-    shared: dict[int, list[str]] = {}
+    shared: dict[int, list[TargetLayer]] = {}
     for layer in layers:
-        shared.setdefault(id(hooks.accumulators[layer.name]), []).append(layer.name)
-    owners = group.owners(list(shared.values()))
+        shared.setdefault(id(hooks.accumulators[layer.name]), []).append(layer)
+    owners = group.owners([[layer.name for layer in members] for members in shared.values()])
     reconstructs = one_shot_method(config.method).reconstructs
-    block_mask: dict[str, torch.Tensor] = {}
-    entries: list[tuple[TargetLayer, dict[str, Any]]] = []
+    results: dict[str, tuple[torch.Tensor, dict[str, Any]]] = {}
     cache: dict[Any, Any] = {}
+    for members in shared.values():
+        if owners[members[0].name] == group.rank:
+            results.update(_prune_group(members, hooks.accumulators[members[0].name], config, cache, index))
+    block_mask: dict[str, torch.Tensor] = {}
+    entries: list[dict[str, Any]] = []
     for layer in layers:
         param = layer.module.weight
-        weight = param.t() if layer.transposed else param    # (out, in) view
-        if owners[layer.name] == group.rank:
-            keep, entry = _prune_one(layer, weight, hooks.accumulators[layer.name], config, cache, index)
+        if layer.name in results:
+            keep, entry = results[layer.name]
         else:
-            keep, entry = torch.zeros(weight.shape, dtype=torch.bool, device=weight.device), {}
+            shape = (param.shape[1], param.shape[0]) if layer.transposed else tuple(param.shape)
+            keep, entry = torch.zeros(shape, dtype=torch.bool, device=param.device), {}
         if group.active:
             keep, entry = group.share(owners[layer.name], param if reconstructs else None, keep, entry)
         keep_param = (keep.t() if layer.transposed else keep).contiguous()
         block_mask[f"{layer.relative}.weight"] = keep_param
         masks(layer.parameter, keep_param)
-        entries.append((layer, entry))
+        entries.append(entry)
     Mask(block_mask).apply_(block)      # the one mechanism that zeroes pruned weights
-    for layer, entry in entries:
+    for layer, entry in zip(layers, entries):
         w = layer.module.weight
         entry["sparsity"] = float((w == 0).sum()) / w.numel()
-    return [entry for _, entry in entries]
+    return entries
 
 
-def _prune_one(layer: TargetLayer, weight: torch.Tensor, accumulator: Any, config: OneShotConfig,
-               cache: dict[Any, Any], index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Prune one layer in place (reconstructed weights written back); its keep mask and report entry."""
-    param = layer.module.weight
+def _prune_group(members: list[TargetLayer], accumulator: Any, config: OneShotConfig, cache: dict[Any, Any],
+                 index: int) -> dict[str, tuple[torch.Tensor, dict[str, Any]]]:
+    """Prune the layers sharing ``accumulator``'s inputs in place (reconstructed weights written back);
+    each one's keep mask (out, in) and report entry (the group's seconds split by row count)."""
+    weights = [layer.module.weight.t() if layer.transposed else layer.module.weight for layer in members]
+    stats = accumulator.statistics()
+    for layer, weight in zip(members, weights):
+        _check_finite(weight, stats, layer.name)
     started = time.perf_counter()
-    new_w, keep = _prune_checked(weight, accumulator.statistics(), config, layer.name, cache)
+    pruned = one_shot_method(config.method).prune_group(weights, stats, config, names=[l.name for l in members],
+                                                        cache=cache)
     seconds = time.perf_counter() - started
-    pruned = new_w if new_w is not None else weight.to(torch.float32) * keep
-    error, source = layer_error(weight, pruned, accumulator)
-    if new_w is not None:
-        weight.copy_(new_w.to(param.dtype))
-    return keep, {
-        "name": layer.name, "parameter": layer.parameter, "block": index, "shape": list(param.shape),
-        "sparsity": 0.0, "target_sparsity": config.target_sparsity, "reconstruction_error": error,
-        "reconstruction_error_source": source, "seconds": seconds, "calibration_tokens": accumulator.tokens,
-    }
+    rows = sum(weight.shape[0] for weight in weights)
+    out = {}
+    for layer, weight, (new_w, keep) in zip(members, weights, pruned):
+        param = layer.module.weight
+        after = new_w if new_w is not None else weight.to(torch.float32) * keep
+        error, source = layer_error(weight, after, accumulator)
+        if new_w is not None:
+            weight.copy_(new_w.to(param.dtype))
+        out[layer.name] = (keep, {
+            "name": layer.name, "parameter": layer.parameter, "block": index, "shape": list(param.shape),
+            "sparsity": 0.0, "target_sparsity": config.target_sparsity, "reconstruction_error": error,
+            "reconstruction_error_source": source, "seconds": seconds * weight.shape[0] / rows,
+            "calibration_tokens": accumulator.tokens,
+        })
+    return out
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ class PruningReport:
             pruned; computed exactly from ``Σ x xᵀ``) and ``seconds`` (the pruning arithmetic for
             that layer: selection and, for SparseGPT, the reconstruction — forward passes excluded).
         wall_time: seconds for the whole call (capture, forward passes, pruning).
-        peak_memory_bytes: on CPU the process's peak resident set size (``ru_maxrss``; a process-
+        peak_memory_bytes: on CPU the process's peak resident set size (``VmHWM``, `ticketlab.memory`; a process-
             lifetime peak, so it includes whatever ran before); on CUDA the peak of
             ``torch.cuda.max_memory_allocated`` during the call. ``peak_memory_source`` says which.
         nsamples, seqlen: calibration shape; blocks: dotted path of the block list; device.

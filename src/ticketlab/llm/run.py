@@ -19,6 +19,7 @@ import torch
 from .. import validate
 from ..devices import resolve_device
 from ..errors import TicketlabError
+from ..memory import peak_rss_bytes
 from .config import OneShotConfig
 from .report import PruningReport
 
@@ -197,7 +198,7 @@ def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dty
     from .engine import check_targets, prune_model
     from .io import (LoadedModel, check_model_dir, copy_sentence_transformers_files, kind_from_config,
                      load_tokenizer, quiet_transformers)
-    from .stream import (ShardIndex, ShardLoader, build_skeleton, check_room_for_blocks, peak_rss_bytes,
+    from .stream import (ShardIndex, ShardLoader, build_skeleton, check_room_for_blocks,
                          return_freed_memory_promptly)
 
     return_freed_memory_promptly()

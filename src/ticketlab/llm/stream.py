@@ -352,13 +352,4 @@ def return_freed_memory_promptly() -> None:
         pass
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (bytes)."""
-    import resource
-    import sys
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
-
-
-__all__ = ["INDEX_NAME", "PackedMasks", "check_room_for_blocks", "memory_limit_bytes", "return_freed_memory_promptly", "SafetensorsFile", "ShardIndex", "ShardLoader", "build_skeleton", "check_materialised",
-           "peak_rss_bytes"]
+__all__ = ["INDEX_NAME", "PackedMasks", "check_room_for_blocks", "memory_limit_bytes", "return_freed_memory_promptly", "SafetensorsFile", "ShardIndex", "ShardLoader", "build_skeleton", "check_materialised"]

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import TicketlabError
 from ..select import NMPattern, select_tensors
-from .sparsegpt import hessian_factor, lowest_k, sparsegpt_prune
+from .sparsegpt import hessian_factor, lowest_k, sparsegpt_prune_stacked
 from .wanda import lowest_k_per_row, row_keep_count, wanda_mask
 
 Statistics = Literal["none", "norms", "gram"]
@@ -78,6 +78,11 @@ class OneShotMethod(ABC):
         """Prune ``weight`` (out, in). ``cache`` is shared by the layers of one block (e.g. a Hessian
         factor computed once for the layers that read the same inputs)."""
 
+    def prune_group(self, weights: list[torch.Tensor], stats: LayerStatistics, request: PruneRequest, *,
+                    names: list[str], cache: dict[Any, Any]) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
+        """Prune layers that read the same inputs (q/k/v, gate/up); by default one by one."""
+        return [self.prune(w, stats, request, name=n, cache=cache) for w, n in zip(weights, names)]
+
 
 class MagnitudeOneShot(OneShotMethod):
     """``|W|``: per layer, or per output row with ``magnitude_scope="row"``."""
@@ -119,15 +124,20 @@ class SparseGPTOneShot(OneShotMethod):
     reconstructs = True
 
     def prune(self, weight, stats, request, *, name, cache):
+        return self.prune_group([weight], stats, request, names=[name], cache=cache)[0]
+
+    def prune_group(self, weights, stats, request, *, names, cache):
+        """The layers sharing one Hessian pruned in one pass with their rows stacked (rows are
+        independent given H; each layer keeps its own exact count), the factor computed once."""
         if stats.gram is None:
-            raise TicketlabError(f"SparseGPT needs the Gram matrix of {name}'s inputs, which was not collected.")
+            raise TicketlabError(f"SparseGPT needs the Gram matrix of {names[0]}'s inputs, which was not collected.")
         key = ("factor", id(stats.gram))
         if key not in cache:
-            cache[key] = hessian_factor(stats.gram.to(weight.device), request.percdamp, name=name)
+            cache[key] = hessian_factor(stats.gram.to(weights[0].device), request.percdamp, name=", ".join(names))
         pattern = request.nm_pattern
-        return sparsegpt_prune(weight, stats.gram, sparsity=None if pattern is not None else request.sparsity,
-                               pattern=pattern, factor=cache[key], blocksize=request.blocksize,
-                               percdamp=request.percdamp, name=name)
+        return sparsegpt_prune_stacked(weights, stats.gram, sparsity=None if pattern is not None else request.sparsity,
+                                       pattern=pattern, factor=cache[key], blocksize=request.blocksize,
+                                       percdamp=request.percdamp, names=names)
 
 
 ONE_SHOT_METHODS: dict[str, OneShotMethod] = {m.name: m for m in (MagnitudeOneShot(), WandaOneShot(),

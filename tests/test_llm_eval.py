@@ -23,7 +23,8 @@ transformers = pytest.importorskip("transformers")
 from llm_assets import llm_assets, make_bert, make_llama  # noqa: E402,F401  (llm_assets is a fixture)
 from ticketlab.errors import TicketlabError  # noqa: E402
 from ticketlab.llm.fidelity import embedding_fidelity, sentence_embeddings, text_fidelity  # noqa: E402
-from ticketlab.llm.io import (atomic_directory, check_model_dir, default_model_path, kind_from_config,  # noqa: E402
+from ticketlab.files import atomic_directory  # noqa: E402
+from ticketlab.llm.io import (check_model_dir, default_model_path, kind_from_config,  # noqa: E402
                               load_pretrained)
 from ticketlab.llm.perplexity import perplexity, text_perplexity  # noqa: E402
 from ticketlab.llm.text import (TextSource, build_calibration, packaged_text, read_text, resolve_seqlen,  # noqa: E402

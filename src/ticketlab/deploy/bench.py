@@ -12,7 +12,6 @@ side inherits the other's allocations. File sizes come from the export.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess

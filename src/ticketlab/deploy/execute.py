@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..files import atomic_path
-from .kernels import BACKENDS, Backend, kernel_status, load_extension
+from .kernels import BACKENDS, kernel_status, load_extension
 
 #: Row counts a decision is measured for; an input uses the first bucket that holds it (else the last).
 BUCKETS: tuple[int, ...] = (1, 8, 64, 512)

@@ -14,15 +14,14 @@ memory holds, overridable): one block call per batch instead of one per sample.
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import TicketlabError
+from ..memory import free_memory_bytes
 
 #: The most samples one calibration batch holds, whatever memory allows.
 MAX_BATCH = 64
@@ -89,19 +88,6 @@ def _accepts(model: nn.Module, name: str) -> bool:
         return name in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return False
-
-
-def free_memory_bytes(device: torch.device) -> int | None:
-    """Free memory on ``device``: CUDA's free bytes, or Linux's MemAvailable (None if unknown)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def calibration_batch_size(model: nn.Module, nsamples: int, seqlen: int, device: torch.device) -> int:
@@ -218,5 +204,5 @@ def move_back(moved: Moved) -> None:
             store[key] = tensor.to(device)
 
 
-__all__ = ["BlockInputs", "MAX_BATCH", "calibration_batch_size", "capture_block_inputs", "free_memory_bytes",
+__all__ = ["BlockInputs", "MAX_BATCH", "calibration_batch_size", "capture_block_inputs", 
            "module_device", "move_back", "move_outside"]

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import TicketlabError
 from ..masks import Mask
-from ..memory import peak_rss_bytes
+from ..memory import peak_memory
 from ..methods.oneshot import LayerStatistics, one_shot_method
 from .adapters import TargetLayer, context_length, find_blocks, find_targets
 from .capture import (BlockInputs, calibration_batch_size, capture_block_inputs, module_device, move_back,
@@ -100,12 +100,6 @@ def _check_calibration(model: nn.Module, calibration: Any, attention_mask: Any) 
     if attention_mask is not None:
         if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != calibration.shape:
             raise TicketlabError("The attention mask must be a tensor with the calibration data's shape (nsamples, seqlen).")
-
-
-def _peak_memory(device: torch.device) -> tuple[int, str]:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
-    return peak_rss_bytes(), "cpu_peak_rss"
 
 
 class _Silent:
@@ -310,7 +304,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
         if saved_use_cache is not None:
             model_config.use_cache = saved_use_cache
         model.train(was_training)
-    peak, source = _peak_memory(device)
+    peak, source = peak_memory(device)
     return PruningReport(
         method=config.method, sparsity=config.target_sparsity, pattern=config.pattern,
         layers=layers_report, wall_time=time.perf_counter() - start, peak_memory_bytes=peak,

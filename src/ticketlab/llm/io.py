@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import TicketlabError
-from ..files import atomic_directory, remove_stale_siblings
+from ..files import remove_stale_siblings
 
 ModelKind = Literal["causal", "encoder"]
 MODEL_KINDS: tuple[str, ...] = ("causal", "encoder")

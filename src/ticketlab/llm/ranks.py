@@ -101,4 +101,21 @@ class RankGroup:
         return flags.bool(), box[0]
 
 
-__all__ = ["RankGroup"]
+def rank_checksums(model: Any) -> list[str] | None:
+    """Under torchrun, every rank's SHA-256 of all its weights (they must be identical), else None."""
+    import hashlib
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, digest.hexdigest())
+    return gathered
+
+
+__all__ = ["RankGroup", "rank_checksums"]

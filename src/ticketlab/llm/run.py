@@ -19,7 +19,7 @@ import torch
 from .. import validate
 from ..devices import resolve_device
 from ..errors import TicketlabError
-from ..memory import peak_rss_bytes
+from ..memory import peak_rss_bytes, return_freed_memory_promptly
 from .config import OneShotConfig
 from .report import PruningReport
 
@@ -133,10 +133,12 @@ def run_oneshot(run: OneShotRun, *, progress: Callable[[str, int], Any] | None =
                 log: Callable[[str], None] | None = None) -> OneShotResult:
     """Load, calibrate, evaluate, prune, evaluate and write ``run.out``; see the module docstring."""
     from .engine import check_targets, prune_model
+    from .evaluation import BeforeAfter
     from .io import check_out_dir, default_model_path, load_pretrained
     from .text import packaged_text, read_text
 
     from ..train import distributed as dist_helpers
+    from .ranks import rank_checksums
 
     main_process = dist_helpers.is_main_process()
     say = (log or (lambda text: None)) if main_process else (lambda text: None)
@@ -156,7 +158,7 @@ def run_oneshot(run: OneShotRun, *, progress: Callable[[str, int], Any] | None =
     say(f"ticketlab llm prune: {run.method.describe()} of {model_dir} ({loaded.kind}, {_name(dtype)}, {device}); "
         f"calibration {calibration.nsamples} x {calibration.seqlen} tokens from {calib_text.describe()}, "
         f"seed {run.calibration.seed}")
-    evaluation = _Evaluation(run, loaded, eval_text, calibration.seqlen, device, progress is not None)
+    evaluation = BeforeAfter(run.evaluation, loaded, eval_text, calibration.seqlen, device, progress is not None)
     evaluation.before(say)
     block_sparsity, owl = _layer_sparsity(run, loaded.model, calibration.input_ids, device, say)
     report = prune_model(loaded.model, calibration.input_ids, run.method, device=device, progress=progress,
@@ -165,29 +167,12 @@ def run_oneshot(run: OneShotRun, *, progress: Callable[[str, int], Any] | None =
     record = _record(run, model_dir, loaded.kind, dtype, device, calibration, report, evaluation.record)
     if owl:
         record["owl"] = owl
-    checksums = _rank_checksums(loaded.model)
+    checksums = rank_checksums(loaded.model)
     if checksums is not None:
         record["rank_weight_checksums"] = checksums
     if main_process:
         _write(out, loaded, model_dir, report, record)
     return OneShotResult(out=out, record=record, report=report, kind=loaded.kind)
-
-
-def _rank_checksums(model: Any) -> list[str] | None:
-    """Under torchrun, every rank's SHA-256 of all its weights (they must be identical), else None."""
-    import hashlib
-
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return None
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, digest.hexdigest())
-    return gathered
 
 
 def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dtype, device: torch.device,
@@ -198,8 +183,7 @@ def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dty
     from .engine import check_targets, prune_model
     from .io import (LoadedModel, check_model_dir, copy_sentence_transformers_files, kind_from_config,
                      load_tokenizer, quiet_transformers)
-    from .stream import (ShardIndex, ShardLoader, build_skeleton, check_room_for_blocks,
-                         return_freed_memory_promptly)
+    from .stream import ShardIndex, ShardLoader, build_skeleton, check_room_for_blocks
 
     return_freed_memory_promptly()
     check_model_dir(model_dir)
@@ -288,49 +272,6 @@ def _calibration(run: OneShotRun, loaded: Any, text: Any) -> Any:
                              part=run.calibration.part, wrap_special=loaded.kind == "encoder")
 
 
-class _Evaluation:
-    """Perplexity (causal LMs) or embedding fidelity to the dense model (encoders), before and after."""
-
-    def __init__(self, run: OneShotRun, loaded: Any, text: Any, seqlen: int, device: torch.device, bars: bool):
-        self.run, self.loaded, self.text, self.seqlen, self.bars = run, loaded, text, seqlen, bars
-        self.record: dict[str, Any] = {}
-        self.sentences: list[str] = []
-        self.reference: torch.Tensor | None = None
-
-    def before(self, say: Callable[[str], None]) -> None:
-        from .fidelity import heldout_sentences, sentence_embeddings
-        from .perplexity import text_perplexity
-
-        if self.text is None:
-            return
-        part = self.run.evaluation.part
-        if self.loaded.kind == "causal":
-            result = text_perplexity(self.loaded.model, self.loaded.tokenizer, self.text, seqlen=self.seqlen, part=part,
-                                     max_windows=self.run.evaluation.max_windows, progress=self.bars)
-            self.record = {"metric": "perplexity", "before": result.to_json()}
-            say(f"dense: {result.describe()}")
-        else:
-            self.sentences = heldout_sentences(self.text, part)
-            self.reference = sentence_embeddings(self.loaded.model, self.loaded.tokenizer, self.sentences)
-            self.record = {"metric": "embedding_fidelity", "reference": "the dense model",
-                           "before": {"mean_cosine": 1.0, "min_cosine": 1.0, "sentences": len(self.sentences)}}
-
-    def after(self) -> None:
-        from .fidelity import embedding_fidelity
-        from .perplexity import text_perplexity
-
-        if self.text is None:
-            return
-        part = self.run.evaluation.part
-        if self.loaded.kind == "causal":
-            result = text_perplexity(self.loaded.model, self.loaded.tokenizer, self.text, seqlen=self.seqlen, part=part,
-                                     max_windows=self.run.evaluation.max_windows, progress=self.bars)
-        else:
-            result = embedding_fidelity(self.loaded.model, self.reference, self.loaded.tokenizer, self.sentences,
-                                        source=self.text.describe(), part=part)
-        self.record["after"] = result.to_json()
-
-
 def _record(run: OneShotRun, model_dir: Path, kind: str, dtype: torch.dtype, device: torch.device, calibration: Any,
             report: PruningReport, evaluation: dict[str, Any]) -> dict[str, Any]:
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(run.method).items()}
@@ -345,7 +286,8 @@ def _record(run: OneShotRun, model_dir: Path, kind: str, dtype: torch.dtype, dev
 
 def _write(out: Path, loaded: Any, model_dir: Path, report: PruningReport, record: dict[str, Any]) -> None:
     from ..files import write_json
-    from .io import atomic_directory, copy_sentence_transformers_files, save_pretrained
+    from ..files import atomic_directory
+    from .io import copy_sentence_transformers_files, save_pretrained
 
     with atomic_directory(out) as tmp:
         save_pretrained(loaded.model, loaded.tokenizer, tmp)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import TicketlabError
 from ..files import read_json
+from ..memory import memory_limit_bytes
 
 SHARD_NAME = "model-{index:05d}-of-{total:05d}.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -301,24 +302,6 @@ class PackedMasks:
                 handle.write(flags.to(torch.uint8).numpy().tobytes())
 
 
-def memory_limit_bytes() -> int | None:
-    """What this process may allocate: the lower of its RLIMIT_DATA / RLIMIT_AS soft limits and the
-    system's available memory (None when nothing is known)."""
-    import resource
-
-    from .capture import free_memory_bytes
-
-    limits = []
-    for kind in (resource.RLIMIT_DATA, resource.RLIMIT_AS):
-        soft, _ = resource.getrlimit(kind)
-        if soft != resource.RLIM_INFINITY:
-            limits.append(int(soft))
-    available = free_memory_bytes(torch.device("cpu"))
-    if available is not None:
-        limits.append(available)
-    return min(limits) if limits else None
-
-
 def check_room_for_blocks(index: ShardIndex, prefixes: list[str], dtype: torch.dtype) -> int:
     """The largest block's bytes in ``dtype``; a TicketlabError when the memory this process may use
     cannot hold two of them (the block being pruned and its statistics and copies)."""
@@ -337,19 +320,4 @@ def check_room_for_blocks(index: ShardIndex, prefixes: list[str], dtype: torch.d
     return largest
 
 
-def return_freed_memory_promptly() -> None:
-    """Ask glibc to serve allocations of 1 MiB and more with their own mappings, which go back to the
-    system when freed. Streaming frees a block's tensors before it loads the next; with the default
-    (adaptive) threshold those frees stay in the heap and the process grows by a block or two of
-    fragments. No-op where glibc is not the allocator."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 1 << 20)   # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-__all__ = ["INDEX_NAME", "PackedMasks", "check_room_for_blocks", "memory_limit_bytes", "return_freed_memory_promptly", "SafetensorsFile", "ShardIndex", "ShardLoader", "build_skeleton", "check_materialised"]
+__all__ = ["INDEX_NAME", "PackedMasks", "check_room_for_blocks", "SafetensorsFile", "ShardIndex", "ShardLoader", "build_skeleton", "check_materialised"]

@@ -25,8 +25,9 @@ import torch
 
 from .. import validate
 from ..errors import TicketlabError
+from ..files import atomic_directory
 from ..seeding import derive_seed
-from .io import atomic_directory, check_out_dir, save_pretrained
+from .io import check_out_dir, save_pretrained
 from .perplexity import PerplexityResult, perplexity
 from .text import TextSource, split_holdout, tokenize
 

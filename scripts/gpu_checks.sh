@@ -35,4 +35,20 @@ if torch.cuda.is_available():
 else:
     print("no CUDA")
 PY
+# 4. (issue 10) selection on the device against bare topk / kthvalue
+timeout 120 python benchmarks/selection_speed.py --device cuda --repeats 10 > "$OUT/selection_speed.txt" 2>&1
+# 5. (issue 10) one-shot pruning at LLaMA-7B shapes, bf16, 128 x 2048 calibration: 2 blocks timed,
+#    extrapolated to 32; per layer against kthvalue (Wanda) and the reference algorithm (SparseGPT)
+if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  timeout 330 python benchmarks/llm_prune_speed.py --llama7b --device cuda --blocks 2 --nsamples 128 \
+      --seqlen 2048 --dtype bfloat16 > "$OUT/llm_prune_speed.txt" 2>&1
+else
+  echo "no CUDA: skipped (on CPU run: python benchmarks/llm_prune_speed.py)" > "$OUT/llm_prune_speed.txt"
+fi
+# 6. (issue 10) torchrun with nccl: needs one GPU per rank
+if python -c "import torch, sys; sys.exit(0 if torch.cuda.device_count() >= 2 else 1)"; then
+  timeout 120 python -m pytest -q -x tests/test_llm_distributed.py > "$OUT/torchrun_nccl.txt" 2>&1
+else
+  echo "fewer than 2 GPUs: the nccl run needs one GPU per rank; skipped" > "$OUT/torchrun_nccl.txt"
+fi
 tail -n 5 "$OUT"/*.txt

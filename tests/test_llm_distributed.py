@@ -1,4 +1,4 @@
-"""One-shot pruning under torchrun: 2 gloo processes split the calibration samples and the layers,
+"""One-shot pruning under torchrun: 2 gloo processes (nccl with 2 GPUs) split the calibration samples and the layers,
 end with identical weights, and match a single process up to float summation order."""
 
 from __future__ import annotations
@@ -47,10 +47,14 @@ def _torchrun(argv: list[str]) -> str:
     pytest.fail("\n--- retry ---\n".join(failures))
 
 
+TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="nccl needs one GPU per rank")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=TWO_GPUS)])   # gloo / nccl
 @pytest.mark.parametrize("method", [["--method", "sparsegpt", "--sparsity", "0.5"], ["--method", "wanda", "--pattern", "2:4"]])
-def test_two_processes_prune_like_one(llm_assets, tmp_path, capsys, method):
+def test_two_processes_prune_like_one(llm_assets, tmp_path, capsys, method, device):
     common = ["llm", "prune", "--model", str(llm_assets.llama_dir), *method, "--calib", str(llm_assets.text_path),
-              "--nsamples", "6", "--seqlen", "16", "--calib-batch-size", "2", "--device", "cpu", "--quiet"]
+              "--nsamples", "6", "--seqlen", "16", "--calib-batch-size", "2", "--device", device, "--quiet"]
     output = _torchrun([*common, "--out", str(tmp_path / "two")])
     assert output.count("saved ") == 1          # rank 0 alone writes and prints
     assert main([*common, "--out", str(tmp_path / "one")]) == 0

@@ -411,3 +411,20 @@ def test_cuda_row_layer_and_nm_selection_never_synchronise():
     finally:
         torch.cuda.set_sync_debug_mode(previous)
     torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("n,m", [(1, 2), (2, 4), (3, 4), (4, 8), (1, 8)])
+def test_broadcast_and_stepwise_n_of_m_agree_with_ties(monkeypatch, n, m):
+    """The two ways `top_n_of_m` ranks small groups give the same masks, ties (lower index kept)
+    included, on contiguous and transposed layouts; a hand-checked group pins the rule."""
+    g = torch.Generator().manual_seed(m * 10 + n)
+    scores = torch.randint(0, 3, (300, m), generator=g).float()      # many ties
+    outputs = {}
+    for bound in (0, 1 << 30):                                        # stepwise, then broadcast
+        monkeypatch.setitem(select_module._BROADCAST_MAX, "cpu", bound)
+        outputs[bound] = (top_n_of_m(scores, n), top_n_of_m(scores.t().contiguous().t(), n))
+    assert torch.equal(outputs[0][0], outputs[1 << 30][0]) and torch.equal(outputs[0][1], outputs[1 << 30][1])
+    assert bool((outputs[0][0].sum(1) == n).all())
+    monkeypatch.setitem(select_module._BROADCAST_MAX, "cpu", 1 << 30)
+    assert top_n_of_m(torch.tensor([[1.0, 5.0, 5.0, 1.0]]), 2).tolist() == [[False, True, True, False]]
+    assert top_n_of_m(torch.tensor([[2.0, 2.0, 2.0, 2.0]]), 2).tolist() == [[True, True, False, False]]

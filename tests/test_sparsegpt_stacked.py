@@ -120,6 +120,29 @@ def test_column_loop_reads_nothing_back_to_the_host(monkeypatch):
     sparsegpt_prune_stacked(weights, G, pattern=NMPattern(2, 4), blocksize=16, factor=U)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_sweep_never_synchronises_and_equals_cpu():
+    """On a GPU the whole pass (factor given) runs under sync debug mode "error"; its masks equal
+    the CPU's and its weights agree up to float rounding."""
+    G = _shared_inputs(256, tokens=2000)
+    weights = _weights((64, 64, 32), 256)
+    U = hessian_factor(G)
+    G_cuda, U_cuda, w_cuda = G.cuda(), U.cuda(), [w.cuda() for w in weights]
+    for kwargs in ({"sparsity": 0.5}, {"pattern": NMPattern(2, 4)}):
+        sparsegpt_prune_stacked(w_cuda, G_cuda, factor=U_cuda, **kwargs)      # warm-up outside the guard
+        torch.cuda.synchronize()
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            on_gpu = sparsegpt_prune_stacked(w_cuda, G_cuda, factor=U_cuda, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+        on_cpu = sparsegpt_prune_stacked(weights, G, factor=U, **kwargs)
+        for (w_g, k_g), (w_c, k_c) in zip(on_gpu, on_cpu):
+            assert (k_g.cpu() != k_c).float().mean() < 1e-3        # near-ties may flip under other rounding
+            assert float((w_g.cpu() - w_c).norm() / w_c.norm()) < 1e-3
+
+
 # --- N:M: vectorised group choice == the previous per-group `select` ------------------------------------
 def test_nm_prune_mask_hand_checked_ties_and_counts():
     # columns are groups of m = 4 (transposed layout); keep n = 2 per group

@@ -119,9 +119,19 @@ class Mask(Mapping[str, torch.Tensor]):
         self.validate(model)
         return BoundMask(self, model)
 
+    @torch.no_grad()
     def apply_(self, model: nn.Module) -> None:
-        """Zero the pruned weights of ``model`` in place."""
-        self.bind(model).zero_weights_()
+        """Zero the pruned weights of ``model`` in place, exactly ``+0.0`` as `BoundMask.zero_weights_` does.
+
+        One parameter at a time, so the extra memory is one parameter's mask in its dtype, not the
+        whole mask's (pruning a model block by block, `ticketlab.llm`, holds little more than a block).
+        For repeated enforcement (every training step) `bind` once and call `zero_weights_`.
+        """
+        self.validate(model)
+        params = dict(model.named_parameters())
+        for name, keep in self._tensors.items():
+            param = params[name]
+            param.mul_(keep.to(device=param.device, dtype=param.dtype)).add_(0.0)
 
     # --- files --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, metadata: Mapping[str, object] | None = None) -> None:

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 
-def _vm_hwm_bytes() -> int | None:
-    """``VmHWM`` (peak RSS of this address space) in bytes, or None off Linux."""
+def _status_bytes(field: str) -> int | None:
+    """A memory field of ``/proc/self/status`` (``VmHWM``: peak RSS of this address space, ``VmRSS``:
+    current RSS) in bytes, or None off Linux."""
     try:
         with open("/proc/self/status", encoding="ascii", errors="replace") as handle:
             for line in handle:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     value, unit = line.split()[1:3]
                     return int(value) * {"kB": 1024, "mB": 2**20, "gB": 2**30}.get(unit, 1024)
     except (OSError, ValueError, IndexError):
@@ -30,7 +31,7 @@ def _vm_hwm_bytes() -> int | None:
 
 def peak_rss_bytes() -> int:
     """The peak resident set size of this process so far, in bytes (0 where it cannot be read)."""
-    hwm = _vm_hwm_bytes()
+    hwm = _status_bytes("VmHWM")
     if hwm is not None:
         return hwm
     try:
@@ -39,6 +40,24 @@ def peak_rss_bytes() -> int:
         return 0
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+
+
+#: Elements of a (rows, cols) temporary worked on at once on the CPU (4 MiB in fp32): row-local
+#: steps (Wanda's scores and selection, reconstruction errors) go through a layer in slices of
+#: rows this size, so streaming a model holds about one block and not a block's worth of copies.
+#: On CUDA the whole layer is one slice (each slice costs kernel launches; the block is on the GPU).
+ROW_SLICE_ELEMENTS = 1 << 20
+
+
+def row_slices(rows: int, cols: int, device: torch.device) -> list[slice]:
+    """Consecutive row ranges of a (rows, cols) tensor, each at most `ROW_SLICE_ELEMENTS` on the CPU."""
+    step = rows if device.type != "cpu" else max(1, ROW_SLICE_ELEMENTS // max(1, cols))
+    return [slice(r0, min(r0 + step, rows)) for r0 in range(0, rows, step)] or [slice(0, 0)]
+
+
+def current_rss_bytes() -> int | None:
+    """This process's resident set size now, in bytes (None off Linux)."""
+    return _status_bytes("VmRSS")
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
@@ -94,4 +113,5 @@ def return_freed_memory_promptly() -> None:
         pass
 
 
-__all__ = ["free_memory_bytes", "memory_limit_bytes", "peak_memory", "peak_rss_bytes", "return_freed_memory_promptly"]
+__all__ = ["ROW_SLICE_ELEMENTS", "current_rss_bytes", "free_memory_bytes", "memory_limit_bytes", "peak_memory", "peak_rss_bytes",
+           "return_freed_memory_promptly", "row_slices"]

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from ..bits import pack_bits, unpack_bits
 from ..errors import TicketlabError
 
 FORMAT = "ticketlab-compact"
@@ -43,7 +44,6 @@ ENCODINGS = ("dense", "bitmask", "bitmask-lzma", "nm")
 NM_CANDIDATES: tuple[tuple[int, int], ...] = ((1, 4), (2, 4), (2, 8), (4, 8), (8, 16))
 #: LZMA must save at least this fraction of the packed bitmask to be used.
 LZMA_MIN_SAVING = 0.1
-_BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 _SEP = "::"
 _STRING_DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16, torch.int8,
@@ -63,21 +63,6 @@ class Encoded:
 
 
 # --- bits and bytes -------------------------------------------------------------------------------
-def pack_bits(flags: torch.Tensor) -> torch.Tensor:
-    """Bool tensor (any shape, n elements) -> uint8 (⌈n/8⌉,): bit i of byte j is flags[8j + i]."""
-    flat = flags.reshape(-1).to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    return (flat.view(-1, 8) * _BIT_WEIGHTS).sum(dim=1, dtype=torch.uint8)
-
-
-def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
-    """The inverse of `pack_bits`: uint8 (⌈n/8⌉,) -> bool (n,)."""
-    bits = (packed.view(-1, 1) & _BIT_WEIGHTS) != 0
-    return bits.reshape(-1)[:n]
-
-
 def negative_zeros(tensor: torch.Tensor) -> torch.Tensor:
     """Bool tensor: True where the element is ``-0.0`` (a zero whose sign bit is set)."""
     return (tensor == 0) & torch.signbit(tensor)

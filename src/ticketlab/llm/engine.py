@@ -197,8 +197,7 @@ def _prune_group(members: list[TargetLayer], accumulator: Any, config: OneShotCo
     out = {}
     for layer, weight, (new_w, keep) in zip(members, weights, pruned):
         param = layer.module.weight
-        after = new_w if new_w is not None else weight.to(torch.float32) * keep
-        error, source = layer_error(weight, after, accumulator)
+        error, source = layer_error(weight, new_w, keep, accumulator)
         if new_w is not None:
             weight.copy_(new_w.to(param.dtype))
         out[layer.name] = (keep, {

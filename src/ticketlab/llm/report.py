@@ -26,7 +26,7 @@ class PruningReport:
             ``torch.cuda.max_memory_allocated`` during the call. ``peak_memory_source`` says which.
         nsamples, seqlen: calibration shape; blocks: dotted path of the block list; device.
         masks: parameter name -> kept (bool), in each parameter's own orientation (a `Mask`, or for a
-            streamed model its bit-packed equivalent `ticketlab.llm.stream.PackedMasks`).
+            streamed model its bit-packed equivalent `ticketlab.llm.packed_masks.PackedMasks`).
     """
 
     method: str

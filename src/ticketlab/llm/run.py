@@ -19,7 +19,7 @@ import torch
 from .. import validate
 from ..devices import resolve_device
 from ..errors import TicketlabError
-from ..memory import peak_rss_bytes, return_freed_memory_promptly
+from ..memory import current_rss_bytes, peak_rss_bytes, return_freed_memory_promptly
 from .config import OneShotConfig
 from .report import PruningReport
 
@@ -195,7 +195,7 @@ def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dty
     check_targets(model, run.method)
     calibration = _calibration(run, loaded, calib_text)
     blocks_path, blocks = find_blocks(model)
-    check_room_for_blocks(index, [f"{blocks_path}.{i}." for i in range(len(blocks))], dtype)
+    largest_block = check_room_for_blocks(index, [f"{blocks_path}.{i}." for i in range(len(blocks))], dtype)
     last = max(t.block for t in find_targets(model, blocks_path, blocks, run.method.targets, run.method.exclude))
     say(f"ticketlab llm prune --stream: {run.method.describe()} of {model_dir} ({kind}, {_name(dtype)}, {device}), "
         f"{index.total_bytes() / 2**20:.0f} MiB of weights in {index.file_count()} file(s); "
@@ -203,6 +203,7 @@ def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dty
     with atomic_directory(out) as tmp:
         loader = ShardLoader(model, index, blocks_path, len(blocks), tmp, dtype)
         loader.load_outside()
+        resident_before_blocks = current_rss_bytes()
         report = prune_model(model, calibration.input_ids, run.method, device=device, progress=progress,
                              batch_size=run.calibration.batch_size, loader=loader)
         loader.copy_untouched(last + 1)
@@ -213,6 +214,7 @@ def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dty
         copy_sentence_transformers_files(model_dir, tmp)
         record = _record(run, model_dir, kind, dtype, device, calibration, report, {})
         record["streaming"] = {"model_bytes": index.total_bytes(), "peak_rss_bytes": peak_rss_bytes(),
+                               "rss_before_blocks_bytes": resident_before_blocks, "largest_block_bytes": largest_block,
                                "output_shards": loader.total}
         report.masks.save(tmp / "masks.safetensors", metadata={"method": run.method.method, "model": str(model_dir)})
         write_json(tmp / "pruning_report.json", record)

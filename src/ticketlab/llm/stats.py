@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import TicketlabError
+from ..memory import row_slices
 from ..methods.oneshot import LayerStatistics, Statistics
 from .adapters import TargetLayer
 
@@ -114,37 +116,55 @@ class StatisticsHooks:
 
 
 @torch.no_grad()
-def relative_reconstruction_error(weight: torch.Tensor, pruned: torch.Tensor, gram: torch.Tensor) -> float:
-    """``‖(W − Ŵ)X‖² / ‖WX‖²`` from ``G = X Xᵀ``: ``tr(ΔW G ΔWᵀ) / tr(W G Wᵀ)`` (weights (out, in))."""
-    W = weight.detach().to(torch.float32)
-    D = W - pruned.detach().to(torch.float32)
-    num = float(((D @ gram) * D).sum())
-    den = float(((W @ gram) * W).sum())
-    if den <= 0.0:
-        return 0.0 if num <= 0.0 else float("inf")
-    return max(num, 0.0) / den
+def relative_reconstruction_error(weight: torch.Tensor, pruned: torch.Tensor | None, gram: torch.Tensor,
+                                  keep: torch.Tensor | None = None) -> float:
+    """``‖(W − Ŵ)X‖² / ‖WX‖²`` from ``G = X Xᵀ``: ``tr(ΔW G ΔWᵀ) / tr(W G Wᵀ)`` (weights (out, in)).
+
+    ``pruned`` is Ŵ, or None with ``keep`` (bool, out x in) for ``Ŵ = W ⊙ keep``. Computed a slice of
+    rows at a time (`ticketlab.memory.row_slices`): both traces are sums over rows.
+    """
+    return _relative(weight, pruned, keep, lambda D: ((D @ gram) * D).sum())
 
 
 @torch.no_grad()
-def sampled_reconstruction_error(weight: torch.Tensor, pruned: torch.Tensor, samples: torch.Tensor) -> float:
-    """``‖X_s (W − Ŵ)ᵀ‖² / ‖X_s Wᵀ‖²`` on token rows ``samples`` (tokens, in)."""
-    W = weight.detach().to(torch.float32)
-    X = samples.to(device=W.device, dtype=torch.float32)
-    num = float((X @ (W - pruned.detach().to(torch.float32)).t()).square().sum())
-    den = float((X @ W.t()).square().sum())
-    if den <= 0.0:
-        return 0.0 if num <= 0.0 else float("inf")
-    return num / den
+def sampled_reconstruction_error(weight: torch.Tensor, pruned: torch.Tensor | None, samples: torch.Tensor,
+                                 keep: torch.Tensor | None = None) -> float:
+    """``‖X_s (W − Ŵ)ᵀ‖² / ‖X_s Wᵀ‖²`` on token rows ``samples`` (tokens, in); ``pruned`` / ``keep`` as in
+    `relative_reconstruction_error`."""
+    X = samples.to(device=weight.device, dtype=torch.float32)
+    return _relative(weight, pruned, keep, lambda D: (X @ D.t()).square().sum())
 
 
-def layer_error(weight: torch.Tensor, pruned: torch.Tensor, accumulator: InputAccumulator) -> tuple[float, str]:
-    """The layer's relative reconstruction error and how it was measured."""
+@torch.no_grad()
+def _relative(weight: torch.Tensor, pruned: torch.Tensor | None, keep: torch.Tensor | None,
+              energy: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """Σ energy(W − Ŵ) / Σ energy(W) over slices of rows (fp32); 0 for a zero layer left zero."""
+    if (pruned is None) == (keep is None):
+        raise TicketlabError("A reconstruction error needs exactly one of the pruned weights or a keep mask.")
+    num = torch.zeros((), dtype=torch.float64, device=weight.device)
+    den = torch.zeros((), dtype=torch.float64, device=weight.device)
+    for rows in row_slices(weight.shape[0], weight.shape[1], weight.device):
+        W = weight[rows].detach().to(torch.float32)
+        den += energy(W).double()
+        D = W * ~keep[rows] if pruned is None else W - pruned[rows].detach().to(torch.float32)
+        num += energy(D).double()
+    num_f, den_f = float(num), float(den)
+    if den_f <= 0.0:
+        return 0.0 if num_f <= 0.0 else float("inf")
+    return max(num_f, 0.0) / den_f
+
+
+def layer_error(weight: torch.Tensor, pruned: torch.Tensor | None, keep: torch.Tensor,
+                accumulator: InputAccumulator) -> tuple[float, str]:
+    """The layer's relative reconstruction error and how it was measured; ``pruned`` None means the
+    method only masked (``Ŵ = W ⊙ keep``), which is never materialised whole."""
+    keep_arg = keep if pruned is None else None
     if accumulator.gram is not None:
-        return relative_reconstruction_error(weight, pruned, accumulator.gram), "gram"
+        return relative_reconstruction_error(weight, pruned, accumulator.gram, keep_arg), "gram"
     samples = accumulator.samples()
     if samples is None:
         return 0.0, "none"
-    return sampled_reconstruction_error(weight, pruned, samples), f"{samples.shape[0]} sampled tokens"
+    return sampled_reconstruction_error(weight, pruned, samples, keep_arg), f"{samples.shape[0]} sampled tokens"
 
 
 __all__ = ["ERROR_TOKENS", "InputAccumulator", "StatisticsHooks", "layer_error", "relative_reconstruction_error",

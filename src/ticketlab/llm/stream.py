@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import TicketlabError
 from ..files import read_json
 from ..memory import memory_limit_bytes
+from .packed_masks import MASK_SPILL_NAME, PackedMasks
 
 SHARD_NAME = "model-{index:05d}-of-{total:05d}.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -189,7 +190,7 @@ class ShardLoader:
         self.total = num_blocks + 1
         self.weight_map: dict[str, str] = {}
         self.total_size = 0
-        self.masks = PackedMasks()
+        self.masks = PackedMasks(self.out / MASK_SPILL_NAME)
 
     def names_of(self, index: int) -> list[str]:
         return [n for n in self.index.files if n.startswith(self.prefixes[index])]
@@ -254,54 +255,6 @@ class ShardLoader:
             self.total_size += value.numel() * value.element_size()
 
 
-class PackedMasks:
-    """The keep masks of a streamed model, packed 8 to a byte while the model is pruned (a bool mask of
-    every weight would cost a quarter of an fp32 model's size) and written as ``masks.safetensors``
-    one tensor at a time. Offers what the report and the writer use of `ticketlab.masks.Mask`."""
-
-    def __init__(self) -> None:
-        self.packed: dict[str, tuple[torch.Tensor, tuple[int, ...], int]] = {}
-
-    def add(self, name: str, keep: torch.Tensor) -> None:
-        from ..deploy.format import pack_bits
-
-        flags = keep.detach().to("cpu", torch.bool)
-        self.packed[name] = (pack_bits(flags), tuple(flags.shape), int(flags.sum()))
-
-    def num_kept(self) -> int:
-        return sum(kept for _, _, kept in self.packed.values())
-
-    def num_total(self) -> int:
-        return sum(torch.Size(shape).numel() for _, shape, _ in self.packed.values())
-
-    def density(self) -> float:
-        total = self.num_total()
-        return self.num_kept() / total if total else 1.0
-
-    def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
-        """Write a safetensors file of bool tensors (as `Mask.save` does), unpacking one at a time."""
-        from ..deploy.format import unpack_bits
-        from ..files import METADATA_KEY, atomic_path
-
-        names = sorted(self.packed)
-        header: dict[str, Any] = {"__metadata__": {METADATA_KEY: json.dumps(
-            {"format": "ticketlab-mask", "density": round(self.density(), 8), **dict(metadata or {})},
-            sort_keys=True)}}
-        offset = 0
-        for name in names:
-            size = torch.Size(self.packed[name][1]).numel()
-            header[name] = {"dtype": "BOOL", "shape": list(self.packed[name][1]), "data_offsets": [offset, offset + size]}
-            offset += size
-        text = json.dumps(header, separators=(",", ":")).encode()
-        text += b" " * ((-len(text)) % 8)
-        with atomic_path(path) as tmp, tmp.open("wb") as handle:
-            handle.write(len(text).to_bytes(8, "little") + text)
-            for name in names:
-                bits, shape, _ = self.packed[name]
-                flags = unpack_bits(bits, torch.Size(shape).numel())
-                handle.write(flags.to(torch.uint8).numpy().tobytes())
-
-
 def check_room_for_blocks(index: ShardIndex, prefixes: list[str], dtype: torch.dtype) -> int:
     """The largest block's bytes in ``dtype``; a TicketlabError when the memory this process may use
     cannot hold two of them (the block being pruned and its statistics and copies)."""
@@ -320,4 +273,4 @@ def check_room_for_blocks(index: ShardIndex, prefixes: list[str], dtype: torch.d
     return largest
 
 
-__all__ = ["INDEX_NAME", "PackedMasks", "check_room_for_blocks", "SafetensorsFile", "ShardIndex", "ShardLoader", "build_skeleton", "check_materialised"]
+__all__ = ["INDEX_NAME", "check_room_for_blocks", "SafetensorsFile", "ShardIndex", "ShardLoader", "build_skeleton", "check_materialised"]

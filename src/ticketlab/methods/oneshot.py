@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import torch
 
 from ..errors import TicketlabError
+from ..memory import row_slices
 from ..select import NMPattern, select_tensors
 from .sparsegpt import hessian_factor, lowest_k, sparsegpt_prune_stacked
 from .wanda import lowest_k_per_row, row_keep_count, wanda_mask
@@ -110,9 +111,15 @@ class WandaOneShot(OneShotMethod):
     statistics = "norms"
 
     def prune(self, weight, stats, request, *, name, cache):
+        """Row-local (per-row count or N:M), so chosen a slice of rows at a time: the scores and the
+        selection's copies never exceed one slice (`ticketlab.memory.row_slices`); same result."""
         pattern = request.nm_pattern
         sparsity = None if pattern is not None else request.sparsity
-        return None, wanda_mask(weight, stats.norms(), sparsity=sparsity, pattern=pattern).to(weight.device)
+        norms = stats.norms()
+        keep = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
+        for rows in row_slices(weight.shape[0], weight.shape[1], weight.device):
+            keep[rows] = wanda_mask(weight[rows], norms, sparsity=sparsity, pattern=pattern)
+        return None, keep
 
 
 class SparseGPTOneShot(OneShotMethod):

@@ -59,12 +59,15 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float = 0.01, *, nam
         L, info = torch.linalg.cholesky_ex(Hrev)
         if int(info) == 0:
             del Hrev
-            U = lower_triangular_inverse(L).flip(0, 1)
+            inverse = lower_triangular_inverse(L)
+            L = None                 # at most three (n, n) matrices alive: H, L⁻¹ and U
+            U = inverse.flip(0, 1)
+            inverse = None
             if bool(torch.isfinite(U).all()) and bool((torch.diagonal(U) > 0).all()):
                 return U
             Hrev = H.flip(0, 1)
             applied = 0.0
-        del L
+        L = None
         damp = damp * 10.0 if damp > 0 else 0.01 * mean_diag
     raise TicketlabError(
         f"The Hessian of {name} stays singular even with dampening {damp / 10.0 / max(mean_diag, 1e-30):.3g} x mean(diag H); "

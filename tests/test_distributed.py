@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from ticketlab.masks import Mask
-from ticketlab.methods.dynamic import DSTConfig, make_updater
+from ticketlab.methods.dynamic import DSTConfig
+from ticketlab.methods.updaters import make_updater
 from ticketlab.targets import prunable_parameters
 from ticketlab.train import TrainConfig, distributed, train
 

@@ -9,7 +9,8 @@ from torch import nn
 
 from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
-from ticketlab.methods.dynamic import DSTConfig, MaskUpdater, UpdateSchedule, drop_count, make_updater
+from ticketlab.methods.dynamic import DST_METHODS, DSTConfig, MaskUpdater, UpdateSchedule, drop_count
+from ticketlab.methods.updaters import UPDATERS, make_updater
 from ticketlab.methods.rigl import RigL
 from ticketlab.methods.set import SET
 from ticketlab.targets import prunable_parameters
@@ -68,6 +69,7 @@ def test_bad_config_is_one_clear_error(kwargs, fragment):
 
 def test_config_normalises_and_factory_builds_the_method():
     assert DSTConfig(update_every=50).update_every == "50it"
+    assert tuple(UPDATERS) == DST_METHODS      # the registry and the names configs accept agree
     assert isinstance(make_updater(DSTConfig(method="rigl"), seed=0), RigL)
     assert isinstance(make_updater(DSTConfig(method="set"), seed=0), SET)
 

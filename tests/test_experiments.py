@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import ticketlab.experiments.unit as unit_module
+import ticketlab.units.unit as unit_module
 from ticketlab.cli import main
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.compare import CompareConfig, imp_round_densities, nearest_round, run_compare

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import ticketlab.experiments.unit as unit_module
+import ticketlab.units.unit as unit_module
 from ticketlab.errors import TicketlabError
 from ticketlab.lottery import IMPConfig, IMPExperiment, run_imp
 from ticketlab.masks import Mask

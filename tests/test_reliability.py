@@ -226,7 +226,7 @@ def test_a_full_disk_during_training_is_one_sentence_and_the_run_resumes(tmp_pat
 
 
 def test_a_collapsing_control_is_refused_before_anything_is_written(tmp_path, monkeypatch):
-    import ticketlab.experiments.unit as unit_module
+    import ticketlab.units.unit as unit_module
     from conftest import make_splits
     from ticketlab.experiments.sparse import SparseConfig, SparseExperiment
 

@@ -37,8 +37,7 @@ from ..select import keep_counts_after_pruning
 from ..targets import prunable_parameters
 from ..train import TrainConfig
 from .sparse import DST_METHODS, PAI_METHODS, SparseConfig, SparseExperiment, density_label
-from .base import Experiment
-from .unit import ProgressFactory
+from ..units import Experiment, ProgressFactory
 
 METHODS: tuple[str, ...] = ("imp", *PAI_METHODS, *DST_METHODS)
 #: Pruning-at-init scorers rank globally (as their papers do); random, RigL and SET use `distribution`.

@@ -33,7 +33,8 @@ from ..data import DataSplits
 from ..densities import DISTRIBUTIONS
 from ..errors import TicketlabError
 from ..masks import Mask
-from ..methods.dynamic import DST_METHODS, DSTConfig, check_update_count, make_updater
+from ..methods.dynamic import DST_METHODS, DSTConfig, check_update_count
+from ..methods.updaters import make_updater
 from ..methods.pai import PAI_METHODS
 from ..models import create_model
 from ..files import read_json, write_json
@@ -41,10 +42,8 @@ from ..seeding import derive_seed, generator
 from ..targets import prunable_parameters
 from ..train import TrainConfig, iterations_per_epoch
 from ..train.config import MAX_BATCH
-from .aggregate import aggregate_units
-from .base import Experiment
+from ..units import Experiment, ProgressFactory, aggregate_units, load_state, save_state, train_unit
 from .scoring import MaskKey, MaskScorer, ScoredMask
-from .unit import ProgressFactory, load_state, save_state, train_unit
 
 KINDS: tuple[str, ...] = ("prune-init", "sparse-train")
 CONTROLS: dict[str, tuple[str, ...]] = {"prune-init": ("shuffle", "reinit", "invert"), "sparse-train": ("static",)}

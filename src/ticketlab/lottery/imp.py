@@ -29,7 +29,7 @@ from ..errors import TicketlabError
 from ..masks import Mask
 from ..methods import magnitude_scores
 from ..models import create_model
-from ..experiments import Experiment, ProgressFactory, load_state, save_state, train_unit
+from ..units import Experiment, ProgressFactory, load_state, save_state, train_unit
 from ..files import write_json
 from ..seeding import derive_seed
 from ..select import keep_counts_after_pruning, select

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..experiments.aggregate import aggregate_units
+from ..units import aggregate_units
 from .config import IMPConfig
 
 

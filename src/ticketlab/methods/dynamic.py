@@ -275,14 +275,5 @@ class MaskUpdater(ABC):
             )
 
 
-def make_updater(config: DSTConfig, *, seed: int) -> MaskUpdater:
-    """The RigL or SET updater named by ``config.method`` (``seed`` drives SET's growth)."""
-    from .rigl import RigL
-    from .set import SET
-
-    classes: dict[str, type[MaskUpdater]] = {"rigl": RigL, "set": SET}
-    return classes[config.method](config, seed=seed)
-
-
 __all__ = ["DSTConfig", "DST_METHODS", "MIN_MASK_UPDATES", "check_update_count", "MaskUpdater", "UpdateSchedule", "UpdateStats", "drop_count",
-           "make_updater", "top_k_among"]
+           "top_k_among"]

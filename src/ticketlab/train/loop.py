@@ -14,7 +14,7 @@ Two extensions share the same loop:
   the same order as one process), so each update equals single-process training up to float
   reduction order. Evaluation runs on every rank with identical weights, hence identical results;
   each rank writes the checkpoint and metrics paths it is given (the experiment runners give
-  every rank its own run directory, see `ticketlab.experiments.claim_for_process`).
+  every rank its own run directory, see `ticketlab.units.claim_for_process`).
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def train(
         data: in-memory splits; the training split is shuffled per epoch from ``data_seed``.
         mask: pruned weights are zeroed first and stay exactly zero (gradients, optimiser state
             and weights are masked around every step).
-        mask_updater: RigL or SET (`ticketlab.methods.dynamic.make_updater`); needs ``mask``,
+        mask_updater: RigL or SET (`ticketlab.methods.updaters.make_updater`); needs ``mask``,
             which it rewires *in place*, so after `train` returns ``mask`` is the final mask.
             Per-layer kept counts never change.
         start_iteration: where training starts (late rewinding resumes the schedule and data

@@ -26,7 +26,7 @@ from ticketlab.models import create_model
 from ticketlab.select import density_to_count, select
 from ticketlab.targets import prunable_parameters
 from ticketlab.train import TrainConfig, evaluate, train
-from ticketlab.train.loop import epoch_order, iterations_per_epoch
+from ticketlab.train.schedule import epoch_order, iterations_per_epoch
 
 
 def plain_loop(model, data, mask: Mask, iterations: int, batch_size: int, lr: float) -> float:

@@ -20,6 +20,7 @@ FORBIDDEN = {
     "lottery": {"experiments", "llm", "deploy", "cli"},
     "experiments": {"llm", "deploy", "cli"},
     "llm": {"deploy", "units", "lottery", "experiments", "cli"},
+    "analysis": {"llm", "deploy", "cli"},
 }
 
 

@@ -6,7 +6,8 @@ import torch
 from ticketlab.masks import Mask
 from ticketlab.targets import prunable_parameters
 from ticketlab.train import TrainConfig, learning_rate, train
-from ticketlab.train.loop import epoch_order, iterations_per_epoch
+from ticketlab.train.schedule import epoch_order, iterations_per_epoch
+from ticketlab.train.optim import build_optimizer
 
 from conftest import Interrupt, interrupt_at, tiny_mlp
 
@@ -95,3 +96,28 @@ def test_resume_from_checkpoint_matches_uninterrupted(tmp_path, toy_splits):
     assert resumed.evals == ref.evals
     ref_state, new_state = reference.state_dict(), resumed_model.state_dict()
     assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)
+
+
+@pytest.mark.parametrize("settings", [dict(optimizer="sgd", lr=0.1), dict(optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
+                                                                           weight_decay=1e-3),
+                                      dict(optimizer="adam", lr=1e-2, weight_decay=1e-3), dict(optimizer="adamw", lr=1e-2, weight_decay=0.1)])
+def test_fused_optimizer_updates_equal_foreach_up_to_rounding(settings):
+    """`build_optimizer` picks the fused kernels on CPU; their updates equal ``foreach``'s up to the
+    rounding of contracted multiply-adds, over gradients spanning six orders of magnitude."""
+    config = TrainConfig(**settings)
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(30, 20, generator=g), torch.randn(20, generator=g)]
+    fused_params = [torch.nn.Parameter(t.clone()) for t in start]
+    plain_params = [torch.nn.Parameter(t.clone()) for t in start]
+    fused = build_optimizer(fused_params, config)
+    assert fused.defaults.get("fused")
+    defaults = {k: v for k, v in fused.defaults.items() if k not in ("fused", "foreach", "decoupled_weight_decay")}
+    plain = type(fused)(plain_params, **defaults, foreach=True)
+    for step in range(25):
+        grads = [torch.randn(t.shape, generator=g) * 10 ** -(step % 6) for t in start]
+        for params, optimizer in ((fused_params, fused), (plain_params, plain)):
+            for p, grad in zip(params, grads):
+                p.grad = grad.clone()
+            optimizer.step()
+    for a, b in zip(fused_params, plain_params):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

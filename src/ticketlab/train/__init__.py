@@ -5,9 +5,11 @@ from . import distributed
 from .config import OPTIMIZERS, TrainConfig
 from .distributed import barrier, is_main_process, rank, world_size
 from ..devices import resolve_device
-from .loop import TrainResult, evaluate, iterations_per_epoch, train
+from .evaluation import TrainResult, evaluate
+from .loop import train
+from .schedule import epoch_order, iterations_per_epoch
 from .optim import build_optimizer, learning_rate
 
-__all__ = ["OPTIMIZERS", "TrainConfig", "TrainResult", "barrier", "build_optimizer", "distributed", "evaluate",
+__all__ = ["OPTIMIZERS", "TrainConfig", "TrainResult", "barrier", "build_optimizer", "distributed", "epoch_order", "evaluate",
            "is_main_process", "iterations_per_epoch", "learning_rate", "rank", "resolve_device", "train",
            "world_size"]

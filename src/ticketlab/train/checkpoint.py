@@ -54,13 +54,44 @@ def refuse_legacy_checkpoint(directory: Path) -> None:
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress,
                     dst: dict[str, Any] | None = None) -> None:
     """Write the checkpoint atomically (``dst``: masks and updater state of RigL / SET)."""
+    save_checkpoint_state(path, model.state_dict(), optimizer.state_dict(), progress, dst)
+
+
+def save_checkpoint_state(path: Path, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any],
+                          progress: Progress, dst: dict[str, Any] | None = None) -> None:
+    """`save_checkpoint` from the state dicts themselves: a stacked run writes one network's slices
+    (`ticketlab.train.stacked`), in the very format a single run reads back, and vice versa."""
     state: dict[str, Any] = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+        "model": model_state, "optimizer": optimizer_state, "torch_rng": torch.get_rng_state(),
         "iteration": progress.iteration, "evals": progress.evals, "elapsed": progress.elapsed,
     }
     if dst is not None:
         state["dst"] = dst
     save_tree(path, state)
+
+
+@dataclass
+class CheckpointState:
+    """A checkpoint read and checked: state dicts, RNG state, where training stands (DST state aside)."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    torch_rng: torch.Tensor
+    progress: Progress
+    dst: Any = None
+
+
+def read_checkpoint(path: Path, *, total: int) -> CheckpointState:
+    """The checkpoint at ``path`` with its required entries and progress checked (a TicketlabError
+    naming the file otherwise); nothing is loaded into a model yet."""
+    state = load_tree(path)
+    missing = [k for k in _REQUIRED if k not in state]
+    if missing:
+        raise _fail(path, f"lacks {', '.join(repr(k) for k in missing)}")
+    if not isinstance(state["model"], dict) or not isinstance(state["optimizer"], dict):
+        raise _fail(path, "holds a malformed model or optimizer state")
+    return CheckpointState(model=state["model"], optimizer=state["optimizer"], torch_rng=state["torch_rng"],
+                           progress=_progress_of(path, state, total), dst=state.get("dst"))
 
 
 def _fail(path: Path, what: str) -> TicketlabError:
@@ -71,24 +102,21 @@ def restore_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Opti
                        mask: Mask | None = None, initial_mask: dict[str, torch.Tensor] | None = None,
                        mask_updater: "MaskUpdater | None" = None) -> Progress:
     """Load ``path`` into ``model``, ``optimizer``, the global RNG and (DST) the masks and updater."""
-    state = load_tree(path)
-    missing = [k for k in _REQUIRED if k not in state]
-    if missing:
-        raise _fail(path, f"lacks {', '.join(repr(k) for k in missing)}")
+    state = read_checkpoint(path, total=total)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.model)
     except (RuntimeError, TypeError, AttributeError):
         raise _fail(path, "was written for another model") from None
     try:
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        optimizer.load_state_dict(state.optimizer)
+        torch.set_rng_state(state.torch_rng)
     except (RuntimeError, ValueError, TypeError, KeyError, AttributeError):
         raise _fail(path, "holds an optimizer or RNG state that does not fit this run") from None
-    progress = _progress_of(path, state, total)
-    if ("dst" in state) != (mask_updater is not None):
-        raise _fail(path, "was written " + ("with" if "dst" in state else "without") + " a mask updater")
+    progress = state.progress
+    if (state.dst is not None) != (mask_updater is not None):
+        raise _fail(path, "was written " + ("with" if state.dst is not None else "without") + " a mask updater")
     if mask_updater is not None:
-        progress.mask_updates = _restore_dst(path, state["dst"], mask, initial_mask, mask_updater)
+        progress.mask_updates = _restore_dst(path, state.dst, mask, initial_mask, mask_updater)
     return progress
 
 

@@ -19,10 +19,8 @@ Two extensions share the same loop:
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,63 +35,12 @@ from ..runs import MetricsLog
 from .checkpoint import Progress, restore_checkpoint, save_checkpoint
 from . import distributed as dist_helpers
 from .config import TrainConfig
+from .evaluation import TrainResult, check_finite_weights, evaluate
 from .optim import build_optimizer, learning_rate
+from .schedule import Budget, epoch_order
 
 if TYPE_CHECKING:
     from ..methods.dynamic import MaskUpdater
-
-#: Default number of evaluations per training run when ``eval_every`` is not given.
-DEFAULT_EVALS = 20
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What one training run produced. ``evals`` holds one dict per evaluation, in order.
-
-    With a mask updater, ``mask_updates`` counts the updates of the whole run (resumed segments
-    included) and ``mask_changed_fraction`` is |initial minus final| / |initial|: the fraction of
-    the initially kept weights that are no longer kept at the end.
-    """
-
-    evals: list[dict[str, Any]]
-    wall_time: float
-    mask_updates: int = 0
-    mask_changed_fraction: float = 0.0
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.evals[-1]
-
-    @property
-    def early_stop(self) -> dict[str, Any]:
-        """The evaluation with the lowest validation loss (first one on ties)."""
-        return min(self.evals, key=lambda e: e["val_loss"])
-
-
-def iterations_per_epoch(data: DataSplits, batch_size: int) -> int:
-    """Full batches per epoch (the last partial batch is dropped); at least one."""
-    return max(1, len(data.train_y) // batch_size)
-
-
-def epoch_order(data_seed: int, epoch: int, n: int) -> torch.Tensor:
-    """The permutation of training examples for one epoch, from its own seeded generator."""
-    generator = torch.Generator().manual_seed(data_seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (in %) of ``model`` on ``(x, y)``; model left in eval mode."""
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(y), batch_size):
-        logits = model(x[start: start + batch_size])
-        target = y[start: start + batch_size]
-        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == target).sum())
-    n = max(1, len(y))
-    return loss_sum / n, 100.0 * correct / n
-
 
 def _changed_fraction(initial: Mapping[str, torch.Tensor], final: Mask) -> float:
     """|initial minus final| / |initial| over all layers (0 when nothing was kept)."""
@@ -106,43 +53,6 @@ def _check_ranks_share_mask(mask: Mask, when: str) -> None:
     """Every rank must hold the same mask; all ranks reach the same verdict (no hang)."""
     if not dist_helpers.all_ranks_agree(mask_fingerprint(mask)):
         raise TicketlabError(f"The ranks hold different masks {when}; every rank must start from the same mask and seed.")
-
-
-def check_finite_weights(model: nn.Module) -> None:
-    """The weights training starts from must be finite (NaN in, NaN out: no learning rate helps)."""
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise TicketlabError(
-                f"The weights training starts from hold NaN or infinite values (first in {name!r}); "
-                "the initial or rewind weights file is damaged."
-            )
-
-
-@dataclass
-class _Budget:
-    """The training budget resolved against the data: iterations, per epoch, between evaluations."""
-
-    total: int
-    per_epoch: int
-    eval_every: int
-    world: int
-    rank: int
-
-    @classmethod
-    def resolve(cls, data: DataSplits, config: TrainConfig, start_iteration: int, distributed: bool) -> "_Budget":
-        world, rank = (dist_helpers.world_size(), dist_helpers.rank()) if distributed else (1, 0)
-        if config.batch_size % world:
-            raise TicketlabError(
-                f"The batch size {config.batch_size} cannot be split evenly over {world} processes; "
-                "choose a batch size divisible by the number of processes."
-            )
-        ipe = iterations_per_epoch(data, config.batch_size)
-        total = config.steps.iterations(ipe)
-        if not 0 <= start_iteration < total:
-            raise TicketlabError(f"Training cannot start at iteration {start_iteration} of a {total}-iteration budget.")
-        every = (config.eval_every.iterations(ipe) if config.eval_every is not None
-                 else max(1, math.ceil(total / DEFAULT_EVALS)))
-        return cls(total=total, per_epoch=ipe, eval_every=every, world=world, rank=rank)
 
 
 def train(
@@ -185,7 +95,7 @@ def train(
     """
     distributed = dist_helpers.init_from_env(torch.device(device))
     device = dist_helpers.rank_device(torch.device(device))
-    budget = _Budget.resolve(data, config, start_iteration, distributed)
+    budget = Budget.resolve(data, config, start_iteration, distributed)
     if mask_updater is not None and mask is None:
         raise TicketlabError("Dynamic sparse training (a mask updater) needs an initial mask to update.")
     run = _Run(model, data, config, device, mask, mask_updater, budget, metrics, dict(metrics_key or {}),
@@ -198,7 +108,7 @@ class _Run:
     """The state of one `train` call: model, optimiser, mask, where training stands, and its files."""
 
     def __init__(self, model: nn.Module, data: DataSplits, config: TrainConfig, device: torch.device,
-                 mask: Mask | None, mask_updater: "MaskUpdater | None", budget: _Budget,
+                 mask: Mask | None, mask_updater: "MaskUpdater | None", budget: Budget,
                  metrics: MetricsLog | None, key: dict[str, Any], checkpoint: Path | None):
         self.model, self.config, self.device, self.budget = model, config, device, budget
         self.mask, self.updater, self.metrics, self.key, self.checkpoint = mask, mask_updater, metrics, key, checkpoint

@@ -12,16 +12,23 @@ from .config import TrainConfig
 def build_optimizer(params: Iterable[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     """SGD (with optional momentum/Nesterov), Adam (L2 weight decay) or AdamW (decoupled decay).
 
-    ``foreach`` is forced so that the whole update is a handful of fused kernels; it also keeps
-    the arithmetic identical from run to run, which bit-for-bit resume relies on.
+    On CPU and CUDA the fused implementation runs (one kernel over all parameters): on this
+    project's 2-core CPU it trains LeNet-300-100 on digits 1.4x faster than ``foreach``, which pays
+    a slow ``sqrt`` on Adam's near-denormal second moments; updates agree with ``foreach`` up to the
+    rounding of contracted multiply-adds (tests/test_masked_training.py). Elsewhere ``foreach``.
+    Either keeps the arithmetic identical from run to run, which bit-for-bit resume relies on, and
+    is elementwise, so networks stacked into one tensor (`ticketlab.train.stacked`) get the
+    updates they would get alone.
     """
     params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    kind = {"fused": True} if fused else {"foreach": True}
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                               weight_decay=config.weight_decay, foreach=True)
+                               weight_decay=config.weight_decay, **kind)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **kind)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **kind)
 
 
 def learning_rate(config: TrainConfig, iteration: int, iterations_per_epoch: int) -> float:

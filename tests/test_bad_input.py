@@ -54,6 +54,17 @@ IMP_FLAGS = [
     (["--rewind", "5ep"], "rewind"), (["--rewind", "soon"], "Cannot read step"), (["--rewind", "5"], "no unit"),
     (["--controls", "magic"], "Unknown control"), (["--controls", "reinit,reinit"], "twice"),
     (["--scope", "neither"], "neither"), (["--ignore", "nosuchlayer"], "matches no"),
+    (["--early-bird", "0"], "--early-bird must be strictly between 0 and 1"), (["--early-bird", "-1"], "--early-bird"),
+    (["--early-bird", "nan"], "finite"), (["--early-bird", "1"], "strictly between"), (["--early-bird", "x"], "--early-bird"),
+    (["--early-bird", "0.5"], "can never fail"), (["--early-bird", "0.1", "--early-bird-window", "1"], "at least 2"),
+    (["--early-bird-window", "3"], "only with --early-bird"), (["--early-bird", "0.1", "--rounds", "0"], "pruning round"),
+    (["--dense-accuracy", "101"], "between 0 and 100"), (["--dense-accuracy", "nan"], "finite"),
+    (["--rate", "0.5,0.2"], "2 rates for 1 pruning round"), (["--rate", "0.5,x"], "Cannot read --rate"),
+    (["--rate", "0.5,1"], "between 0 and 1"), (["--rate", ","], "at least one"),
+    (["--target-density", "0.05", "--rate", "0.2"], "not both"), (["--target-density", "0"], "between 0 and 1"),
+    (["--target-density", "1"], "between 0 and 1"), (["--target-density", "nan"], "finite"),
+    (["--target-density", "0.05", "--rounds", "0"], "pruning round"),
+    (["--target-density", "0.05", "--layer-rate", "layers.3.weight=0.1"], "cannot be reached"),
 ]
 PAI_FLAGS = [
     (["--method", "nope"], "nope"), (["--density", "0"], "between 0 and 1"), (["--density", "1"], "between 0 and 1"),

@@ -1,6 +1,7 @@
 """IMP end to end on a toy problem: rewinding, shrinking masks, controls, determinism, resume."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -110,7 +111,7 @@ def test_resume_after_interrupt_gives_same_summary(tmp_path, toy_splits):
     class Bar:
         def update(self, n):
             calls["n"] += 1
-            if calls["n"] == 40:  # in the middle of seed 0, round 1
+            if calls["n"] == 19:  # in the middle of round 1 (both seeds' tickets and controls, stacked)
                 raise Interrupt
 
         def close(self):
@@ -166,4 +167,83 @@ def test_invalid_configs(overrides, message):
 def test_rewind_beyond_budget_in_other_units(tmp_path, toy_splits):
     with pytest.raises(TicketlabError, match="rewind step"):
         IMPExperiment.prepare(_config(rewind="100it"), tmp_path / "run", data=toy_splits)
+    assert not (tmp_path / "run").exists()
+
+
+# --- cheaper tickets: per-round rates, one-shot to a target density ---------------------------------
+def _counts(run, rounds):
+    masks = [Mask.load(run / "seed-0" / f"round-{r:02d}" / "mask.safetensors") for r in range(rounds + 1)]
+    return [[int(m[n].sum()) for n in m] for m in masks]
+
+
+def test_rate_schedule_gives_the_hand_computed_counts(tmp_path, toy_splits):
+    # lenet300 on the toy data: 3600, 30000 and 300 weights; rates 0.5 then 0.2 (repeating), the
+    # output layer at half the round's rate; each layer loses round_half_up(rate * remaining)
+    summary = run_imp(_config(rounds=3, rate=(0.5, 0.2), controls=()), tmp_path / "run", data=toy_splits)
+    assert _counts(tmp_path / "run", 3) == [[3600, 30000, 300], [1800, 15000, 225], [1440, 12000, 202],
+                                            [1152, 9600, 182]]
+    assert [r.get("rate") for r in summary["rounds"]] == [None, 0.5, 0.2, 0.2]
+
+
+def test_target_density_in_two_rounds_global(tmp_path, toy_splits):
+    # 33,900 weights, 5% = 1,695. The smallest constant rate p that gets there: round 1 keeps
+    # 33900 - round(33900 p) and round 2 prunes round(p * that); p = 26318.5 / 33900 keeps 7,581 then
+    # 7581 - round(5885.56) = 1,695, and any smaller p keeps 7,582 or more, which p < 0.77636 cannot
+    # bring to 1,695 (7582 - round(7582 p) > 1695)
+    summary = run_imp(_config(rounds=2, rate=None, target_density=0.05, scope="global", controls=()),
+                      tmp_path / "run", data=toy_splits)
+    assert [sum(c) for c in _counts(tmp_path / "run", 2)] == [33900, 7581, 1695]
+    assert summary["rounds"][1]["rate"] == pytest.approx(26318.5 / 33900, abs=1e-12)
+    assert summary["rounds"][2]["density"] == pytest.approx(0.05)
+
+
+def test_one_shot_to_a_target_density_with_the_output_at_half_rate(tmp_path, toy_splits):
+    summary = run_imp(_config(rounds=1, rate=None, target_density=0.05, controls=()), tmp_path / "run", data=toy_splits)
+    p = summary["rounds"][1]["rate"]
+    (_, counts), = [_counts(tmp_path / "run", 1)]
+    expected = [n - math.floor(r * n + 0.5) for n, r in zip((3600, 30000, 300), (p, p, p / 2))]
+    assert counts == expected and sum(counts) <= 1695
+    # the next smaller rate would keep more than 5%
+    q = math.nextafter(p, 0.0)
+    assert sum(n - math.floor(r * n + 0.5) for n, r in zip((3600, 30000, 300), (q, q, q / 2))) > 1695
+
+
+def test_plain_configs_keep_the_stored_form_of_earlier_runs():
+    """A run directory written before cheaper tickets existed must still match its command."""
+    stored = _config(rate=0.2).to_json()
+    assert stored["rate"] == 0.2 and stored["layer_rates"] == [["output", 0.1]]
+    assert not {"target_density", "early_bird", "early_bird_window", "dense_accuracy"} & set(stored)
+    assert IMPConfig(**_config().__dict__) == _config()  # the compare runner rebuilds configs this way
+
+
+@pytest.mark.parametrize("overrides", [dict(rate=(0.5, 0.2)), dict(rate=None, target_density=0.1),
+                                       dict(early_bird=0.3), dict(dense_accuracy=90.0)])
+def test_a_cheaper_path_on_an_existing_run_is_refused(tmp_path, toy_splits, overrides):
+    run_imp(_config(rounds=2, controls=()), tmp_path / "run", data=toy_splits)
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(TicketlabError, match="different configuration"):
+        IMPExperiment.prepare(_config(rounds=2, controls=(), **overrides), tmp_path / "run", data=toy_splits)
+    assert before == {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(rate=()), "at least one rate"),
+    (dict(rate=(0.5, 1.0)), "strictly between"),
+    (dict(rate=(0.5, float("nan"))), "finite"),
+    (dict(rate=(0.5, 0.5, 0.2)), "3 rates for 2 pruning round"),
+    (dict(target_density=0.05), "not both"),
+    (dict(rate=None, target_density=0.0), "strictly between"),
+    (dict(rate=None, target_density=1.0), "strictly between"),
+    (dict(rate=None, target_density=0.05, rounds=0), "at least one pruning round"),
+])
+def test_invalid_schedules(overrides, message):
+    with pytest.raises(TicketlabError, match=message):
+        _config(**overrides)
+
+
+def test_an_unreachable_target_density_is_refused_before_anything_is_written(tmp_path, toy_splits):
+    # the 30,000-weight layer pruned at its own 10% keeps 79.6% of all weights whatever the rate
+    config = _config(rate=None, target_density=0.05, rounds=1, layer_rates=(("layers.3.weight", 0.1),))
+    with pytest.raises(TicketlabError, match="cannot be reached in 1 round"):
+        IMPExperiment.prepare(config, tmp_path / "run", data=toy_splits)
     assert not (tmp_path / "run").exists()

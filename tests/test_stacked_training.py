@@ -144,3 +144,100 @@ def test_divergence_names_the_network():
     config = TrainConfig(optimizer="sgd", lr=1e30, batch_size=16, steps="10it", eval_every="5it")
     with pytest.raises(Exception, match="net 0|net 1"):
         train_stacked(_jobs(tiny_mlp, 2), data, config)
+
+
+# --- units: grouping, the --stack setting -----------------------------------------------------------
+from ticketlab.errors import TicketlabError  # noqa: E402
+from ticketlab.units import StackSetting, UnitJob, group_size, train_units  # noqa: E402
+
+
+def test_auto_group_size_follows_the_per_step_cost():
+    config = TrainConfig(batch_size=60, steps="10it")
+    digits = make_splits(n_train=60, n_eval=10, features=64, classes=10)
+    mnist = make_splits(n_train=60, n_eval=10, features=784, classes=10)
+    small = create_model("lenet300", (64,), 10, seed=0)      # 50,200 MACs per example: 3.0M per step
+    large = create_model("lenet300", (784,), 10, seed=0)     # 266,200 per example: 16M per step
+    cpu = torch.device("cpu")
+    assert group_size(StackSetting("auto"), small, digits, config, cpu) == 16
+    assert group_size(StackSetting("auto"), large, mnist, config, cpu) == 1
+    assert group_size(StackSetting("auto"), large, mnist, config, torch.device("cuda")) == 32
+    assert group_size(StackSetting("off"), small, digits, config, cpu) == 1
+    assert group_size(StackSetting(3), large, mnist, config, cpu) == 3
+
+
+@pytest.mark.parametrize("text", ["0", "-2", "many", "1.5", "2000"])
+def test_bad_stack_settings_are_one_sentence(text):
+    with pytest.raises(TicketlabError, match="--stack"):
+        StackSetting.parse(text)
+
+
+def _unit_jobs(root, count=3):
+    jobs = []
+    for i in range(count):
+        model = tiny_mlp(i)
+        mask = _random_mask(model, (0.5, 0.3, 1.0)[i % 3], seed=100 + i)
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        jobs.append(UnitJob(unit_dir=root / f"unit-{i}", model=lambda i=i: tiny_mlp(i), start_state=lambda s=start: s,
+                            mask=mask, data_seed=7 + i, metrics_key={"net": i}, label=f"net {i}"))
+    return jobs
+
+
+@pytest.mark.parametrize("stack", ["auto", "off", "2"])
+def test_train_units_stores_every_unit_like_train_unit(tmp_path, stack):
+    data, config = make_splits(), RECIPES["adam-wd"]
+    records = train_units(_unit_jobs(tmp_path / stack), data=data, config=config, device=torch.device("cpu"),
+                          metrics=MetricsLog(tmp_path / stack / "metrics.jsonl"), stack=StackSetting.parse(stack))
+    reference = train_units(_unit_jobs(tmp_path / "ref"), data=data, config=config, device=torch.device("cpu"),
+                            metrics=MetricsLog(tmp_path / "ref" / "metrics.jsonl"), stack=StackSetting("off"))
+    for mine, theirs in zip(records, reference):
+        assert mine["net"] == theirs["net"] and mine["density"] == theirs["density"]
+        assert mine["iterations"] == 30 and mine["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
+    for i in range(3):
+        assert (tmp_path / stack / f"unit-{i}" / "result.json").exists()
+        assert not (tmp_path / stack / f"unit-{i}" / "checkpoint.safetensors").exists()
+    again = train_units(_unit_jobs(tmp_path / stack), data=data, config=config, device=torch.device("cpu"),
+                        metrics=MetricsLog(tmp_path / stack / "metrics.jsonl"))
+    assert again == records  # done units are read back, never retrained
+
+
+def test_an_interrupted_stacked_group_resumes_to_the_same_units(tmp_path):
+    data, config = make_splits(), RECIPES["sgd-momentum"]
+    whole = train_units(_unit_jobs(tmp_path / "whole"), data=data, config=config, device=torch.device("cpu"),
+                        metrics=MetricsLog(tmp_path / "whole.jsonl"))
+    calls = {"n": 0}
+
+    class Bar:
+        def update(self, n):
+            calls["n"] += n
+            if calls["n"] == 25:
+                raise Interrupt
+
+        def close(self):
+            pass
+
+    with pytest.raises(Interrupt):
+        train_units(_unit_jobs(tmp_path / "cut"), data=data, config=config, device=torch.device("cpu"),
+                    metrics=MetricsLog(tmp_path / "cut.jsonl"), progress=lambda *a: Bar())
+    resumed = train_units(_unit_jobs(tmp_path / "cut"), data=data, config=config, device=torch.device("cpu"),
+                          metrics=MetricsLog(tmp_path / "cut.jsonl"))
+    for a, b in zip(whole, resumed):
+        assert {k: v for k, v in a.items() if k != "wall_time"} == {k: v for k, v in b.items() if k != "wall_time"}
+    assert (tmp_path / "whole.jsonl").read_text().count("\n") == (tmp_path / "cut.jsonl").read_text().count("\n")
+
+
+def test_a_network_ends_with_the_same_bits_in_any_group():
+    """Stacked with others, alone, first or last, with a different set: the same bits. LeNet's
+    10x100 output layer makes 1,000 x N elements, so without the shadow that follows every group
+    the last network meets the scalar tail of the vectorised optimiser step, and differs."""
+    data = make_splits(n_train=120, n_eval=30, features=64, classes=10)
+    config = TrainConfig(optimizer="adam", lr=3e-3, batch_size=20, steps="12it", eval_every="12it")
+    build = lambda i: create_model("lenet300", (64,), 10, seed=i)  # noqa: E731
+    full = _jobs(build, 3)
+    train_stacked(full, data, config)
+    for subset in ([0], [2], [0, 2], [2, 1, 0]):
+        jobs = _jobs(build, 3)
+        chosen = [jobs[i] for i in subset]
+        train_stacked(chosen, data, config)
+        for position, index in enumerate(subset):  # the last place included
+            for name, tensor in full[index].model.state_dict().items():
+                assert torch.equal(tensor, chosen[position].model.state_dict()[name]), (subset, index, name)

@@ -80,20 +80,44 @@ def _pm(mean: float, std: float, seeds: int) -> str:
     return f"{mean:6.2f} ± {std:4.2f}" if seeds > 1 else f"{mean:6.2f}"
 
 
+def _cost_cell(entry: dict[str, Any]) -> str:
+    """What the ticket of this round cost so far, in dense trainings ("-" for summaries without it)."""
+    cost = entry.get("cost")
+    value = cost.get("cumulative_dense_trainings") if isinstance(cost, dict) else None
+    return f"{value:.2f}" if _is_number(value) else "-"
+
+
+def _cost_note(summary: dict[str, Any]) -> list[str]:
+    """A line on what the cost column counts, and where early-bird masks were drawn (IMP only)."""
+    cost, notes = summary.get("cost"), []
+    if isinstance(cost, dict) and _is_number(cost.get("dense_iterations")) and _is_number(cost.get("control_iterations")):
+        notes.append(f"cost: the ticket line's training up to that round, in dense trainings of "
+                     f"{cost['dense_iterations']:.0f} iterations; controls and the dense reference cost "
+                     f"{(cost['control_iterations'] + cost.get('reference_iterations', 0)) / cost['dense_iterations']:.2f} more")
+    early = summary.get("early_bird")
+    if isinstance(early, dict) and isinstance(early.get("seeds"), dict):
+        stops = [str(r.get("stop_iteration")) for r in early["seeds"].values() if isinstance(r, dict)]
+        notes.append(f"early-bird (eps {early.get('epsilon')}): round 1's mask taken at iteration(s) "
+                     f"{', '.join(stops) or '-'} of round 0 (None: the masks never settled)")
+    return notes
+
+
 def format_table(summary: dict[str, Any]) -> str:
-    """A plain-text table: one row per round with the ticket and each control."""
+    """A plain-text table: one row per round with the ticket and each control (IMP: with its cost)."""
     controls = summary.get("controls", [])
     n_seeds = len(summary.get("seeds", [0]))
     is_imp = summary.get("kind", "imp") == "imp"
+    costed = is_imp and any("cost" in entry for entry in summary["rounds"])
     name = "ticket" if is_imp else str(summary.get("method"))
     header = ["round" if is_imp else "target", "% left", f"{name} acc", "early stop", "winner" if is_imp else "collapsed"]
+    header += ["cost (dense trainings)"] if costed else []
     header += [f"{c} acc" for c in controls]
     rows = [header]
     for entry in summary["rounds"]:
         first = str(entry["round"]) if is_imp else f"{100 * entry['target_density']:g}%"
         last = ("yes" if entry["winning_ticket"] else "no") if is_imp else str(len(entry.get("collapsed_layers", [])))
         row = [first, f"{100 * entry['density']:.2f}", _pm(entry["test_accuracy"], entry["test_accuracy_std"], n_seeds),
-               f"{entry['early_stop_iteration']:.0f}", last]
+               f"{entry['early_stop_iteration']:.0f}", last] + ([_cost_cell(entry)] if costed else [])
         for c in controls:
             ctl = entry.get("controls", {}).get(c)
             row.append(_pm(ctl["test_accuracy"], ctl["test_accuracy_std"], n_seeds) if ctl else "-")
@@ -105,15 +129,19 @@ def format_table(summary: dict[str, Any]) -> str:
     title = (f"{summary.get('model')} on {summary.get('data')}"
              + ("" if is_imp else f", {summary.get('kind')} {summary.get('method')}")
              + f": test accuracy (%) at the end of training, {n_seeds} seed(s)"
-             + (f"; dense = {dense:.2f}" if dense is not None else ""))
-    return "\n".join([title, *lines])
+             + (f"; dense = {dense:.2f}" if dense is not None else "")
+             + (" (given by --dense-accuracy)" if (summary.get("dense_reference") or {}).get("source") == "--dense-accuracy"
+                else ""))
+    return "\n".join([title, *lines, *(_cost_note(summary) if is_imp else [])])
 
 
-def plot_report(summary: dict[str, Any], path: str | os.PathLike) -> Path:
+def plot_report(summary: dict[str, Any], path: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> Path:
     """Write a two-panel PNG: test accuracy and early-stopping iteration vs % of weights remaining.
 
     The x axis is logarithmic and runs from dense (left) to sparse (right), as in the LTH paper;
-    lines are means over seeds, bands one standard deviation.
+    lines are means over seeds, bands one standard deviation. Given the ``run_dir`` of an IMP run
+    whose masks reach round 1, a second row shows mask overlap (`ticketlab.analysis.overlap`):
+    Jaccard between consecutive rounds and between seeds, and a heat-map at the sparsest round.
     """
     import matplotlib
 
@@ -123,7 +151,10 @@ def plot_report(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     rounds = summary["rounds"]
     if not rounds:
         raise TicketlabError("The summary has no finished round to plot.")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    overlap = _run_overlap(summary, run_dir)
+    fig, grid = plt.subplots(1 if overlap is None else 2, 2, figsize=(11, 4.2 if overlap is None else 8.6),
+                             squeeze=False)
+    axes = grid[0]
     main_label = "ticket" if summary.get("kind", "imp") == "imp" else str(summary.get("method"))
     for label in [main_label, *summary.get("controls", [])]:
         points = []
@@ -150,9 +181,23 @@ def plot_report(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     axes[0].legend()
     n_seeds = len(summary.get("seeds", [0]))
     fig.suptitle(f"{summary.get('model')} on {summary.get('data')} ({n_seeds} seed(s), mean ± std)")
+    if overlap is not None:
+        from .analysis.overlap import draw_heatmap, draw_round_overlap
+
+        draw_round_overlap(grid[1][0], overlap)
+        draw_heatmap(grid[1][1], overlap.matrix, overlap.matrix_title)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
+
+
+def _run_overlap(summary: dict[str, Any], run_dir: str | os.PathLike | None) -> Any:
+    """The mask overlap of an IMP run directory, or None (no directory, another kind, too few masks)."""
+    if run_dir is None or summary.get("kind", "imp") != "imp":
+        return None
+    from .analysis.overlap import imp_run_overlap
+
+    return imp_run_overlap(run_dir)

@@ -28,7 +28,7 @@ LOCK_NAME = ".lock"
 #: Sub-directories that hold runs of their own (each with its own lock): DDP replicas of rank K.
 RANK_PREFIX = ".rank-"
 
-__all__ = ["LOCK_NAME", "MetricsLog", "RANK_PREFIX", "RunLock", "check_run_directory", "claim_run_directory"]
+__all__ = ["FileLock", "LOCK_NAME", "MetricsLog", "RANK_PREFIX", "RunLock", "check_run_directory", "claim_run_directory"]
 
 
 class RunLock:
@@ -73,6 +73,26 @@ class RunLock:
         self.release()
 
 
+class FileLock:
+    """A blocking exclusive ``flock`` on ``path`` for a ``with`` block: processes that share a run
+    directory (`ticketlab.units.workers`) take turns. The kernel drops it if the holder dies."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def __enter__(self) -> "FileLock":
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        if fcntl is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # drops the flock
+            self._fd = None
+
+
 class MetricsLog:
     """Append-only JSON-lines log of evaluations (``metrics.jsonl``), flushed after every line.
 
@@ -86,9 +106,15 @@ class MetricsLog:
 
     def append(self, record: Mapping[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(dict(record), sort_keys=False) + "\n")
-            handle.flush()
+        with self._exclusive():
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(dict(record), sort_keys=False) + "\n")
+                handle.flush()
+
+    def _exclusive(self) -> "FileLock":
+        """Several worker processes share one log (``--workers``): appends and rewrites take turns."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(self.path.parent / f".{self.path.name}.lock")
 
     def _lines(self) -> list[str]:
         return self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
@@ -106,6 +132,10 @@ class MetricsLog:
 
         The file is rewritten (atomically) only when something is dropped.
         """
+        with self._exclusive():
+            self._truncate_after(key, iteration)
+
+    def _truncate_after(self, key: Mapping[str, Any], iteration: int) -> None:
         lines = self._lines()
         kept = []
         for line in lines:

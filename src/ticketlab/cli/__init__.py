@@ -1,7 +1,7 @@
 """The ``ticketlab`` command line: parses flags into the library's config objects and prints.
 
 One module per family of commands (`lottery`: imp, report, mask, models, datasets; `sparse`:
-prune-init, sparse-train, compare); this module
+prune-init, sparse-train, compare; `masks`: masks compare; `stability`: stability); this module
 only builds the group and turns every user-facing failure into one sentence on stderr and exit
 code 2. No algorithm lives in the CLI.
 """
@@ -13,7 +13,7 @@ import sys
 import click
 
 from ..errors import TicketlabError
-from . import deploy, llm, lottery, sparse
+from . import deploy, llm, lottery, masks, sparse, stability
 
 EXIT_USAGE = 2
 
@@ -41,6 +41,8 @@ for _command in (lottery.imp, sparse.prune_init, sparse.sparse_train, sparse.com
                  lottery.mask_info, deploy.export, deploy.bench, lottery.models, lottery.datasets):
     cli.add_command(_command)
 cli.add_command(llm.llm)
+cli.add_command(masks.masks)
+cli.add_command(stability.stability)
 
 
 def _first_line(err: BaseException) -> str:

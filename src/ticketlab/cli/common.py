@@ -102,11 +102,29 @@ def train_options(func: Callable) -> Callable:
         click.option("--lr-gamma", default=0.1, show_default=True, type=float),
         click.option("--eval-every", default=None, help="Evaluation interval (step); default: 20 evaluations per run."),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (CUDA when available)."),
+        click.option("--stack", default="auto", show_default=True,
+                     help="Networks trained at once as one stacked computation (a round's ticket and controls, "
+                          "seeds, densities): auto (where it is faster: small networks; always on a GPU), "
+                          "off, or a group size."),
+        click.option("--workers", default=1, show_default=True, type=int,
+                     help="Local processes for the independent seeds (and comparison cells); the cores are "
+                          "divided among them."),
+        click.option("--cluster", default=None, metavar="ADDRESS",
+                     help="Run the independent seeds / cells on the Dask scheduler at ADDRESS (tcp://HOST:8786); "
+                          "the run directory must be on a filesystem every worker sees. "
+                          "Needs pip install 'ticketlab[cluster]'."),
         click.option("--quiet", is_flag=True, help="No progress bars and no table."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def worker_setting_from(opts: dict[str, Any]):
+    """The `WorkerSetting` described by ``--workers`` and ``--cluster``."""
+    from ..units import WorkerSetting
+
+    return WorkerSetting(workers=opts["workers"], cluster=opts["cluster"])
 
 
 def quiet_here(quiet: bool) -> bool:

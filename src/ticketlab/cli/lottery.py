@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import TicketlabError
-from .common import (TqdmProgress, data_options, default_out, parse_controls, parse_seeds, quiet_here,
+from .common import (TqdmProgress, data_options, default_out, parse_controls, parse_floats, parse_seeds, quiet_here,
                      train_config_from, train_options)
 
 def _parse_layer_rates(items: tuple[str, ...]) -> tuple[tuple[str, float], ...] | None:
@@ -32,11 +32,15 @@ def _parse_layer_rates(items: tuple[str, ...]) -> tuple[tuple[str, float], ...] 
 @click.command()
 @data_options
 @click.option("--rounds", default=12, show_default=True, type=int, help="Pruning rounds after the dense round 0.")
-@click.option("--rate", default=0.2, show_default=True, type=float,
-              help="Fraction of the remaining weights pruned per round.")
+@click.option("--rate", default=None,
+              help="Fraction of the remaining weights pruned per round  [default: 0.2]; a comma list gives "
+                   "one rate per round, the last repeating (0.5,0.5,0.2).")
+@click.option("--target-density", default=None, type=float,
+              help="Instead of --rate: the one constant rate with which --rounds rounds end at this fraction "
+                   "of the weights or just below (--rounds 1: one-shot pruning with rewinding).")
 @click.option("--layer-rate", "layer_rates", multiple=True, metavar="PATTERN=RATE",
               help="Per-layer rate (exact name, suffix, regex, or 'output'); repeatable. "
-                   "Default with --scope layer: output=RATE/2, as in the LTH paper.")
+                   "Default with --scope layer: output at half the round's rate, as in the LTH paper.")
 @click.option("--scope", default="layer", show_default=True, type=click.Choice(["layer", "global"]),
               help="Rank weights within each layer or across all layers.")
 @click.option("--ignore", multiple=True, metavar="PATTERN", help="Parameters never pruned; repeatable.")
@@ -47,6 +51,15 @@ def _parse_layer_rates(items: tuple[str, ...]) -> tuple[tuple[str, float], ...] 
 @click.option("--seeds", default="1", show_default=True, help="Replicates: a count (3 = seeds 0,1,2) or a list (0,4).")
 @click.option("--tolerance", default=0.5, show_default=True, type=float,
               help="A round is a winning ticket if its test accuracy is within this many points of dense.")
+@click.option("--early-bird", default=None, type=float, metavar="EPS",
+              help="Early-bird ticket: draw round 1's mask at every evaluation of round 0 and take it once the "
+                   "last --early-bird-window masks differ from the newest in under a fraction EPS of the weights. "
+                   "Round 0 stops there if --dense-accuracy is given; otherwise it trains on to be the dense "
+                   "reference (its extra iterations are not counted in the ticket's cost).")
+@click.option("--early-bird-window", default=None, type=int, help="Masks compared by --early-bird  [default: 5].")
+@click.option("--dense-accuracy", default=None, type=float,
+              help="The dense network's test accuracy (in %, e.g. from another run): the reference of --tolerance "
+                   "instead of round 0's.")
 @click.option("--out", default=None, help="Run directory (default: runs/imp-MODEL-DATA-<config hash>).")
 @train_options
 def imp(**opts) -> None:
@@ -60,7 +73,10 @@ def imp(**opts) -> None:
 
     config = IMPConfig(
         model=opts["model"], data=opts["data"], data_dir=opts["data_dir"], rounds=opts["rounds"],
-        rate=opts["rate"], layer_rates=_parse_layer_rates(opts["layer_rates"]), scope=opts["scope"],
+        rate=None if opts["rate"] is None else parse_floats(opts["rate"], "--rate"),
+        target_density=opts["target_density"], early_bird=opts["early_bird"], dense_accuracy=opts["dense_accuracy"],
+        **({} if opts["early_bird_window"] is None else {"early_bird_window": opts["early_bird_window"]}),
+        layer_rates=_parse_layer_rates(opts["layer_rates"]), scope=opts["scope"],
         ignore=tuple(opts["ignore"]), rewind=opts["rewind"], controls=parse_controls(opts["controls"]),
         seeds=parse_seeds(opts["seeds"]), tolerance=opts["tolerance"], val_fraction=opts["val_fraction"],
         split_seed=opts["split_seed"], train=train_config_from(opts),
@@ -71,12 +87,12 @@ def imp(**opts) -> None:
         out = default_out("imp", config.to_json(), config.model, config.data)
     device = resolve_device(opts["device"])
     progress = None if opts["quiet"] else TqdmProgress()
-    experiment = IMPExperiment.prepare(config, out, device=device, progress=progress)
+    experiment = IMPExperiment.prepare(config, out, device=device, progress=progress, stack=opts["stack"])
     if not opts["quiet"]:
         click.echo(f"ticketlab imp: {config.model} on {config.data}, {config.rounds} rounds, "
                    f"seeds {list(config.seeds)}, device {device}; writing to {out}", err=True)
     summary = experiment.run()
-    plot = plot_report(summary, experiment.out / "report.png")
+    plot = plot_report(summary, experiment.out / "report.png", run_dir=experiment.out)
     if not opts["quiet"]:
         click.echo(format_table(summary))
         click.echo(f"\nWrote {Path(out) / 'summary.json'} and {plot}.")
@@ -87,12 +103,12 @@ def imp(**opts) -> None:
 @click.option("--png", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the plot (default: RUN_DIR/report.png).")
 def report(run_dir: Path, png: Path | None) -> None:
-    """Print the results table of a run directory and write its plot (report.png)."""
+    """Print the results table of a run directory and write its plot (report.png; for IMP with mask overlap)."""
     from ..report import format_table, load_summary, plot_report
 
     summary = load_summary(run_dir)
     click.echo(format_table(summary))
-    path = plot_report(summary, png or run_dir / "report.png")
+    path = plot_report(summary, png or run_dir / "report.png", run_dir=run_dir)
     click.echo(f"\nWrote {path}.")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .common import (TqdmProgress, data_options, default_out, parse_controls, parse_floats, parse_seeds, quiet_here,
-                     split_list, train_config_from, train_options)
+                     split_list, train_config_from, train_options, worker_setting_from)
 
 
 def _finish(summary: dict, out: Path, quiet: bool) -> None:
@@ -40,7 +40,8 @@ def _run_sparse(kind: str, opts: dict) -> None:
     )
     out = Path(opts["out"]) if opts["out"] else default_out(kind, config.to_json(), config.method, config.model, config.data)
     device = resolve_device(opts["device"])
-    experiment = SparseExperiment.prepare(config, out, device=device, progress=None if opts["quiet"] else TqdmProgress())
+    experiment = SparseExperiment.prepare(config, out, device=device, progress=None if opts["quiet"] else TqdmProgress(),
+                                          stack=opts["stack"], workers=worker_setting_from(opts))
     if not opts["quiet"]:
         click.echo(f"ticketlab {kind}: {config.method} on {config.model}/{config.data}, densities "
                    f"{list(config.densities)}, seeds {list(config.seeds)}, device {device}; writing to {out}", err=True)
@@ -136,7 +137,8 @@ def compare(**opts) -> None:
     )
     out = Path(opts["out"]) if opts["out"] else default_out("compare", config.to_json(), config.model, config.data)
     device = resolve_device(opts["device"])
-    experiment = CompareExperiment.prepare(config, out, device=device, progress=None if opts["quiet"] else TqdmProgress())
+    experiment = CompareExperiment.prepare(config, out, device=device, progress=None if opts["quiet"] else TqdmProgress(),
+                                           stack=opts["stack"], workers=worker_setting_from(opts))
     if not opts["quiet"]:
         click.echo(f"ticketlab compare: {', '.join(config.methods)} at {list(config.densities)}, "
                    f"seeds {list(config.seeds)}, device {device}; writing to {out}", err=True)

@@ -37,7 +37,7 @@ from ..select import keep_counts_after_pruning
 from ..targets import prunable_parameters
 from ..train import TrainConfig
 from .sparse import DST_METHODS, PAI_METHODS, SparseConfig, SparseExperiment, density_label
-from ..units import Experiment, ProgressFactory
+from ..units import Experiment, ProgressFactory, WorkerSetting
 
 METHODS: tuple[str, ...] = ("imp", *PAI_METHODS, *DST_METHODS)
 #: Pruning-at-init scorers rank globally (as their papers do); random, RigL and SET use `distribution`.
@@ -155,18 +155,46 @@ class CompareExperiment(Experiment):
         rounds = len(imp_round_densities(base, model, min(self.config.densities))) - 1
         return IMPConfig(**{**base.__dict__, "rounds": rounds})
 
+    #: The independent parts of a comparison: its (method, seed) cells.
+    unit_name = "cells (methods x seeds)"
+
+    @classmethod
+    def independent_units(cls, config: CompareConfig) -> int:
+        return len(config.methods) * len(config.seeds)
+
     def execute(self) -> dict[str, Any]:
-        """Run or resume every method, then write the tables and the plot; return the table rows."""
-        summaries: dict[str, dict[str, Any]] = {}
-        for method, sub in self.config.sub_configs().items():
-            kwargs = dict(device=self.device, data=self.data, progress=self.progress)
-            if method == "imp":
-                summaries[method] = IMPExperiment.prepare(self.imp_config(), self.out / method, **kwargs).run()
-            else:
-                summaries[method] = SparseExperiment.prepare(sub, self.out / method, **kwargs).run()
+        """Run or resume every method, then write the tables and the plot; return the table rows.
+
+        Each method is a run of its own under ``OUT/<method>``, claimed here; all their (method,
+        seed) cells go to the workers together, so ``--workers`` / ``--cluster`` spread the whole
+        comparison, not one method at a time.
+        """
+        runs = self.method_runs()
+        try:
+            for run in runs.values():
+                run.write_model_spec()
+                run.before_parts()
+            self.run_parts([part for run in runs.values() for part in run.parts()],
+                           local={str(run.out): run for run in runs.values()})
+            summaries = {method: run.write_summary() for method, run in runs.items()}
+        finally:
+            for run in runs.values():
+                run.release()
         rows = self.rows(summaries)
         self.write_outputs(rows)
         return {"config": self.config.to_json(), "rows": rows}
+
+    def method_runs(self) -> dict[str, Experiment]:
+        """Every method's run, claimed (in this process) under ``OUT/<method>``."""
+        runs: dict[str, Experiment] = {}
+        kwargs = dict(device=self.device, data=self.data, progress=self.progress, stack=self.stack)
+        for method, sub in self.config.sub_configs().items():
+            if method == "imp":
+                runs[method] = IMPExperiment.prepare(self.imp_config(), self.out / method, **kwargs)
+            else:
+                runs[method] = SparseExperiment.prepare(sub, self.out / method, **kwargs)
+            runs[method].workers = self.workers  # its seeds are parts of this comparison's work
+        return runs
 
     # --- the table -----------------------------------------------------------------------------
     def _cost(self, mask_path: Path) -> tuple[float, float]:
@@ -217,7 +245,23 @@ class CompareExperiment(Experiment):
             tmp.write_text(buffer.getvalue())
         with atomic_path(self.out / "compare.md") as tmp:
             tmp.write_text(format_compare(rows, self.config) + "\n")
-        plot_compare(rows, self.config, self.out / "compare.png")
+        plot_compare(rows, self.config, self.out / "compare.png", masks=self.overlap_masks(rows))
+
+    def overlap_masks(self, rows: list[dict[str, Any]]) -> dict[float, dict[str, Path]]:
+        """Target density -> method -> the first seed's mask file, for the overlap heat-maps.
+
+        IMP gives the mask of the round nearest the target (the row's ``imp_round``); RigL / SET
+        give the mask they ended training with (`resolve_mask_path` prefers ``final_mask``).
+        """
+        from ..analysis.overlap import resolve_mask_path
+
+        seed_dir = f"seed-{self.config.seeds[0]}"
+        out: dict[float, dict[str, Path]] = {}
+        for row in (r for r in rows if r["method"] != "dense"):
+            cell = (self.out / "imp" / seed_dir / f"round-{row['imp_round']:02d}" if row["method"] == "imp"
+                    else self.out / row["method"] / seed_dir / density_label(row["target_density"]))
+            out.setdefault(row["target_density"], {})[row["method"]] = resolve_mask_path(cell)
+        return out
 
 
 def format_compare(rows: list[dict[str, Any]], config: CompareConfig) -> str:
@@ -234,14 +278,23 @@ def format_compare(rows: list[dict[str, Any]], config: CompareConfig) -> str:
     return "\n".join(lines)
 
 
-def plot_compare(rows: list[dict[str, Any]], config: CompareConfig, path: Path) -> Path:
-    """Test accuracy vs % of weights remaining (log x, dense on the left), one line per method."""
+def plot_compare(rows: list[dict[str, Any]], config: CompareConfig, path: Path,
+                 masks: dict[float, dict[str, Path]] | None = None) -> Path:
+    """Test accuracy vs % of weights remaining (log x, dense on the left), one line per method.
+
+    With ``masks`` (see `CompareExperiment.overlap_masks`), a second row holds one heat-map per
+    target density: the Jaccard overlap of the methods' masks (do the methods keep the same weights?).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    panels = {t: m for t, m in (masks or {}).items() if len(m) > 1}
+    fig = plt.figure(figsize=(max(7.0, 4.4 * len(panels)), 9.0 if panels else 4.5))
+    grid = fig.add_gridspec(2 if panels else 1, max(1, len(panels)))
+    ax = fig.add_subplot(grid[0, :])
+    _draw_method_overlap(fig, grid, panels)
     for method in dict.fromkeys(r["method"] for r in rows):
         points = sorted((r for r in rows if r["method"] == method), key=lambda r: -r["density"])
         if method == "dense":
@@ -263,7 +316,20 @@ def plot_compare(rows: list[dict[str, Any]], config: CompareConfig, path: Path) 
     return path
 
 
+def _draw_method_overlap(fig: Any, grid: Any, panels: dict[float, dict[str, Path]]) -> None:
+    """One Jaccard heat-map of the methods' masks per target density, in the grid's second row."""
+    from ..analysis.overlap import draw_heatmap, overlap_matrix
+
+    for column, (target, paths) in enumerate(panels.items()):
+        matrix = overlap_matrix({method: Mask.load(p) for method, p in paths.items()})
+        draw_heatmap(fig.add_subplot(grid[1, column]), matrix, f"mask Jaccard at {100 * target:g}%")
+
+
 def run_compare(config: CompareConfig, out: str | Path, *, device: torch.device | str = "cpu",
-                data: DataSplits | None = None, progress: ProgressFactory | None = None) -> dict[str, Any]:
-    """Run (or resume) the comparison into ``out``; return ``{"config", "rows"}``."""
-    return CompareExperiment.prepare(config, out, device=device, data=data, progress=progress).run()
+                data: DataSplits | None = None, progress: ProgressFactory | None = None,
+                stack: str | int = "auto", workers: WorkerSetting | None = None) -> dict[str, Any]:
+    """Run (or resume) the comparison into ``out``; return ``{"config", "rows"}`` (``stack``: how
+    many networks train together within each method, see `ticketlab.units.StackSetting`;
+    ``workers``: processes or a Dask cluster for the cells, see `ticketlab.units.WorkerSetting`)."""
+    return CompareExperiment.prepare(config, out, device=device, data=data, progress=progress, stack=stack,
+                                     workers=workers).run()

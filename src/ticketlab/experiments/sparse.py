@@ -42,7 +42,7 @@ from ..seeding import derive_seed, generator
 from ..targets import prunable_parameters
 from ..train import TrainConfig, iterations_per_epoch
 from ..train.config import MAX_BATCH
-from ..units import Experiment, ProgressFactory, aggregate_units, load_state, save_state, train_unit
+from ..units import Experiment, ProgressFactory, UnitJob, WorkerSetting, aggregate_units, load_state, save_state
 from .scoring import MaskKey, MaskScorer, ScoredMask
 
 KINDS: tuple[str, ...] = ("prune-init", "sparse-train")
@@ -179,17 +179,17 @@ class SparseExperiment(Experiment):
     def unit_dir(self, seed: int, density: float) -> Path:
         return self.out / f"seed-{seed}" / density_label(density)
 
-    def execute(self) -> dict[str, Any]:
-        """Store the masks scored before the claim, then train every unit; return (and write) the summary."""
+    def before_parts(self) -> None:
+        """Store θ0 of every seed and the masks scored before the claim (then `execute` trains)."""
         for seed in self.config.seeds:
             self.theta0(seed)
         for key, scored in sorted((self.preflight_result or {}).items()):
             self._store_mask(_mask_dir(self.out, *key), key, scored)
-        for seed in self.config.seeds:
-            for density in self.config.densities:
-                self._train_density(seed, density)
-                self.write_summary()
-        return self.write_summary()
+
+    def execute_seeds(self, seeds: tuple[int, ...]) -> None:
+        """Train every unit of ``seeds`` (all densities, the method's masks and the controls)."""
+        self.train_all([job for seed in seeds for density in self.config.densities
+                        for job in self._density_jobs(seed, density)])
 
     def write_summary(self) -> dict[str, Any]:
         summary = summarize_sparse(self.out, self.config)
@@ -230,39 +230,45 @@ class SparseExperiment(Experiment):
         return float(info["scoring_time"])
 
     # --- training ------------------------------------------------------------------------------
-    def _train_density(self, seed: int, density: float) -> None:
+    def _density_jobs(self, seed: int, density: float) -> list[UnitJob]:
+        """The units of one seed and target density: the method's mask, then each control."""
         cfg, unit = self.config, self.unit_dir(seed, density)
-        theta0 = self.theta0(seed)
         mask = self.mask(seed, density)
         extra = {"method": cfg.method, "target_density": density, "scoring_time": self.scoring_time(seed, density)}
         updater = None
         if cfg.kind == "sparse-train":
             updater = make_updater(cfg.dst_config(), seed=derive_seed(seed, "dst", density))
-        self._unit(unit, seed, density, "ticket", theta0, mask, updater, extra)
+        jobs = [self._job(unit, seed, density, "ticket", self.theta0_builder(seed), mask, updater, extra)]
         for control in cfg.controls:
             directory = unit / "controls" / control
-            start, control_mask, control_extra = theta0, mask, dict(extra)
+            start, control_mask, control_extra = self.theta0_builder(seed), mask, dict(extra)
             if control == "shuffle":
                 control_mask = mask.shuffled(generator(seed, "shuffle", density))
             elif control == "reinit":
-                start = self.new_model(derive_seed(seed, "reinit", density)).state_dict()
+                start = self.state_builder(derive_seed(seed, "reinit", density))
             elif control == "invert":
                 control_mask = self.mask(seed, density, invert=True)
                 control_extra["scoring_time"] = self.scoring_time(seed, density, invert=True)
             # "static": the initial DST mask, no updates
             if control != "invert" and not (directory / "mask.safetensors").exists():
                 control_mask.save(directory / "mask.safetensors", {"seed": seed, "density": density, "control": control})
-            self._unit(directory, seed, density, control, start, control_mask, None, control_extra)
+            jobs.append(self._job(directory, seed, density, control, start, control_mask, None, control_extra))
+        return jobs
 
-    def _unit(self, directory: Path, seed: int, density: float, run: str, start: dict[str, torch.Tensor],
-              mask: Mask, updater: Any, extra: dict[str, Any]) -> dict[str, Any]:
-        return train_unit(
-            directory, model=self.new_model(seed), start_state=start, mask=Mask({n: t.clone() for n, t in mask.items()}), data=self.data,
-            config=self.config.train, data_seed=seed, device=self.device, metrics=self.metrics,
-            metrics_key={"seed": seed, "density": density, "run": run},
-            label=f"seed {seed} {self.config.method} {run}", mask_updater=updater, progress=self.progress,
-            extra=extra,
-        )
+    def theta0_builder(self, seed: int):
+        """A function returning θ0 of ``seed`` (read when its unit trains)."""
+        return lambda: self.theta0(seed)
+
+    def state_builder(self, seed: int):
+        """A function returning the freshly initialised state of ``seed`` (the reinit control)."""
+        return lambda: self.new_model(seed).state_dict()
+
+    def _job(self, directory: Path, seed: int, density: float, run: str, start: Any, mask: Mask, updater: Any,
+             extra: dict[str, Any]) -> UnitJob:
+        return UnitJob(unit_dir=directory, model=lambda: self.new_model(seed), start_state=start,
+                       mask=Mask({n: t.clone() for n, t in mask.items()}), data_seed=seed,
+                       metrics_key={"seed": seed, "density": density, "run": run},
+                       label=f"seed {seed} {self.config.method} {run}", mask_updater=updater, extra=extra)
 
 
 def _mask_dir(out: Path, seed: int, density: float, invert: bool) -> Path:
@@ -291,6 +297,10 @@ def summarize_sparse(out: Path, config: SparseConfig) -> dict[str, Any]:
 
 
 def run_sparse(config: SparseConfig, out: str | Path, *, device: torch.device | str = "cpu",
-               data: DataSplits | None = None, progress: ProgressFactory | None = None) -> dict[str, Any]:
-    """Run (or resume) a pruning-at-init or dynamic-sparse-training experiment into ``out``."""
-    return SparseExperiment.prepare(config, out, device=device, data=data, progress=progress).run()
+               data: DataSplits | None = None, progress: ProgressFactory | None = None,
+               stack: str | int = "auto", workers: WorkerSetting | None = None) -> dict[str, Any]:
+    """Run (or resume) a pruning-at-init or dynamic-sparse-training experiment into ``out``
+    (``stack``: how many networks train together, see `ticketlab.units.StackSetting`; ``workers``:
+    processes or a Dask cluster for the seeds, see `ticketlab.units.WorkerSetting`)."""
+    return SparseExperiment.prepare(config, out, device=device, data=data, progress=progress, stack=stack,
+                                    workers=workers).run()

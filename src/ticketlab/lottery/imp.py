@@ -8,11 +8,12 @@ Layout of a run directory (every file written atomically)::
     seed-<s>/round-<r>/mask.safetensors  the mask trained in round r (round 0: dense)
     seed-<s>/round-<r>/weights.safetensors, result.json, checkpoint.safetensors (while training)
     seed-<s>/round-<r>/controls/<name>/  the same files for each control
+    seed-<s>/round-00/early_bird.safetensors  with --early-bird: the masks drawn during round 0
 
 A unit of work whose ``result.json`` exists is never recomputed; one with a ``checkpoint.safetensors``
-resumes from it. Round r+1's mask is a pure function of round r's mask and trained weights, and
-all randomness comes from seeds derived from the replicate seed, so a resumed run ends exactly
-like an uninterrupted one.
+resumes from it. Round r+1's mask is a pure function of round r's mask and trained weights (round
+1's, with early-bird tickets, the mask stored when the rule fired), and all randomness comes from
+seeds derived from the replicate seed, so a resumed run ends exactly like an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -29,49 +30,47 @@ from ..errors import TicketlabError
 from ..masks import Mask
 from ..methods import magnitude_scores
 from ..models import create_model
-from ..units import Experiment, ProgressFactory, load_state, save_state, train_unit
+from ..units import Experiment, ProgressFactory, UnitJob, WorkerSetting, load_state, save_state
 from ..files import write_json
 from ..seeding import derive_seed
 from ..select import keep_counts_after_pruning, select
-from ..targets import prunable_parameters, resolve_patterns
+from ..targets import prunable_parameters
 from ..train import iterations_per_epoch
 from .config import IMPConfig
 from .controls import random_mask_like, shuffled_mask
+from .early_bird import STORE_NAME, EarlyBirdSearch, EarlyBirdState, check_epsilon
+from .schedules import base_rates, explicit_overrides, planned_densities, round_rates
 from .summary import summarize
 
+
 def layer_rates(config: IMPConfig, model: nn.Module, names: list[str]) -> dict[str, float]:
-    """Pruning rate per prunable parameter: ``config.rate`` overridden by ``layer_rates`` patterns."""
-    patterns = [p for p, _ in config.layer_rates]
-    hits = resolve_patterns(patterns, names, model, what="--layer-rate pattern")
-    rates = {}
-    for pattern, rate in config.layer_rates:  # later patterns win
-        for name in hits[pattern]:
-            rates[name] = rate
-    return rates
+    """Pruning rate per prunable parameter named by the ``layer_rates`` patterns (later ones win)."""
+    return explicit_overrides(config, model, names)
 
 
-def prune_round(config: IMPConfig, model: nn.Module, current: Mask, trained: dict[str, torch.Tensor]) -> Mask:
-    """The next IMP mask: remove the smallest-magnitude fraction of each group's remaining weights.
+def prune_round(config: IMPConfig, model: nn.Module, current: Mask, trained: dict[str, torch.Tensor],
+                rnd: int = 1) -> Mask:
+    """Pruning round ``rnd``'s mask: remove the smallest-magnitude fraction of each group's remaining weights.
 
     Layer scope prunes every layer at its own rate. Global scope ranks all layers without an
-    explicit override together at ``config.rate`` and prunes overridden layers at their own rates.
+    override together at the round's base rate and prunes overridden layers at their own rates
+    (`ticketlab.lottery.schedules` says which rates a round uses).
     """
     names = list(current)
     scores = magnitude_scores(model, {n: trained[n] for n in names})
-    overrides = layer_rates(config, model, names)
+    rates = round_rates(config, model, names, rnd)
     if config.scope == "layer":
-        rates = {n: overrides.get(n, config.rate) for n in names}
-        return select(scores, keep_counts_after_pruning(current, rates), scope="layer", within=current)
-    pooled = [n for n in names if n not in overrides]
+        return select(scores, keep_counts_after_pruning(current, rates.per_layer(names)), scope="layer", within=current)
+    pooled = [n for n in names if n not in rates.overrides]
     parts: dict[str, torch.Tensor] = {}
     if pooled:
         pool_mask = Mask({n: current[n] for n in pooled})
         remaining = pool_mask.num_kept()
-        keep = remaining - int(config.rate * remaining + 0.5)
+        keep = remaining - int(rates.base * remaining + 0.5)
         parts.update(select({n: scores[n] for n in pooled}, keep, scope="global", within=pool_mask))
-    if overrides:
-        own = Mask({n: current[n] for n in overrides})
-        parts.update(select({n: scores[n] for n in overrides}, keep_counts_after_pruning(own, overrides),
+    if rates.overrides:
+        own = Mask({n: current[n] for n in rates.overrides})
+        parts.update(select({n: scores[n] for n in rates.overrides}, keep_counts_after_pruning(own, rates.overrides),
                             scope="layer", within=own))
     return Mask({n: parts[n] for n in names})
 
@@ -88,10 +87,14 @@ class IMPExperiment(Experiment):
 
     @classmethod
     def check(cls, config: IMPConfig, data: DataSplits) -> None:
-        """Patterns must match, and the rewind point must lie inside the training budget."""
+        """Patterns must match, a target density must be reachable, an early-bird threshold must be
+        able to fail at round 1's density, and the rewind point must lie inside the training budget."""
         model = create_model(config.model, data.input_shape, data.num_classes, seed=0)
         names = list(prunable_parameters(model, ignore=config.ignore))
         layer_rates(config, model, names)
+        rates = base_rates(config, model, names)
+        if config.early_bird is not None:
+            check_epsilon(config.early_bird, planned_densities(config, model, names, rates[:1])[1])
         ipe = iterations_per_epoch(data, config.train.batch_size)
         total, k = config.train.steps.iterations(ipe), config.rewind.iterations(ipe)
         if k >= total:
@@ -104,73 +107,133 @@ class IMPExperiment(Experiment):
     def rewind_iteration(self) -> int:
         return self.config.rewind.iterations(iterations_per_epoch(self.data, self.config.train.batch_size))
 
-    def execute(self) -> dict[str, Any]:
-        """Run or resume every seed, round and control; return (and write) the summary."""
-        for seed in self.config.seeds:
-            self._run_seed(seed)
-        return self.write_summary()
+    @property
+    def dense_iterations(self) -> int:
+        """Iterations of one full dense training (round 0's budget): the unit of cost."""
+        return self.config.train.steps.iterations(iterations_per_epoch(self.data, self.config.train.batch_size))
+
+    def round_base_rates(self) -> tuple[float, ...]:
+        """The base pruning rate of rounds 1..rounds (resolved from a target density if one is set)."""
+        model = self.new_model(0)
+        return base_rates(self.config, model, list(prunable_parameters(model, ignore=self.config.ignore)))
+
+    def execute_seeds(self, seeds: tuple[int, ...]) -> None:
+        """Run or resume every round and control of ``seeds``, round by round: round r of every
+        seed — tickets and controls — is one batch of independent units (`Experiment.train_all`
+        stacks them where that pays), then each seed draws its round r+1 mask."""
+        chains = [self._seed_chain(seed) for seed in seeds]
+        for rnd in range(self.config.rounds + 1):
+            self.train_all([job for chain in chains for job in self._round_jobs(chain, rnd)])
+            if rnd == 0:
+                for chain in chains:
+                    if not chain.rewind_path.exists():
+                        raise TicketlabError(f"{str(chain.rewind_path)!r} is missing; delete "
+                                             f"{str(chain.seed_dir / 'round-00')!r} to retrain round 0.")
+            else:
+                self.write_summary()
 
     def write_summary(self) -> dict[str, Any]:
-        summary = summarize(self.out, self.config)
+        summary = summarize(self.out, self.config, dense_iterations=self.dense_iterations, rates=self.round_base_rates())
         write_json(self.out / "summary.json", summary)
         return summary
 
     # --- the work ----------------------------------------------------------------------------
-    def _run_seed(self, seed: int) -> None:
-        cfg, seed_dir = self.config, self.out / f"seed-{seed}"
+    def _seed_chain(self, seed: int) -> "_SeedChain":
+        """Seed ``seed``'s θ0 (written on first use) and where its rounds stand: the dense mask."""
+        seed_dir = self.out / f"seed-{seed}"
         model = self.new_model(seed)
         init_path = seed_dir / "init.safetensors"
         if not init_path.exists():
             save_state(model, init_path)
-        theta0 = load_state(init_path)
-        names = list(prunable_parameters(model, ignore=cfg.ignore))
-        k = self.rewind_iteration
-        rewind_path = seed_dir / "rewind.safetensors" if k else init_path
+        names = list(prunable_parameters(model, ignore=self.config.ignore))
+        params = dict(model.named_parameters())
+        rewind_path = seed_dir / "rewind.safetensors" if self.rewind_iteration else init_path
+        return _SeedChain(seed, seed_dir, model, init_path, rewind_path, Mask.ones_like({n: params[n] for n in names}))
 
-        mask = Mask.ones_like({n: theta0[n] for n in names})
-        for rnd in range(cfg.rounds + 1):
-            round_dir = seed_dir / f"round-{rnd:02d}"
-            mask_path = round_dir / "mask.safetensors"
-            if rnd > 0:
-                if mask_path.exists():
-                    mask = Mask.load(mask_path)
-                else:
-                    trained = load_state(seed_dir / f"round-{rnd - 1:02d}" / "weights.safetensors")
-                    mask = prune_round(cfg, model, mask, trained)
-            if not mask_path.exists():
-                mask.save(mask_path, {"seed": seed, "round": rnd})
-            if rnd == 0:
-                capture = {k: (lambda m: save_state(m, rewind_path))} if k else {}
-                self._train_unit(round_dir, seed, rnd, "ticket", theta0, mask, 0, capture)
-                if not rewind_path.exists():
-                    raise TicketlabError(f"{str(rewind_path)!r} is missing; delete {str(round_dir)!r} to retrain round 0.")
-                continue
-            rewind_state = load_state(rewind_path)
-            self._train_unit(round_dir, seed, rnd, "ticket", rewind_state, mask, k)
-            for control in cfg.controls:
-                start, control_mask = rewind_state, mask
-                if control == "reinit":
-                    start = self.new_model(derive_seed(seed, "reinit", rnd)).state_dict()
-                elif control == "random":
-                    control_mask = random_mask_like(mask, seed, "random", rnd)
-                else:
-                    control_mask = shuffled_mask(mask, seed, "shuffle", rnd)
-                self._train_unit(round_dir / "controls" / control, seed, rnd, control, start, control_mask, k)
-            self.write_summary()
+    def _round_jobs(self, chain: "_SeedChain", rnd: int) -> list[UnitJob]:
+        """Round ``rnd`` of one seed: its mask (drawn from round rnd-1 and stored first), the
+        ticket, and each control."""
+        seed, round_dir, k = chain.seed, chain.seed_dir / f"round-{rnd:02d}", self.rewind_iteration
+        mask_path = round_dir / "mask.safetensors"
+        if rnd > 0:
+            chain.mask = Mask.load(mask_path) if mask_path.exists() else self._next_mask(chain.seed_dir, rnd,
+                                                                                       chain.model, chain.mask)
+        mask = chain.mask
+        if not mask_path.exists():
+            mask.save(mask_path, {"seed": seed, "round": rnd})
+        if rnd == 0:
+            rewind_path = chain.rewind_path
+            capture = {k: (lambda m: save_state(m, rewind_path))} if k else None
+            return [self._job(round_dir, seed, rnd, "ticket", lambda: load_state(chain.init_path), mask, 0, capture,
+                              on_evaluation=self._early_bird(round_dir, mask))]
+        rewind_state = (lambda: load_state(chain.rewind_path))
+        jobs = [self._job(round_dir, seed, rnd, "ticket", rewind_state, mask, k)]
+        for control in self.config.controls:
+            start, control_mask = rewind_state, mask
+            if control == "reinit":
+                reinit_seed = derive_seed(seed, "reinit", rnd)
+                start = (lambda: self.new_model(reinit_seed).state_dict())
+            elif control == "random":
+                control_mask = random_mask_like(mask, seed, "random", rnd)
+            else:
+                control_mask = shuffled_mask(mask, seed, "shuffle", rnd)
+            unit_dir = round_dir / "controls" / control
+            if not (unit_dir / "mask.safetensors").exists() and not (unit_dir / "result.json").exists():
+                control_mask.save(unit_dir / "mask.safetensors", {"seed": seed, "round": rnd, "control": control})
+            jobs.append(self._job(unit_dir, seed, rnd, control, start, control_mask, k))
+        return jobs
 
-    def _train_unit(self, unit_dir: Path, seed: int, rnd: int, run: str, start_state: dict[str, torch.Tensor],
-                    mask: Mask, start_iteration: int, capture: dict | None = None) -> dict[str, Any]:
-        if run != "ticket" and not (unit_dir / "mask.safetensors").exists() and not (unit_dir / "result.json").exists():
-            mask.save(unit_dir / "mask.safetensors", {"seed": seed, "round": rnd, "control": run})
-        return train_unit(
-            unit_dir, model=self.new_model(seed), start_state=start_state, mask=mask, data=self.data,
-            config=self.config.train, data_seed=seed, device=self.device, metrics=self.metrics,
-            metrics_key={"seed": seed, "round": rnd, "run": run}, label=f"seed {seed} round {rnd} {run}",
-            start_iteration=start_iteration, capture=capture, progress=self.progress,
-        )
+    def _job(self, unit_dir: Path, seed: int, rnd: int, run: str, start_state: Any, mask: Mask,
+             start_iteration: int, capture: dict | None = None,
+             on_evaluation: EarlyBirdSearch | None = None) -> UnitJob:
+        return UnitJob(unit_dir=unit_dir, model=lambda: self.new_model(seed), start_state=start_state, mask=mask,
+                       data_seed=seed, metrics_key={"seed": seed, "round": rnd, "run": run},
+                       label=f"seed {seed} round {rnd} {run}", start_iteration=start_iteration, capture=capture,
+                       on_evaluation=on_evaluation)
+
+    def _next_mask(self, seed_dir: Path, rnd: int, model: nn.Module, mask: Mask) -> Mask:
+        """Round ``rnd``'s mask: the early-bird mask for round 1 if the rule fired, else IMP's."""
+        if rnd == 1 and self.config.early_bird is not None:
+            early = EarlyBirdState.load(seed_dir / "round-00" / STORE_NAME).mask
+            if early is not None:
+                return early
+        trained = load_state(seed_dir / f"round-{rnd - 1:02d}" / "weights.safetensors")
+        return prune_round(self.config, model, mask, trained, rnd)
+
+    def _early_bird(self, round_dir: Path, dense: Mask) -> EarlyBirdSearch | None:
+        """The early-bird search of round 0 (None without --early-bird): draws round 1's mask from
+        the weights at every evaluation; fires only after the rewind point."""
+        cfg = self.config
+        if cfg.early_bird is None:
+            return None
+
+        def draw(model: nn.Module) -> Mask:
+            return prune_round(cfg, model, dense, dict(model.named_parameters()), 1)
+
+        return EarlyBirdSearch(round_dir / STORE_NAME, draw, cfg.early_bird, cfg.early_bird_window,
+                               after=self.rewind_iteration, stop=cfg.stops_early)
+
+
+
+@dataclass
+class _SeedChain:
+    """Where one seed's chain of rounds stands: its mask so far, and the files it starts from."""
+
+    seed: int
+    seed_dir: Path
+    model: nn.Module
+    init_path: Path
+    rewind_path: Path
+    mask: Mask
 
 
 def run_imp(config: IMPConfig, out: str | Path, *, device: torch.device | str = "cpu",
-            data: DataSplits | None = None, progress: ProgressFactory | None = None) -> dict[str, Any]:
-    """Run (or resume) an IMP experiment into ``out`` and return its summary (see `summarize`)."""
-    return IMPExperiment.prepare(config, out, device=device, data=data, progress=progress).run()
+            data: DataSplits | None = None, progress: ProgressFactory | None = None,
+            stack: str | int = "auto", workers: WorkerSetting | None = None) -> dict[str, Any]:
+    """Run (or resume) an IMP experiment into ``out`` and return its summary (see `summarize`).
+
+    ``stack``: how many networks train together (`ticketlab.units.StackSetting`); ``workers``:
+    processes or a Dask cluster for the seeds (`ticketlab.units.WorkerSetting`).
+    """
+    return IMPExperiment.prepare(config, out, device=device, data=data, progress=progress, stack=stack,
+                                 workers=workers).run()

@@ -70,8 +70,9 @@ def train(
     metrics_key: Mapping[str, Any] | None = None,
     capture: Mapping[int, Callable[[nn.Module], None]] | None = None,
     on_step: Callable[[int], None] | None = None,
+    on_evaluation: Callable[[int, nn.Module], bool] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place from ``start_iteration`` to the end of the budget.
+    """Train ``model`` in place from ``start_iteration`` to the end of the budget (or an earlier stop).
 
     Args:
         data: in-memory splits; the training split is shuffled per epoch from ``data_seed``.
@@ -92,6 +93,12 @@ def train(
         capture: iteration -> callback given the model after that many iterations (used to save
             the rewind point theta_k); called on every rank with the unwrapped model.
         on_step: called with the number of iterations done after every step (progress bars).
+        on_evaluation: called on every rank after every evaluation (the one before the first step
+            included; a resumed run does not repeat its checkpoint's) with the iteration and the
+            unwrapped model, *before* that evaluation's checkpoint is written. True stops training
+            there: no checkpoint is written for it, ``capture`` callbacks for that iteration still
+            run, and the result's last evaluation (``final``, ``final["iteration"]``) is the stop.
+            A run resumed from an earlier checkpoint trains to the same weights and calls it again.
     """
     distributed = dist_helpers.init_from_env(torch.device(device))
     device = dist_helpers.rank_device(torch.device(device))
@@ -101,7 +108,7 @@ def train(
     run = _Run(model, data, config, device, mask, mask_updater, budget, metrics, dict(metrics_key or {}),
                Path(checkpoint_path) if checkpoint_path is not None else None)
     run.start(start_iteration)
-    return run.loop(data_seed, distributed, dict(capture or {}), on_step)
+    return run.loop(data_seed, distributed, dict(capture or {}), on_step, on_evaluation)
 
 
 class _Run:
@@ -140,8 +147,9 @@ class _Run:
             self.metrics.truncate_after(self.key, self.progress.iteration if self.progress.evals else start_iteration - 1)
         self.started = time.perf_counter()
 
-    def evaluate_and_save(self, distributed: bool) -> None:
-        """Evaluate on val and test, log the record, and checkpoint (except after the last step)."""
+    def evaluate_and_save(self, distributed: bool, on_evaluation: Callable[[int, nn.Module], bool] | None = None) -> bool:
+        """Evaluate on val and test, log the record, ask ``on_evaluation`` whether to stop, and
+        checkpoint (except after the last step or at a stop); return True to stop."""
         if distributed:
             dist_helpers.sync_buffers(self.model)  # per-rank BatchNorm statistics -> rank 0's
         val_loss, val_acc = evaluate(self.model, *self.val_xy)
@@ -151,9 +159,11 @@ class _Run:
         self.progress.evals.append(record)
         if self.metrics is not None:
             self.metrics.append({**self.key, **record})
-        if self.checkpoint is not None and self.progress.iteration < self.budget.total:
+        stop = bool(on_evaluation(self.progress.iteration, self.model)) if on_evaluation is not None else False
+        if self.checkpoint is not None and not stop and self.progress.iteration < self.budget.total:
             saved = Progress(self.progress.iteration, self.progress.evals, self.elapsed(), self.progress.mask_updates)
             save_checkpoint(self.checkpoint, self.model, self.optimizer, saved, self._dst_state())
+        return stop
 
     def _dst_state(self) -> dict[str, Any] | None:
         if self.updater is None:
@@ -187,8 +197,9 @@ class _Run:
         return loss.detach()
 
     def loop(self, data_seed: int, distributed: bool, capture: dict[int, Callable[[nn.Module], None]],
-             on_step: Callable[[int], None] | None) -> TrainResult:
-        """Train to the end of the budget, evaluating every ``eval_every`` iterations."""
+             on_step: Callable[[int], None] | None,
+             on_evaluation: Callable[[int, nn.Module], bool] | None = None) -> TrainResult:
+        """Train to the end of the budget (or a stop), evaluating every ``eval_every`` iterations."""
         budget, model = self.budget, self.model
         net: nn.Module = model
         if distributed:
@@ -198,12 +209,11 @@ class _Run:
                 _check_ranks_share_mask(self.mask, "at the start of training")
             # DDP broadcasts rank 0's parameters and buffers here: all ranks start identical
             net = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if not self.progress.evals:
-            self.evaluate_and_save(distributed)
+        stopped = self.evaluate_and_save(distributed, on_evaluation) if not self.progress.evals else False
         local_batch = self.config.batch_size // budget.world
         order, order_epoch = None, -1
         model.train()
-        while self.progress.iteration < budget.total:
+        while not stopped and self.progress.iteration < budget.total:
             iteration = self.progress.iteration
             if iteration in capture:
                 capture[iteration](model)
@@ -219,7 +229,7 @@ class _Run:
                 on_step(iteration)
             if iteration % budget.eval_every == 0 or iteration == budget.total:
                 self._check_loss(loss, distributed)
-                self.evaluate_and_save(distributed)
+                stopped = self.evaluate_and_save(distributed, on_evaluation)
                 model.train()
         if self.progress.iteration in capture:
             capture[self.progress.iteration](model)

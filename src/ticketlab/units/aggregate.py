@@ -11,7 +11,8 @@ from .unit import read_result
 
 #: Per-run fields averaged over seeds (those a record lacks are skipped).
 AVERAGED = ("density", "test_accuracy", "val_accuracy", "early_stop_iteration",
-            "early_stop_test_accuracy", "wall_time", "mask_updates", "mask_changed_fraction", "scoring_time")
+            "early_stop_test_accuracy", "wall_time", "mask_updates", "mask_changed_fraction", "scoring_time",
+            "iterations")
 
 
 def aggregate(records: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:

@@ -19,8 +19,12 @@ from torch import nn
 
 from ..data import DataSplits, load_dataset
 from ..models import create_model
+from ..errors import TicketlabError
 from ..files import write_json
+from ..train.distributed import is_distributed
 from ..runs import MetricsLog, RunLock, check_run_directory
+from .group import StackSetting, UnitJob, train_units
+from .workers import Part, WorkerSetting, check_reachable, check_worker_count, run_parts, split_seeds
 from .unit import ProgressFactory, claim_for_process
 
 
@@ -34,7 +38,9 @@ class Experiment:
     ``to_json``) bound to a claimed run directory ``out``.
 
     ``preflight_result`` holds what `preflight` computed before the claim (None by default), and
-    ``lock`` the run lock while this process holds the directory.
+    ``lock`` the run lock while this process holds the directory. ``stack`` says how many networks
+    train together (`train_units`); like ``device`` it is how the run executes, not what it
+    computes, so it is not part of ``config.json`` and may change when a run is resumed.
     """
 
     config: Any
@@ -44,6 +50,8 @@ class Experiment:
     progress: ProgressFactory | None = None
     preflight_result: Any = None
     lock: RunLock | None = None
+    stack: StackSetting = StackSetting()
+    workers: WorkerSetting = WorkerSetting()
 
     @classmethod
     def kind_of(cls, config: Any) -> str:
@@ -63,16 +71,60 @@ class Experiment:
 
     @classmethod
     def prepare(cls, config: Any, out: str | Path, *, device: torch.device | str = "cpu",
-                data: DataSplits | None = None, progress: ProgressFactory | None = None):
-        """Load the data (unless given), `check`, `preflight`, then claim ``out`` for this process."""
+                data: DataSplits | None = None, progress: ProgressFactory | None = None,
+                stack: StackSetting | str | int = "auto", workers: WorkerSetting | None = None):
+        """Load the data (unless given), `check`, `preflight`, then claim ``out`` for this process.
+
+        ``workers`` spreads the independent parts (`parts`) over processes or a cluster.
+        """
+        stack, workers = StackSetting.parse(stack), workers or WorkerSetting()
+        if not workers.in_process and is_distributed():
+            raise TicketlabError("--workers and --cluster cannot be combined with torchrun; use one or the other.")
         data = data or load_dataset(config.data, root=config.data_dir, val_fraction=config.val_fraction,
                                     split_seed=config.split_seed)
         cls.check(config, data)
+        check_worker_count(workers, cls.independent_units(config), cls.unit_name)
+        check_reachable(workers)
         kind = cls.kind_of(config)
         resuming = check_run_directory(out, config.to_json(), kind=kind)
         early = cls.preflight(config, data, Path(out), resuming, torch.device(device))
         claimed, lock = claim_for_process(out, config.to_json(), kind=kind, device=device)
-        return cls(config, Path(claimed), data, torch.device(device), progress, early, lock)
+        return cls(config, Path(claimed), data, torch.device(device), progress, early, lock, stack, workers)
+
+    @classmethod
+    def attach(cls, config: Any, out: str | Path, *, device: torch.device | str = "cpu",
+               stack: StackSetting | str | int = "auto") -> "Experiment":
+        """Open a run that another process holds (a worker of `ticketlab.units.workers`): the
+        directory must already hold this very configuration; nothing is claimed or checked twice."""
+        if not check_run_directory(out, config.to_json(), kind=cls.kind_of(config)):
+            raise TicketlabError(f"{str(out)!r} holds no run of this configuration for a worker to join; "
+                                 "is the run directory on a filesystem every worker sees?")
+        data = load_dataset(config.data, root=config.data_dir, val_fraction=config.val_fraction,
+                            split_seed=config.split_seed)
+        return cls(config, Path(out), data, torch.device(device), None, None, None, StackSetting.parse(stack))
+
+    # --- parts --------------------------------------------------------------------------------
+    #: What the independent parts of this kind of run are called in messages.
+    unit_name = "seeds"
+
+    @classmethod
+    def independent_units(cls, config: Any) -> int:
+        """How many parts of this run could run at once (default: its seeds)."""
+        return len(config.seeds)
+
+    def parts(self) -> list[Part]:
+        """The run's seeds, as one part in a single process or one part per seed elsewhere, so that
+        a single process stacks networks across seeds (`train_units`)."""
+        pieces = 1 if self.workers.in_process else len(self.config.seeds)
+        return [Part(type(self), self.config, str(self.out), seeds) for seeds in split_seeds(self.config.seeds, pieces)]
+
+    def run_parts(self, parts: list[Part], local: dict[str, "Experiment"] | None = None) -> None:
+        """Execute ``parts`` here or on the workers (`ticketlab.units.workers.run_parts`)."""
+        run_parts(parts, self.workers, device=str(self.device), stack=self.stack, local=local or {str(self.out): self})
+
+    def execute_seeds(self, seeds: tuple[int, ...]) -> None:
+        """Train (or resume) the units of ``seeds`` (subclasses)."""
+        raise NotImplementedError
 
     def run(self) -> Any:
         """Run or resume all the work while holding the run lock (re-taken if it was released)."""
@@ -94,7 +146,17 @@ class Experiment:
             write_json(path, spec)
 
     def execute(self) -> Any:
-        """The experiment's own work (subclasses)."""
+        """Do the work this process must do first (`before_parts`), every part (`parts`, here or on
+        the workers), then write and return the summary."""
+        self.before_parts()
+        self.run_parts(self.parts())
+        return self.write_summary()
+
+    def before_parts(self) -> None:
+        """Work of the process holding the run before the parts start (default: none)."""
+
+    def write_summary(self) -> Any:
+        """Aggregate what is on disk into ``summary.json`` and return it (subclasses)."""
         raise NotImplementedError
 
     def release(self) -> None:
@@ -105,6 +167,11 @@ class Experiment:
     @property
     def metrics(self) -> MetricsLog:
         return MetricsLog(self.out / "metrics.jsonl")
+
+    def train_all(self, jobs: list[UnitJob]) -> list[dict[str, Any]]:
+        """Train (or read back) independent units, stacked where that pays (`train_units`)."""
+        return train_units(jobs, data=self.data, config=self.config.train, device=self.device,
+                           metrics=self.metrics, stack=self.stack, progress=self.progress)
 
     def new_model(self, seed: int) -> nn.Module:
         """The registered model for this data, initialised from ``seed`` (θ0 of that seed)."""

@@ -24,7 +24,7 @@ from ..files import read_json, read_safetensors, save_safetensors, write_json
 from ..masks import Mask
 from ..methods.dynamic import MaskUpdater
 from ..runs import RANK_PREFIX, MetricsLog, RunLock, claim_run_directory
-from ..train import TrainConfig, iterations_per_epoch, train
+from ..train import TrainConfig, TrainResult, iterations_per_epoch, train
 from ..train.checkpoint import CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME, refuse_legacy_checkpoint
 
 #: progress(description, total_iterations, done_iterations) -> handle with update(n) and close().
@@ -90,34 +90,57 @@ def train_unit(
     mask_updater: MaskUpdater | None = None,
     progress: ProgressFactory | None = None,
     extra: Mapping[str, Any] | None = None,
+    on_evaluation: Callable[[int, nn.Module], bool] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (loaded with a *copy* of ``start_state``) under ``mask``; return its record.
 
     If ``unit_dir/result.json`` exists the stored record is returned without training. With a
     ``mask_updater`` (RigL, SET) the mask changes during training; the record then describes the
     final mask and counts the updates. ``extra`` fields are stored in the record as given.
+    ``on_evaluation`` may stop training early (early-bird tickets, see `ticketlab.train.train`);
+    the record's ``iterations`` counts the iterations this unit actually trained (its cost).
     """
-    result_path = unit_dir / "result.json"
-    checkpoint = unit_dir / CHECKPOINT_NAME
-    if result_path.exists():  # done; a kill may have come before the checkpoint was deleted
-        checkpoint.unlink(missing_ok=True)
-        (unit_dir / LEGACY_CHECKPOINT_NAME).unlink(missing_ok=True)
-        return read_result(result_path)
-    refuse_legacy_checkpoint(unit_dir)
+    finished = finished_record(unit_dir)
+    if finished is not None:
+        return finished
     model.load_state_dict(start_state)  # copies the values: the start point is never aliased
-    ipe = iterations_per_epoch(data, config.batch_size)
-    total = config.steps.iterations(ipe)
+    total = config.steps.iterations(iterations_per_epoch(data, config.batch_size))
     bar = progress(f"{label} ({100 * mask.density():.1f}% left)", total, start_iteration) if progress else None
     try:
         result = train(
             model, data, config, data_seed=data_seed, mask=mask, start_iteration=start_iteration,
-            device=device, checkpoint_path=checkpoint, metrics=metrics, metrics_key=metrics_key,
+            device=device, checkpoint_path=unit_dir / CHECKPOINT_NAME, metrics=metrics, metrics_key=metrics_key,
             capture=capture, on_step=(lambda i: bar.update(1)) if bar is not None else None,
-            mask_updater=mask_updater,
+            mask_updater=mask_updater, on_evaluation=on_evaluation,
         )
     finally:
         if bar is not None:
             bar.close()
+    trained = result.final["iteration"] - start_iteration  # the budget's rest, unless on_evaluation stopped it
+    return store_result(unit_dir, model, mask, result, metrics_key=metrics_key, iterations=trained,
+                        extra=extra, label=label if mask_updater is not None else None)
+
+
+def finished_record(unit_dir: Path) -> dict[str, Any] | None:
+    """The stored record if ``unit_dir`` is done (its leftover checkpoint deleted), else None.
+
+    A pickle checkpoint of ticketlab 0.1 in an unfinished unit is refused (never unpickled).
+    """
+    result_path = unit_dir / "result.json"
+    if result_path.exists():  # done; a kill may have come before the checkpoint was deleted
+        (unit_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+        (unit_dir / LEGACY_CHECKPOINT_NAME).unlink(missing_ok=True)
+        return read_result(result_path)
+    refuse_legacy_checkpoint(unit_dir)
+    return None
+
+
+def store_result(unit_dir: Path, model: nn.Module, mask: Mask, result: TrainResult, *,
+                 metrics_key: Mapping[str, Any], iterations: int, extra: Mapping[str, Any] | None = None,
+                 label: str | None = None) -> dict[str, Any]:
+    """Write a trained unit's weights and ``result.json`` (which marks it done), then drop its
+    checkpoint; return the record. ``label`` is given for dynamic sparse training, whose final
+    mask is stored too."""
     save_state(model, unit_dir / "weights.safetensors")
     best = result.early_stop
     record = {
@@ -127,16 +150,16 @@ def train_unit(
         "test_accuracy": result.final["test_accuracy"], "val_accuracy": result.final["val_accuracy"],
         "test_loss": result.final["test_loss"], "val_loss": result.final["val_loss"],
         "early_stop_iteration": best["iteration"], "early_stop_val_loss": best["val_loss"],
-        "early_stop_test_accuracy": best["test_accuracy"], "iterations": total - start_iteration,
+        "early_stop_test_accuracy": best["test_accuracy"], "iterations": iterations,
         "wall_time": result.wall_time,
         **dict(extra or {}),
     }
-    if mask_updater is not None:
+    if label is not None:
         record["mask_updates"] = result.mask_updates
         record["mask_changed_fraction"] = result.mask_changed_fraction
         mask.save(unit_dir / "final_mask.safetensors", {"label": label})
-    write_json(result_path, record)
-    checkpoint.unlink(missing_ok=True)
+    write_json(unit_dir / "result.json", record)
+    (unit_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
     return record
 
 

@@ -41,6 +41,9 @@ TRAINING_FLAGS = [
     (["--model", "nope"], "Unknown model"), (["--data", "nope"], "nope"),
     (["--data", "mnist", "--data-dir", "/nonexistent/dir"], "mnist"), (["--device", "tpu7"], "Unknown device"),
     (["--device", "mps"], "not supported"), (["--device", "cuda:99"], "cuda"), (["--bogus-flag"], "bogus"),
+    (["--width", "0"], "--width"), (["--width", "-2"], "--width"), (["--width", "nan"], "finite"),
+    (["--width", "100"], "--width"), (["--stack", "0"], "--stack"), (["--stack", "lots"], "--stack"),
+    (["--workers", "0"], "--workers"), (["--workers", "5"], "--workers"),
 ]
 IMP_FLAGS = [
     (["--rate", "nan"], "finite"), (["--rate", "1"], "between 0 and 1"), (["--rate", "0"], "between 0 and 1"),

@@ -247,3 +247,13 @@ def test_an_unreachable_target_density_is_refused_before_anything_is_written(tmp
     with pytest.raises(TicketlabError, match="cannot be reached in 1 round"):
         IMPExperiment.prepare(config, tmp_path / "run", data=toy_splits)
     assert not (tmp_path / "run").exists()
+
+
+def test_width_is_stored_only_when_used_and_builds_the_runs_networks(tmp_path, toy_splits):
+    assert "width" not in _config().to_json()  # earlier run directories still match their command
+    config = _config(width=0.5, rounds=1, controls=())
+    assert config.to_json()["width"] == 0.5
+    run_imp(config, tmp_path / "run", data=toy_splits)
+    weights = load_file(str(tmp_path / "run/seed-0/round-01/weights.safetensors"))
+    assert weights["layers.1.weight"].shape == (150, 12) and weights["layers.3.weight"].shape == (50, 150)
+    assert json.loads((tmp_path / "run/model.json").read_text())["width"] == 0.5

@@ -214,3 +214,37 @@ def test_input_shape_errors(name, shape, size):
     with pytest.raises(TicketlabError) as info:
         create_model(name, shape, 10, seed=0)
     assert str(info.value) == expected
+
+
+# --- width multiplier ----------------------------------------------------------------------------
+from ticketlab.models._registry import scaled_width  # noqa: E402
+
+
+def test_width_multiplier_golden_counts():
+    """LeNet-300-100 at x0.5 on 8x8 inputs is 64-150-50-10: 64·150+150 + 150·50+50 + 50·10+10."""
+    half = create_model("lenet300", (1, 8, 8), 10, seed=0, width=0.5)
+    assert sum(p.numel() for p in half.parameters()) == 9600 + 150 + 7500 + 50 + 500 + 10 == 17810
+    assert half.width == 0.5
+    double = create_model("lenet300", (784,), 10, seed=0, width=2)
+    assert [tuple(p.shape) for p in double.parameters()][::2] == [(600, 784), (200, 600), (10, 200)]
+    assert [scaled_width(w, 0.25) for w in (300, 100, 16, 64, 1)] == [75, 25, 4, 16, 1]
+
+
+@pytest.mark.parametrize("name, shape", [("conv2", (1, 8, 8)), ("resnet20", (3, 16, 16)), ("vgg16", (3, 16, 16)),
+                                         ("mlp1d", (40,))])
+def test_every_model_takes_a_width_and_keeps_its_contract(name, shape):
+    wide, base = create_model(name, shape, 10, seed=0, width=2.0), create_model(name, shape, 10, seed=0)
+    assert sum(p.numel() for p in wide.parameters()) > 3 * sum(p.numel() for p in base.parameters())
+    assert wide(torch.zeros(2, *shape)).shape == (2, 10)
+    assert [m for m in wide.modules() if isinstance(m, nn.Linear)][-1].out_features == 10
+
+
+def test_width_one_is_the_model_itself():
+    a, b = create_model("lenet300", (64,), 10, seed=3), create_model("lenet300", (64,), 10, seed=3, width=1.0)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("width", [0, -1, 65, float("nan"), True, "2"])
+def test_bad_widths_are_refused(width):
+    with pytest.raises(TicketlabError, match="--width"):
+        create_model("lenet300", (64,), 10, seed=0, width=width)

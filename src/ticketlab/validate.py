@@ -70,7 +70,8 @@ def fraction(value: Any, flag: str, *, closed_low: bool = False, closed_high: bo
 
 
 def run_common(config: Any) -> None:
-    """Checks shared by every experiment config: its ``seeds``, ``split_seed`` and ``val_fraction``."""
+    """Checks shared by every experiment config: its ``seeds``, ``split_seed``, ``val_fraction`` and
+    model ``width`` multiplier (stored back as a float)."""
     if not config.seeds:
         raise TicketlabError("At least one seed is needed.")
     for value in config.seeds:
@@ -79,3 +80,6 @@ def run_common(config: Any) -> None:
         raise TicketlabError("A seed is listed twice in --seeds.")
     seed(config.split_seed, "--split-seed")
     fraction(config.val_fraction, "--val-fraction")
+    if hasattr(config, "width"):
+        object.__setattr__(config, "width", real(config.width, "The width multiplier --width", low=0.0, high=64.0,
+                                                 low_open=True))

@@ -179,7 +179,7 @@ class StabilityAnalysis:
     def build(self) -> nn.Module:
         """A fresh network of the run's architecture (its weights are always overwritten)."""
         cfg = self.run_dir.config
-        return create_model(cfg.model, self.data.input_shape, self.data.num_classes, seed=self.seed)
+        return create_model(cfg.model, self.data.input_shape, self.data.num_classes, seed=self.seed, width=cfg.width)
 
     def point_dir(self, point: RewindPoint) -> Path:
         return self.out / f"rewind-{point.iteration}it"

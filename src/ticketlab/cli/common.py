@@ -72,9 +72,12 @@ class TqdmProgress:
 
 
 def data_options(func: Callable) -> Callable:
-    """``--model --data --data-dir --val-fraction --split-seed``."""
+    """``--model --width --data --data-dir --val-fraction --split-seed``."""
     options = [
         click.option("--model", default="lenet300", show_default=True, help="Registered model (see `ticketlab models`)."),
+        click.option("--width", default=1.0, show_default=True, type=float,
+                     help="Multiplier of the model's hidden widths (units, channels): 0.5 halves LeNet-300-100 "
+                          "to 150-50, 2 doubles it."),
         click.option("--data", default="mnist5k", show_default=True, help="Registered dataset (see `ticketlab datasets`)."),
         click.option("--data-dir", default=None, help="Directory holding MNIST / CIFAR-10 files (for --data mnist|cifar10)."),
         click.option("--val-fraction", default=0.1, show_default=True, type=float,

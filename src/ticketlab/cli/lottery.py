@@ -11,7 +11,7 @@ import click
 
 from ..errors import TicketlabError
 from .common import (TqdmProgress, data_options, default_out, parse_controls, parse_floats, parse_seeds, quiet_here,
-                     train_config_from, train_options)
+                     train_config_from, train_options, worker_setting_from)
 
 def _parse_layer_rates(items: tuple[str, ...]) -> tuple[tuple[str, float], ...] | None:
     if not items:
@@ -72,7 +72,7 @@ def imp(**opts) -> None:
     from ..train import resolve_device
 
     config = IMPConfig(
-        model=opts["model"], data=opts["data"], data_dir=opts["data_dir"], rounds=opts["rounds"],
+        model=opts["model"], width=opts["width"], data=opts["data"], data_dir=opts["data_dir"], rounds=opts["rounds"],
         rate=None if opts["rate"] is None else parse_floats(opts["rate"], "--rate"),
         target_density=opts["target_density"], early_bird=opts["early_bird"], dense_accuracy=opts["dense_accuracy"],
         **({} if opts["early_bird_window"] is None else {"early_bird_window": opts["early_bird_window"]}),
@@ -87,7 +87,8 @@ def imp(**opts) -> None:
         out = default_out("imp", config.to_json(), config.model, config.data)
     device = resolve_device(opts["device"])
     progress = None if opts["quiet"] else TqdmProgress()
-    experiment = IMPExperiment.prepare(config, out, device=device, progress=progress, stack=opts["stack"])
+    experiment = IMPExperiment.prepare(config, out, device=device, progress=progress, stack=opts["stack"],
+                                       workers=worker_setting_from(opts))
     if not opts["quiet"]:
         click.echo(f"ticketlab imp: {config.model} on {config.data}, {config.rounds} rounds, "
                    f"seeds {list(config.seeds)}, device {device}; writing to {out}", err=True)

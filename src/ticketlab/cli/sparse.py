@@ -33,7 +33,7 @@ def _run_sparse(kind: str, opts: dict) -> None:
         extra = dict(update_every=opts["update_every"], alpha=opts["alpha"], end_fraction=opts["end_fraction"])
     config = SparseConfig(
         kind=kind, method=opts["method"], densities=parse_floats(opts["density"], "--density"),
-        model=opts["model"], data=opts["data"], data_dir=opts["data_dir"], scope=opts["scope"],
+        model=opts["model"], width=opts["width"], data=opts["data"], data_dir=opts["data_dir"], scope=opts["scope"],
         distribution=opts["distribution"], ignore=tuple(opts["ignore"]), controls=parse_controls(opts["controls"]),
         seeds=parse_seeds(opts["seeds"]), val_fraction=opts["val_fraction"], split_seed=opts["split_seed"],
         train=train_config_from(opts), **extra,
@@ -130,7 +130,8 @@ def compare(**opts) -> None:
     opts["quiet"] = quiet_here(opts["quiet"])
     config = CompareConfig(
         methods=tuple(split_list(opts["methods"])), densities=parse_floats(opts["densities"], "--densities"),
-        model=opts["model"], data=opts["data"], data_dir=opts["data_dir"], seeds=parse_seeds(opts["seeds"]),
+        model=opts["model"], width=opts["width"], data=opts["data"], data_dir=opts["data_dir"],
+        seeds=parse_seeds(opts["seeds"]),
         distribution=opts["distribution"], imp_rate=opts["imp_rate"], update_every=opts["update_every"],
         alpha=opts["alpha"], end_fraction=opts["end_fraction"], val_fraction=opts["val_fraction"],
         split_seed=opts["split_seed"], train=train_config_from(opts),

@@ -28,7 +28,8 @@ COMPACTION_TOLERANCE = 1e-5
 
 def build_vision_model(spec: dict[str, Any]) -> nn.Module:
     """The registered architecture of ``spec`` (weights to be loaded), in eval mode."""
-    return create_model(spec["model"], tuple(spec["input_shape"]), int(spec["num_classes"]), seed=0).eval()
+    return create_model(spec["model"], tuple(spec["input_shape"]), int(spec["num_classes"]), seed=0,
+                        width=spec.get("width", 1.0)).eval()
 
 
 def example_batch(spec: dict[str, Any], batch: int = 8, seed: int = 0) -> torch.Tensor:

@@ -90,8 +90,14 @@ def _model_spec(root: Path) -> dict[str, Any]:
     if not (isinstance(spec, dict) and isinstance(spec.get("model"), str)
             and isinstance(spec.get("input_shape"), list) and isinstance(spec.get("num_classes"), int)):
         raise TicketlabError(f"{str(spec_path)!r} is damaged.")
-    return {"model": spec["model"], "input_shape": [int(s) for s in spec["input_shape"]],
-            "num_classes": spec["num_classes"]}
+    width = spec.get("width", 1.0)
+    if isinstance(width, bool) or not isinstance(width, (int, float)):
+        raise TicketlabError(f"{str(spec_path)!r} is damaged (its width is not a number).")
+    out = {"model": spec["model"], "input_shape": [int(s) for s in spec["input_shape"]],
+           "num_classes": spec["num_classes"]}
+    if width != 1.0:  # a --width run's networks; the default is left out, as in model.json
+        out["width"] = float(width)
+    return out
 
 
 def _unit_source(unit: Path) -> Source:

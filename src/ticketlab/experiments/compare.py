@@ -31,7 +31,6 @@ from ..flops import network_cost
 from ..lottery import IMPConfig, IMPExperiment
 from ..lottery.imp import layer_rates
 from ..masks import Mask
-from ..models import create_model
 from ..files import atomic_path, write_json
 from ..select import keep_counts_after_pruning
 from ..targets import prunable_parameters
@@ -51,6 +50,7 @@ class CompareConfig:
     methods: tuple[str, ...] = ("imp", "snip", "grasp", "synflow", "random", "rigl", "set")
     densities: tuple[float, ...] = (0.2, 0.05, 0.01)
     model: str = "lenet300"
+    width: float = 1.0
     data: str = "mnist5k"
     data_dir: str | None = None
     seeds: tuple[int, ...] = (0,)
@@ -83,7 +83,7 @@ class CompareConfig:
 
     def sub_configs(self) -> dict[str, SparseConfig | IMPConfig]:
         """The config of every method's sub-experiment (IMP's rounds are set in `CompareExperiment`)."""
-        common = dict(model=self.model, data=self.data, data_dir=self.data_dir, seeds=self.seeds,
+        common = dict(model=self.model, width=self.width, data=self.data, data_dir=self.data_dir, seeds=self.seeds,
                       val_fraction=self.val_fraction, split_seed=self.split_seed, train=self.train)
         out: dict[str, Any] = {}
         for method in self.methods:
@@ -108,7 +108,8 @@ class CompareConfig:
                 **({"update_every": self.update_every, "alpha": self.alpha, "end_fraction": self.end_fraction}
                    if any(m in DST_METHODS for m in self.methods) else {}),
                 "val_fraction": self.val_fraction,
-                "split_seed": self.split_seed, "train": self.train.to_json()}
+                "split_seed": self.split_seed, **({"width": self.width} if self.width != 1.0 else {}),
+                "train": self.train.to_json()}
 
 
 def imp_round_densities(config: IMPConfig, model: torch.nn.Module, smallest: float, limit: int = 200) -> list[float]:
@@ -151,7 +152,7 @@ class CompareExperiment(Experiment):
 
     def imp_config(self) -> IMPConfig:
         base = self.config.sub_configs()["imp"]
-        model = create_model(self.config.model, self.data.input_shape, self.data.num_classes, seed=0)
+        model = self.new_model(0)
         rounds = len(imp_round_densities(base, model, min(self.config.densities))) - 1
         return IMPConfig(**{**base.__dict__, "rounds": rounds})
 
@@ -198,7 +199,7 @@ class CompareExperiment(Experiment):
 
     # --- the table -----------------------------------------------------------------------------
     def _cost(self, mask_path: Path) -> tuple[float, float]:
-        model = create_model(self.config.model, self.data.input_shape, self.data.num_classes, seed=0)
+        model = self.new_model(0)
         cost = network_cost(model, self.data.input_shape, Mask.load(mask_path))
         return cost.params_ratio, cost.macs_ratio
 

@@ -44,7 +44,8 @@ class MaskScorer:
 
     def theta0(self, seed: int) -> dict[str, torch.Tensor]:
         """θ0 of ``seed`` (the state the experiment stores as ``init.safetensors``)."""
-        model = create_model(self.config.model, self.data.input_shape, self.data.num_classes, seed=seed)
+        model = create_model(self.config.model, self.data.input_shape, self.data.num_classes, seed=seed,
+                             width=self.config.width)
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def score_batches(self, seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
@@ -62,7 +63,7 @@ class MaskScorer:
               theta0: dict[str, torch.Tensor] | None = None) -> ScoredMask:
         """The initial mask of one (seed, density), or of its ``invert`` control."""
         cfg = self.config
-        model = create_model(cfg.model, self.data.input_shape, self.data.num_classes, seed=seed)
+        model = create_model(cfg.model, self.data.input_shape, self.data.num_classes, seed=seed, width=cfg.width)
         model.load_state_dict(theta0 if theta0 is not None else self.theta0(seed))
         model.to(self.device)
         params = prunable_parameters(model, ignore=cfg.ignore)

@@ -69,6 +69,7 @@ class SparseConfig:
     method: str = "snip"
     densities: tuple[float, ...] = (0.05,)
     model: str = "lenet300"
+    width: float = 1.0
     data: str = "mnist5k"
     data_dir: str | None = None
     scope: str = "global"
@@ -140,6 +141,8 @@ class SparseConfig:
         else:
             for k in ("score_batches", "score_batch_size", "synflow_iterations", "synflow_double", "allow_collapse"):
                 out.pop(k)
+        if self.width == 1.0:  # stored only when used: earlier run directories still match
+            out.pop("width")
         out["train"] = self.train.to_json()
         return out
 
@@ -160,7 +163,7 @@ class SparseExperiment(Experiment):
 
     @classmethod
     def check(cls, config: SparseConfig, data: DataSplits) -> None:
-        prunable_parameters(create_model(config.model, data.input_shape, data.num_classes, seed=0),
+        prunable_parameters(create_model(config.model, data.input_shape, data.num_classes, seed=0, width=config.width),
                             ignore=config.ignore)
         if config.kind == "sparse-train":
             ipe = iterations_per_epoch(data, config.train.batch_size)

@@ -68,6 +68,7 @@ class IMPConfig:
     """
 
     model: str = "lenet300"
+    width: float = 1.0
     data: str = "mnist5k"
     data_dir: str | None = None
     rounds: int = 12
@@ -149,6 +150,8 @@ class IMPConfig:
             "controls": list(self.controls), "seeds": list(self.seeds), "tolerance": self.tolerance,
             "val_fraction": self.val_fraction, "split_seed": self.split_seed, "train": self.train.to_json(),
         }
+        if self.width != 1.0:
+            out["width"] = self.width
         if self.target_density is not None:
             out["target_density"] = self.target_density
         if self.early_bird is not None:

@@ -89,7 +89,7 @@ class IMPExperiment(Experiment):
     def check(cls, config: IMPConfig, data: DataSplits) -> None:
         """Patterns must match, a target density must be reachable, an early-bird threshold must be
         able to fail at round 1's density, and the rewind point must lie inside the training budget."""
-        model = create_model(config.model, data.input_shape, data.num_classes, seed=0)
+        model = create_model(config.model, data.input_shape, data.num_classes, seed=0, width=config.width)
         names = list(prunable_parameters(model, ignore=config.ignore))
         layer_rates(config, model, names)
         rates = base_rates(config, model, names)

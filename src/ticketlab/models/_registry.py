@@ -15,9 +15,12 @@ from torch import nn
 
 from ..errors import TicketlabError
 
-#: A builder takes ``(input_shape, num_classes)`` and returns a freshly initialised module. It draws
-#: its random numbers from torch's global CPU generator; `create_model` seeds and isolates that.
-Builder = Callable[[tuple[int, ...], int], nn.Module]
+#: A builder takes ``(input_shape, num_classes)`` — and ``width=`` when a width multiplier other
+#: than 1 is asked for — and returns a freshly initialised module. It draws its random numbers from
+#: torch's global CPU generator; `create_model` seeds and isolates that.
+Builder = Callable[..., nn.Module]
+#: The widest multiplier accepted (×64 LeNet is 19,200-6,400 wide: far beyond any use here).
+MAX_WIDTH = 64.0
 B = TypeVar("B", bound=Builder)
 
 # torch.Generator.manual_seed accepts exactly this range (negative seeds are wrapped around).
@@ -60,15 +63,18 @@ def list_models() -> list[ModelInfo]:
     return [info for info, _ in _REGISTRY.values()]
 
 
-def create_model(name: str, input_shape: Sequence[int], num_classes: int, *, seed: int) -> nn.Module:
+def create_model(name: str, input_shape: Sequence[int], num_classes: int, *, seed: int,
+                 width: float = 1.0) -> nn.Module:
     """Build model ``name`` for inputs of shape ``input_shape`` (one example, no batch dimension).
 
     The returned module maps a float32 batch ``(N, *input_shape)`` to logits ``(N, num_classes)``
     and carries ``input_shape`` and ``num_classes`` attributes. Its initial parameters depend only
     on ``seed``: the same seed gives bit-identical parameters, on any call order, because the
     build runs on a forked CPU RNG seeded with ``seed`` and the caller's RNG state (CPU and
-    accelerators alike) is left exactly as it was. Raises `TicketlabError` for an unknown name,
-    bad ``num_classes``/``seed``, or an input shape the model cannot take.
+    accelerators alike) is left exactly as it was. ``width`` multiplies every hidden width
+    (units, channels; the input and the classes stay) — `scaled_width` rounds. Raises
+    `TicketlabError` for an unknown name, bad ``num_classes``/``seed``/``width``, or an input shape
+    the model cannot take.
     """
     key = str(name).strip().lower()
     if key not in _REGISTRY:
@@ -78,15 +84,31 @@ def create_model(name: str, input_shape: Sequence[int], num_classes: int, *, see
         raise TicketlabError(f"The number of classes must be an integer of at least 2, not {num_classes!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int) or not _SEED_MIN <= seed <= _SEED_MAX:
         raise TicketlabError(f"The model seed must be an integer between -2**63 and 2**64-1, not {seed!r}.")
+    width = check_width(width)
     _, builder = _REGISTRY[key]
     # devices=[]: only the CPU state is saved and restored, and only the CPU generator is seeded
     # (torch.manual_seed would also reseed, and thereby disturb, every CUDA generator).
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
-        model = builder(shape, num_classes)
+        model = builder(shape, num_classes) if width == 1.0 else builder(shape, num_classes, width=width)
     model.input_shape = shape
     model.num_classes = num_classes
+    model.width = width
     return model
+
+
+def check_width(width: float) -> float:
+    """A width multiplier: a finite number in (0, `MAX_WIDTH`], or a TicketlabError."""
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= MAX_WIDTH:
+        raise TicketlabError(f"The width multiplier --width must be a number above 0 and at most {MAX_WIDTH:g}, "
+                             f"not {width!r}.")
+    return float(width)
+
+
+def scaled_width(base: int, width: float) -> int:
+    """``base`` hidden units or channels at multiplier ``width``: rounded half up, at least 1
+    (LeNet-300-100 at ×0.25 is 75-25, at ×2 600-200)."""
+    return max(1, int(base * width + 0.5))
 
 
 def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:

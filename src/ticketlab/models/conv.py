@@ -13,13 +13,14 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from ._registry import glorot_init_, image_shape, register_model
+from ._registry import glorot_init_, image_shape, register_model, scaled_width
 
 
 class ConvNet(nn.Module):
     """``features`` (conv pairs and pools) -> ``classifier`` (flatten, 256, 256, num_classes)."""
 
-    def __init__(self, input_shape: tuple[int, int, int], widths: Sequence[int], num_classes: int) -> None:
+    def __init__(self, input_shape: tuple[int, int, int], widths: Sequence[int], num_classes: int,
+                 hidden: int = 256) -> None:
         super().__init__()
         channels, height, width = input_shape
         layers: list[nn.Module] = []
@@ -32,9 +33,9 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(channels * height * width, 256), nn.ReLU(),
-            nn.Linear(256, 256), nn.ReLU(),
-            nn.Linear(256, num_classes),
+            nn.Linear(channels * height * width, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, num_classes),
         )
         glorot_init_(self)
 
@@ -43,8 +44,9 @@ class ConvNet(nn.Module):
 
 
 def _builder(name: str, widths: Sequence[int]):
-    def build(input_shape: tuple[int, ...], num_classes: int) -> ConvNet:
-        return ConvNet(image_shape(name, input_shape, 2 ** len(widths)), widths, num_classes)
+    def build(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0) -> ConvNet:
+        return ConvNet(image_shape(name, input_shape, 2 ** len(widths)), [scaled_width(w, width) for w in widths],
+                       num_classes, hidden=scaled_width(256, width))
 
     build.__name__ = name
     build.__doc__ = f"{name}: conv pairs of widths {list(widths)}, each followed by a 2x2 max-pool."

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from ._registry import glorot_init_, num_features, register_model
+from ._registry import glorot_init_, num_features, register_model, scaled_width
 
 
 class MLP(nn.Module):
@@ -33,10 +33,10 @@ class MLP(nn.Module):
 
 
 @register_model("lenet300", "LeNet-300-100: fully connected 300-100 ReLU MLP on flattened inputs")
-def lenet300(input_shape: tuple[int, ...], num_classes: int) -> MLP:
-    return MLP(num_features(input_shape), (300, 100), num_classes)
+def lenet300(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0) -> MLP:
+    return MLP(num_features(input_shape), tuple(scaled_width(h, width) for h in (300, 100)), num_classes)
 
 
 @register_model("mlp1d", "MNIST-1D MLP: fully connected 100-100 ReLU MLP on flattened inputs")
-def mlp1d(input_shape: tuple[int, ...], num_classes: int) -> MLP:
-    return MLP(num_features(input_shape), (100, 100), num_classes)
+def mlp1d(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0) -> MLP:
+    return MLP(num_features(input_shape), tuple(scaled_width(h, width) for h in (100, 100)), num_classes)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._registry import image_shape, kaiming_bn_init_, register_model
+from ._registry import image_shape, kaiming_bn_init_, register_model, scaled_width
 
 
 class BasicBlock(nn.Module):
@@ -65,6 +65,7 @@ class CifarResNet(nn.Module):
 
 
 @register_model("resnet20", "ResNet-20 (He et al.): 3x3 BasicBlocks 16-32-64 with BatchNorm, global avg pool")
-def resnet20(input_shape: tuple[int, ...], num_classes: int) -> CifarResNet:
+def resnet20(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0) -> CifarResNet:
     channels, _, _ = image_shape("resnet20", input_shape, 4)
-    return CifarResNet(channels, num_classes, blocks_per_stage=3)
+    widths = tuple(scaled_width(w, width) for w in (16, 32, 64))
+    return CifarResNet(channels, num_classes, blocks_per_stage=3, widths=widths)

@@ -13,7 +13,7 @@ from typing import Sequence, Union
 
 from torch import Tensor, nn
 
-from ._registry import image_shape, kaiming_bn_init_, register_model
+from ._registry import image_shape, kaiming_bn_init_, register_model, scaled_width
 
 VGG16_CFG: tuple[Union[int, str], ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
                                           512, 512, 512, "M", 512, 512, 512)
@@ -44,6 +44,7 @@ class VGG(nn.Module):
 
 
 @register_model("vgg16", "VGG-16 (OpenLTH's CIFAR variant): 13 3x3 convs with BatchNorm, global avg pool")
-def vgg16(input_shape: tuple[int, ...], num_classes: int) -> VGG:
+def vgg16(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0) -> VGG:
     channels, _, _ = image_shape("vgg16", input_shape, 2 ** VGG16_CFG.count("M"))
-    return VGG(channels, VGG16_CFG, num_classes)
+    cfg = [item if item == "M" else scaled_width(int(item), width) for item in VGG16_CFG]
+    return VGG(channels, cfg, num_classes)

@@ -62,7 +62,7 @@ class Experiment:
     def check(cls, config: Any, data: DataSplits) -> None:
         """Raise `TicketlabError` for anything wrong before ``out`` is touched (default: the model
         must build for this data)."""
-        create_model(config.model, data.input_shape, data.num_classes, seed=0)
+        create_model(config.model, data.input_shape, data.num_classes, seed=0, width=getattr(config, "width", 1.0))
 
     @classmethod
     def preflight(cls, config: Any, data: DataSplits, out: Path, resuming: bool, device: torch.device) -> Any:
@@ -142,6 +142,8 @@ class Experiment:
         path = self.out / MODEL_SPEC
         spec = {"model": self.config.model, "data": self.config.data, "input_shape": list(self.data.input_shape),
                 "num_classes": int(self.data.num_classes)}
+        if getattr(self.config, "width", 1.0) != 1.0:
+            spec["width"] = self.config.width
         if not path.exists():
             write_json(path, spec)
 
@@ -175,4 +177,5 @@ class Experiment:
 
     def new_model(self, seed: int) -> nn.Module:
         """The registered model for this data, initialised from ``seed`` (θ0 of that seed)."""
-        return create_model(self.config.model, self.data.input_shape, self.data.num_classes, seed=seed)
+        return create_model(self.config.model, self.data.input_shape, self.data.num_classes, seed=seed,
+                            width=getattr(self.config, "width", 1.0))

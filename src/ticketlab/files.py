@@ -343,3 +343,15 @@ def load_tree(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, An
     if not isinstance(tree, dict):
         raise TicketlabError(f"The {what} {str(path)!r} is damaged.")
     return tree
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Write a matplotlib figure as PNG atomically (120 dpi, laid out tight) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path

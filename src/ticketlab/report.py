@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TicketlabError
-from .files import atomic_path, read_json
+from .files import read_json, save_figure
 
 
 def load_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -186,12 +186,7 @@ def plot_report(summary: dict[str, Any], path: str | os.PathLike, run_dir: str |
 
         draw_round_overlap(grid[1][0], overlap)
         draw_heatmap(grid[1][1], overlap.matrix, overlap.matrix_title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _run_overlap(summary: dict[str, Any], run_dir: str | os.PathLike | None) -> Any:

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_path
+from ..files import save_figure
 
 
 def format_stability_table(summary: dict[str, Any]) -> str:
@@ -57,9 +57,4 @@ def plot_stability(summary: dict[str, Any], path: str | os.PathLike) -> Path:
         ax.grid(True, alpha=0.3)
     fig.suptitle(f"Instability: {summary['model']} on {summary['data']}, round {summary['round']} "
                  f"({100 * summary['density']:.2f}% left), seed {summary['seed']}")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

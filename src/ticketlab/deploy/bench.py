@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import TicketlabError
-from ..files import atomic_path, write_json
+from ..files import save_figure, write_json
 from .conv import SparseConv2d
 from .execute import FusedSparseMLP, SparseLinear, execution_plan
 from .export import example_batch
@@ -227,12 +227,7 @@ def write_outputs(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
     ax.set_title(f"{Path(result['model']).name} on {result['device']}, {result['threads']} thread(s)")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    png = out / "bench.png"
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return out / "bench.json", png
+    return out / "bench.json", save_figure(fig, out / "bench.png")
 
 
 def format_bench(result: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ from ..flops import network_cost
 from ..lottery import IMPConfig, IMPExperiment
 from ..lottery.imp import layer_rates
 from ..masks import Mask
-from ..files import atomic_path, write_json
+from ..files import atomic_path, save_figure, write_json
 from ..select import keep_counts_after_pruning
 from ..targets import prunable_parameters
 from ..train import TrainConfig
@@ -310,11 +310,7 @@ def plot_compare(rows: list[dict[str, Any]], config: CompareConfig, path: Path,
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"{config.model} on {config.data} ({len(config.seeds)} seed(s), mean ± std)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _draw_method_overlap(fig: Any, grid: Any, panels: dict[float, dict[str, Path]]) -> None:

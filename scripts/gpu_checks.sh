@@ -51,4 +51,14 @@ if python -c "import torch, sys; sys.exit(0 if torch.cuda.device_count() >= 2 el
 else
   echo "fewer than 2 GPUs: the nccl run needs one GPU per rank; skipped" > "$OUT/torchrun_nccl.txt"
 fi
+# 7. (issue 11) stacked training of LeNet-300-100 on digits: 8 and 32 networks vs one at a time
+#    (goals on an H100/H200: >= 6x with 8, >= 20x with 32)
+if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  for n in 8 32; do
+    timeout 150 python benchmarks/stacked_training.py --device cuda --networks $n --repeats 3 \
+        > "$OUT/stacked_training_$n.txt" 2>&1
+  done
+else
+  echo "no CUDA: skipped (on CPU run: python benchmarks/stacked_training.py)" > "$OUT/stacked_training_8.txt"
+fi
 tail -n 5 "$OUT"/*.txt

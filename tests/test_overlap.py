@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ticketlab.analysis.overlap import (compare_masks, imp_mask_paths, imp_run_overlap, layer_overlap,
-                                        load_mask, overlap_matrix, resolve_mask_path)
+from ticketlab.analysis.mask_files import imp_mask_paths, imp_run_overlap, load_mask, resolve_mask_path
+from ticketlab.analysis.overlap import compare_masks, layer_overlap, overlap_matrix
 from ticketlab.cli import main
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.compare import CompareConfig, plot_compare

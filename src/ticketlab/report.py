@@ -182,7 +182,7 @@ def plot_report(summary: dict[str, Any], path: str | os.PathLike, run_dir: str |
     n_seeds = len(summary.get("seeds", [0]))
     fig.suptitle(f"{summary.get('model')} on {summary.get('data')} ({n_seeds} seed(s), mean ± std)")
     if overlap is not None:
-        from .analysis.overlap import draw_heatmap, draw_round_overlap
+        from .analysis.overlap_plots import draw_heatmap, draw_round_overlap
 
         draw_round_overlap(grid[1][0], overlap)
         draw_heatmap(grid[1][1], overlap.matrix, overlap.matrix_title)
@@ -193,6 +193,6 @@ def _run_overlap(summary: dict[str, Any], run_dir: str | os.PathLike | None) -> 
     """The mask overlap of an IMP run directory, or None (no directory, another kind, too few masks)."""
     if run_dir is None or summary.get("kind", "imp") != "imp":
         return None
-    from .analysis.overlap import imp_run_overlap
+    from .analysis.mask_files import imp_run_overlap
 
     return imp_run_overlap(run_dir)

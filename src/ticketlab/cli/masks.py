@@ -31,7 +31,8 @@ def compare_masks(a: Path, b: Path, as_json: bool) -> None:
     RigL / SET cell gives its final mask). "chance" is the Jaccard of random masks with the same
     per-layer densities.
     """
-    from ..analysis.overlap import compare_masks as compare, format_overlap, load_mask, resolve_mask_path
+    from ..analysis.mask_files import load_mask, resolve_mask_path
+    from ..analysis.overlap import compare_masks as compare, format_overlap
 
     paths = (resolve_mask_path(a), resolve_mask_path(b))
     overlap = compare(load_mask(paths[0]), load_mask(paths[1]), (repr(str(paths[0])), repr(str(paths[1]))))

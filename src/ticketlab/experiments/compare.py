@@ -254,7 +254,7 @@ class CompareExperiment(Experiment):
         IMP gives the mask of the round nearest the target (the row's ``imp_round``); RigL / SET
         give the mask they ended training with (`resolve_mask_path` prefers ``final_mask``).
         """
-        from ..analysis.overlap import resolve_mask_path
+        from ..analysis.mask_files import resolve_mask_path
 
         seed_dir = f"seed-{self.config.seeds[0]}"
         out: dict[float, dict[str, Path]] = {}
@@ -315,7 +315,8 @@ def plot_compare(rows: list[dict[str, Any]], config: CompareConfig, path: Path,
 
 def _draw_method_overlap(fig: Any, grid: Any, panels: dict[float, dict[str, Path]]) -> None:
     """One Jaccard heat-map of the methods' masks per target density, in the grid's second row."""
-    from ..analysis.overlap import draw_heatmap, overlap_matrix
+    from ..analysis.overlap import overlap_matrix
+    from ..analysis.overlap_plots import draw_heatmap
 
     for column, (target, paths) in enumerate(panels.items()):
         matrix = overlap_matrix({method: Mask.load(p) for method, p in paths.items()})

@@ -101,8 +101,10 @@ def train_stacked(
     the same bits. That holds for every network but the last of a stacked tensor, whose final
     elements the vectorised elementwise kernels (the fused optimiser step) handle in their scalar
     tail, and for a network alone, whose batched products take another code path; so the group
-    always ends with a shadow copy of its last network, which trains beside it and writes nothing
-    (one network's extra work per group).
+    always ends with a shadow copy of its last network that writes nothing. Beside two or more
+    networks the shadow only holds its slot in every tensor (no forward or backward pass: zero
+    gradients, so it costs only its share of the elementwise optimiser step); beside one network
+    it trains in full.
     """
     if not jobs:
         raise TicketlabError("Stacked training needs at least one network.")
@@ -174,6 +176,9 @@ class _Group:
         self.stacked = stack_networks([job.model for job in self.jobs]).to(device)
         self.networks = len(self.jobs)
         self.real_networks = sum(not job.shadow for job in self.jobs)  # time is shared among these
+        # beside two or more networks the shadow only holds its slot: no forward, no backward
+        self.computed = self.real_networks if self.real_networks >= 2 else self.networks
+        self.stacked.compute_only(self.computed if self.computed < self.networks else None)
         self.train_xy = (data.train_x.to(device), data.train_y.to(device))
         self.val_xy = (data.val_x.to(device), data.val_y.to(device))
         self.test_xy = (data.test_x.to(device), data.test_y.to(device))
@@ -265,9 +270,10 @@ class _Group:
             group["lr"] = learning_rate(self.config, self.iteration, self.budget.per_epoch)
         self.optimizer.zero_grad(set_to_none=True)
         x, y = self.train_xy
+        index = index[: self.computed]
         logits = self.stacked(x[index])                                        # (N, b, classes)
         per_example = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[index].reshape(-1), reduction="none")
-        losses = per_example.view(self.networks, -1).mean(dim=1)
+        losses = per_example.view(self.computed, -1).mean(dim=1)
         losses.sum().backward()   # network i's gradient is that of its own mean loss
         if self.bound is not None:
             self.bound.zero_grads_()
@@ -298,10 +304,10 @@ class _Group:
     def evaluate_and_save(self) -> None:
         """Evaluate all networks on val and test, log one record each, checkpoint each (except after
         the last step)."""
-        val = evaluate_stacked(self.stacked, *self.val_xy, self.networks)
-        test = evaluate_stacked(self.stacked, *self.test_xy, self.networks)
+        val = evaluate_stacked(self.stacked, *self.val_xy, self.computed)
+        test = evaluate_stacked(self.stacked, *self.test_xy, self.computed)
         share = self.elapsed() / self.real_networks
-        for index, job in enumerate(self.jobs):
+        for index, job in enumerate(self.jobs[: self.computed]):
             if job.shadow:
                 continue
             record = {"iteration": self.iteration, "val_loss": val[index][0], "val_accuracy": val[index][1],

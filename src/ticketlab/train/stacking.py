@@ -37,7 +37,18 @@ class StackingUnsupported(TicketlabError):
     """The model holds a module `stack_networks` cannot stack (train its networks one at a time)."""
 
 
-class StackedLinear(nn.Module):
+class _Prefix:
+    """``active``: how many leading networks a forward pass computes (None: all). The others keep
+    their slots in every tensor — and so their place in the optimiser's elementwise kernels — but
+    cost no compute and receive zero gradients (`ticketlab.train.stacked` pads with one)."""
+
+    active: int | None = None
+
+    def part(self, tensor: Tensor | None) -> Tensor | None:
+        return tensor if tensor is None or self.active is None else tensor[: self.active]
+
+
+class StackedLinear(_Prefix, nn.Module):
     """N Linear layers: ``weight (N, out, in)``, ``bias (N, out)``; ``(N, B, in) -> (N, B, out)``."""
 
     def __init__(self, layers: Sequence[nn.Linear]):
@@ -47,12 +58,13 @@ class StackedLinear(nn.Module):
         self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers])) if has_bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.bias is None:
-            return torch.bmm(x, self.weight.transpose(1, 2))
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+        weight, bias = self.part(self.weight), self.part(self.bias)
+        if bias is None:
+            return torch.bmm(x, weight.transpose(1, 2))
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
-class StackedConv2d(nn.Module):
+class StackedConv2d(_Prefix, nn.Module):
     """N Conv2d layers as one grouped convolution: ``weight (N, out, in/g, kh, kw)``, ``bias (N, out)``;
     ``(B, N·in, H, W) -> (B, N·out, H', W')``."""
 
@@ -66,13 +78,13 @@ class StackedConv2d(nn.Module):
         self.stride, self.padding, self.dilation, self.groups = first.stride, first.padding, first.dilation, first.groups
 
     def forward(self, x: Tensor) -> Tensor:
-        n = self.weight.shape[0]
-        weight = self.weight.reshape(-1, *self.weight.shape[2:])
-        bias = self.bias.reshape(-1) if self.bias is not None else None
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups * n)
+        stacked, stacked_bias = self.part(self.weight), self.part(self.bias)
+        weight = stacked.reshape(-1, *stacked.shape[2:])
+        bias = stacked_bias.reshape(-1) if stacked_bias is not None else None
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups * stacked.shape[0])
 
 
-class StackedBatchNorm2d(nn.Module):
+class StackedBatchNorm2d(_Prefix, nn.Module):
     """N BatchNorm2d layers over the grouped layout: affine parameters and running statistics
     ``(N, C)``, batch counters ``(N,)``; the statistics of network n are those of its own channels."""
 
@@ -93,16 +105,16 @@ class StackedBatchNorm2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
+            self.part(self.num_batches_tracked).add_(1)
             if self.momentum is None:  # cumulative moving average, the same count in every network
                 factor = 1.0 / float(self.num_batches_tracked[0])
         use_batch = self.training or not self.track_running_stats
-        flat = (lambda t: t.view(-1) if t is not None else None)
+        flat = (lambda t: self.part(t).view(-1) if t is not None else None)
         return F.batch_norm(x, flat(self.running_mean), flat(self.running_var), flat(self.weight), flat(self.bias),
                             use_batch, factor, self.eps)
 
 
-class StackedFlatten(nn.Module):
+class StackedFlatten(_Prefix, nn.Module):
     """Flatten each network's example: stacked ``(N, B, *shape) -> (N, B, prod)``, or grouped images
     ``(B, N·C, H, W) -> (N, B, C·H·W)`` (the order one network's Flatten gives)."""
 
@@ -113,7 +125,8 @@ class StackedFlatten(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.grouped:
             return x.flatten(2)
-        return x.reshape(x.shape[0], self.networks, -1).transpose(0, 1)
+        networks = self.networks if self.active is None else self.active
+        return x.reshape(x.shape[0], networks, -1).transpose(0, 1)
 
 
 class StackedNetwork(nn.Module):
@@ -131,6 +144,12 @@ class StackedNetwork(nn.Module):
         if self.grouped_input:     # (N, B, C, H, W) -> (B, N·C, H, W)
             x = x.transpose(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
         return self.body(x)
+
+    def compute_only(self, active: int | None) -> None:
+        """Let forward passes compute the first ``active`` networks only (None: all of them)."""
+        for module in self.body.modules():
+            if isinstance(module, _Prefix):
+                module.active = active
 
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
         """The body's parameters under the per-network names (no ``body.`` prefix)."""

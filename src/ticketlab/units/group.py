@@ -35,7 +35,8 @@ from .unit import ProgressFactory, finished_record, store_result, train_unit
 MAX_GROUP = {"cpu": 16, "cuda": 32}
 #: On a CPU, stacking pays while one network's training step is small: multiply-accumulates per
 #: step (batch x per-example MACs) at most this. Measured (benchmarks/stacked_training.py, 2 cores):
-#: LeNet-300-100 on digits, 3.0M per step, 2.3x faster stacked; on mnist5k, 16M per step, 0.75x.
+#: LeNet-300-100 on digits, 3.0M per step, 2.2x faster stacked (8 networks); on mnist5k, 16M per
+#: step, 0.75-1.08x; conv2 on digits, 144M per step, 0.79x.
 CPU_STACK_MAX_STEP_MACS = 6_000_000
 #: On a GPU a small network is bound by kernel launches, stacking pays up to this per step.
 GPU_STACK_MAX_STEP_MACS = 20_000_000_000

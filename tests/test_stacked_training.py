@@ -241,3 +241,15 @@ def test_a_network_ends_with_the_same_bits_in_any_group():
         for position, index in enumerate(subset):  # the last place included
             for name, tensor in full[index].model.state_dict().items():
                 assert torch.equal(tensor, chosen[position].model.state_dict()[name]), (subset, index, name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stacked_training_on_cuda_matches_sequential_on_cuda():
+    data, config = make_splits(), RECIPES["adam-wd"]
+    stacked_jobs, single_jobs = _jobs(tiny_mlp, 3), _jobs(tiny_mlp, 3)
+    results = train_stacked(stacked_jobs, data, config, device="cuda")
+    for s_job, job, result in zip(stacked_jobs, single_jobs, results):
+        train(job.model, data, config, data_seed=job.data_seed, mask=job.mask, device="cuda")
+        _assert_close_states(s_job.model.state_dict(), {k: v.cpu() for k, v in job.model.state_dict().items()},
+                             rtol=1e-4, atol=1e-5)
+        assert [e["iteration"] for e in result.evals] == [0, 10, 20, 30]

@@ -209,6 +209,51 @@ def _prune_group(members: list[TargetLayer], accumulator: Any, config: OneShotCo
     return out
 
 
+@dataclasses.dataclass
+class _BlockContext:
+    """What every block of one `prune_model` call is processed with, and the calibration state
+    that carries the (pruned) outputs of one block to the next."""
+
+    config: OneShotConfig
+    method: Any
+    group: RankGroup
+    device: torch.device
+    store_mask: Callable[[str, torch.Tensor], None]
+    block_sparsity: Mapping[int, float] | None
+    loader: "BlockLoader | None"
+    calibration: "_Calibration"
+    last: int
+
+    def process(self, index: int, block: nn.Module, layers: list[TargetLayer]) -> list[dict[str, Any]]:
+        """Load block ``index`` onto the device, prune its ``layers`` from their statistics, run it
+        once more so its pruned outputs feed the next block, and put it back; the layers' report."""
+        if self.loader is not None:
+            self.loader.load(index, block)
+        home = module_device(block)
+        if home is not None and home != self.device:
+            block.to(self.device)
+        report = self._prune(index, block, layers) if layers else []
+        if index < self.last:   # pruned outputs become the next block's inputs
+            self.calibration.run(block, keep_outputs=True)
+        if home is not None and home != self.device:
+            block.to(home)
+        if self.loader is not None:
+            self.loader.release(index, block)
+        return report
+
+    def _prune(self, index: int, block: nn.Module, layers: list[TargetLayer]) -> list[dict[str, Any]]:
+        hooks = StatisticsHooks(layers, self.method.statistics, self.device, len(self.calibration.batches))
+        try:
+            self.calibration.run(block, hooks)
+        finally:
+            hooks.remove()
+        self.group.reduce_statistics(list({id(a): a for a in hooks.accumulators.values()}.values()))
+        config = self.config
+        if self.block_sparsity is not None and index in self.block_sparsity:
+            config = dataclasses.replace(config, sparsity=float(self.block_sparsity[index]))
+        return _prune_block(block, index, layers, hooks, config, self.store_mask, self.group)
+
+
 @torch.no_grad()
 def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConfig, *,
                 attention_mask: torch.Tensor | None = None, device: str | torch.device = "cpu",
@@ -269,33 +314,10 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
         move_back(moved)
         moved = []
         token_masks = local_mask.to(device=device).bool() if local_mask is not None else None
-        calibration_state = _Calibration(hidden, inputs, token_masks)
+        context = _BlockContext(config, method, group, device, store_mask, block_sparsity, loader,
+                                _Calibration(hidden, inputs, token_masks), last)
         for index in range(last + 1):
-            block = blocks[index]
-            if loader is not None:
-                loader.load(index, block)
-            home = module_device(block)
-            if home is not None and home != device:
-                block.to(device)
-            layers = by_block.get(index, [])
-            if layers:
-                hooks = StatisticsHooks(layers, method.statistics, device, len(calibration_state.batches))
-                try:
-                    calibration_state.run(block, hooks)
-                finally:
-                    hooks.remove()
-                group.reduce_statistics(list({id(a): a for a in hooks.accumulators.values()}.values()))
-                block_config = config
-                if block_sparsity is not None and index in block_sparsity:
-                    block_config = dataclasses.replace(config, sparsity=float(block_sparsity[index]))
-                layers_report += _prune_block(block, index, layers, hooks, block_config, store_mask, group)
-                del hooks   # free this block's statistics before the next
-            if index < last:   # pruned outputs become the next block's inputs
-                calibration_state.run(block, keep_outputs=True)
-            if home is not None and home != device:
-                block.to(home)
-            if loader is not None:
-                loader.release(index, block)
+            layers_report += context.process(index, blocks[index], by_block.get(index, []))
             handle.update(1)
     finally:
         handle.close()

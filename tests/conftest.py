@@ -25,6 +25,15 @@ def make_splits(n_train=240, n_eval=60, features=12, classes=3, seed=0) -> DataS
                       input_shape=(features,), num_classes=classes, source="generated in tests")
 
 
+def strip_times(node):
+    """A summary / record with every ``wall_time*`` field dropped (timings differ run to run)."""
+    if isinstance(node, dict):
+        return {k: strip_times(v) for k, v in node.items() if not k.startswith("wall_time")}
+    if isinstance(node, list):
+        return [strip_times(v) for v in node]
+    return node
+
+
 class Interrupt(Exception):
     """Raised by `interrupt_at` to simulate a kill in the middle of training."""
 

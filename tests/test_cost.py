@@ -37,8 +37,6 @@ def test_costs_are_the_hand_counted_iterations(tmp_path, toy_splits):
             totals["reference_iterations"], totals["total_iterations"]) == (12, 28, 32, 0, 60)
     assert totals["ticket_dense_trainings"] == pytest.approx(28 / 12) and totals["total_dense_trainings"] == 5.0
     assert "controls" in totals["counted"]
-    winners = [r for r in summary["rounds"][1:] if r["winning_ticket"]]
-    assert summary["sparsest_winning_round"] == (min(winners, key=lambda r: r["density"])["round"] if winners else None)
     table = format_table(summary)
     assert "cost (dense trainings)" in table
     rows = [line.split() for line in table.splitlines()[3:6]]  # after the title, header and rule
@@ -55,7 +53,8 @@ def test_a_summary_without_costs_still_reads():
     table = format_table(old)
     assert "cost" not in table and "90.00" in table
     malformed = {**old, "rounds": [{**entry, "cost": "cheap"}], "cost": {"dense_iterations": "x"}}
-    assert summary_problem(malformed) is None and " - " in format_table(malformed) + " "
+    row = format_table(malformed).splitlines()[3].split()  # after the title, header and rule
+    assert summary_problem(malformed) is None and row[0] == "0" and row[-1] == "-"  # the cost cell
 
 
 def _files(root):

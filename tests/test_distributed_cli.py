@@ -2,10 +2,6 @@
 `prune-init` and `sparse-train`; rank 0 writes --out, rank 1 its replica in --out/.rank-1, and the
 two end with identical masks and bit-identical weights."""
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from ticketlab.masks import Mask
+
+from torchrun_launch import torchrun_ticketlab  # noqa: E402
 
 TIMEOUT_S = 180
 COMMON = ["--data", "digits", "--steps", "12it", "--batch-size", "60", "--eval-every", "6it", "--quiet",
@@ -25,28 +23,7 @@ COMMANDS = {
 
 
 def _torchrun(out: Path, argv: list[str]) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    if Path("/sys/class/net/lo").exists():
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "--max-restarts", "0", "-m", "ticketlab", *argv, *COMMON, "--out", str(out)]
-    failures = []
-    for _attempt in range(2):  # one retry: a rendezvous port can be taken at the wrong moment
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
-        try:
-            output, _ = proc.communicate(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-            failures.append(f"torchrun did not finish within {TIMEOUT_S} s (killed); output:\n{output[-4000:]}")
-            continue
-        if proc.returncode == 0:
-            return
-        failures.append(f"torchrun failed (exit {proc.returncode}); output:\n{output[-4000:]}")
-    pytest.fail("\n--- retry ---\n".join(failures))
+    torchrun_ticketlab([*argv, *COMMON, "--out", str(out)], TIMEOUT_S)
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))

@@ -17,7 +17,7 @@ from ticketlab.lottery.early_bird import (STORE_NAME, EarlyBirdSearch, EarlyBird
 from ticketlab.masks import Mask
 from ticketlab.train import TrainConfig, train
 
-from conftest import Interrupt, interrupt_at, tiny_mlp
+from conftest import Interrupt, interrupt_at, strip_times, tiny_mlp
 
 FAST = TrainConfig(steps="4ep", batch_size=40, eval_every="2it", lr=5e-3)  # 24 iterations, 13 evaluations
 
@@ -122,14 +122,6 @@ def _config(**overrides):
     return IMPConfig(**base)
 
 
-def _strip_times(node):
-    if isinstance(node, dict):
-        return {k: _strip_times(v) for k, v in node.items() if not k.startswith("wall_time")}
-    if isinstance(node, list):
-        return [_strip_times(v) for v in node]
-    return node
-
-
 def _files(root):
     return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
@@ -139,7 +131,7 @@ def _same_run(a, b):
     assert sorted(fa) == sorted(fb)
     for name in fa:
         if name.endswith(".json"):
-            assert _strip_times(json.loads(fa[name].read_text())) == _strip_times(json.loads(fb[name].read_text())), name
+            assert strip_times(json.loads(fa[name].read_text())) == strip_times(json.loads(fb[name].read_text())), name
         else:
             assert fa[name].read_bytes() == fb[name].read_bytes(), name
 

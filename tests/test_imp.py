@@ -13,7 +13,7 @@ from ticketlab.lottery import IMPConfig, IMPExperiment, run_imp
 from ticketlab.masks import Mask
 from ticketlab.train import TrainConfig, train
 
-from conftest import Interrupt
+from conftest import Interrupt, strip_times
 
 FAST = TrainConfig(steps="2ep", batch_size=40, eval_every="3it", lr=5e-3)
 
@@ -24,19 +24,6 @@ def _config(**overrides):
     base.update(overrides)
     return IMPConfig(**base)
 
-
-def _strip_times(summary):
-    text = json.dumps(summary, sort_keys=True)
-    data = json.loads(text)
-
-    def walk(node):
-        if isinstance(node, dict):
-            return {k: walk(v) for k, v in node.items() if not k.startswith("wall_time")}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    return walk(data)
 
 
 def test_rewinding_copies_theta0_and_masks_shrink(tmp_path, toy_splits, monkeypatch):
@@ -92,7 +79,7 @@ def test_late_rewinding_saves_theta_k(tmp_path, toy_splits):
 def test_same_seed_same_everything(tmp_path, toy_splits):
     a = run_imp(_config(rounds=1, controls=("shuffle",)), tmp_path / "a", data=toy_splits)
     b = run_imp(_config(rounds=1, controls=("shuffle",)), tmp_path / "b", data=toy_splits)
-    assert _strip_times(a) == _strip_times(b)
+    assert strip_times(a) == strip_times(b)
     for r in ("round-00", "round-01"):
         assert Mask.load(tmp_path / "a/seed-0" / r / "mask.safetensors") == \
             Mask.load(tmp_path / "b/seed-0" / r / "mask.safetensors")
@@ -125,7 +112,7 @@ def test_resume_after_interrupt_gives_same_summary(tmp_path, toy_splits):
     assert list((tmp_path / "run").rglob("checkpoint.safetensors")), "the interrupted round left a checkpoint"
     done_before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("result.json")}
     resumed = run_imp(config, tmp_path / "run", data=toy_splits)
-    assert _strip_times(resumed) == _strip_times(reference)
+    assert strip_times(resumed) == strip_times(reference)
     # finished units were not recomputed
     assert all(p.stat().st_mtime_ns == t for p, t in done_before.items())
     ref_lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
@@ -257,3 +244,14 @@ def test_width_is_stored_only_when_used_and_builds_the_runs_networks(tmp_path, t
     weights = load_file(str(tmp_path / "run/seed-0/round-01/weights.safetensors"))
     assert weights["layers.1.weight"].shape == (150, 12) and weights["layers.3.weight"].shape == (50, 150)
     assert json.loads((tmp_path / "run/model.json").read_text())["width"] == 0.5
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"rate": (0.5, 0.2), "rounds": 3}, {"target_density": 0.1, "rate": None, "rounds": 2}, {"width": 0.5},
+    {"early_bird": 0.1, "dense_accuracy": 95.0, "rewind": "3it"}, {"scope": "global", "ignore": ("output",)},
+])
+def test_a_config_json_rebuilds_its_config(overrides):
+    """`from_json` inverts `to_json` (what `ticketlab stability` reads back from config.json),
+    through JSON itself: tuples become lists and come back."""
+    config = _config(**overrides)
+    assert IMPConfig.from_json(json.loads(json.dumps(config.to_json()))) == config

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,32 +17,13 @@ from ticketlab.cli import main  # noqa: E402
 
 from llm_assets import llm_assets  # noqa: E402,F401
 
+from torchrun_launch import torchrun_ticketlab  # noqa: E402
+
 TIMEOUT_S = 240
 
 
 def _torchrun(argv: list[str]) -> str:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    if Path("/sys/class/net/lo").exists():
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "--max-restarts", "0", "-m", "ticketlab", *argv]
-    failures = []
-    for _attempt in range(2):  # one retry: a rendezvous port can be taken at the wrong moment
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
-        try:
-            output, _ = proc.communicate(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-            failures.append(f"timeout; output:\n{output[-4000:]}")
-            continue
-        if proc.returncode == 0:
-            return output
-        failures.append(f"exit {proc.returncode}; output:\n{output[-4000:]}")
-    pytest.fail("\n--- retry ---\n".join(failures))
+    return torchrun_ticketlab(argv, TIMEOUT_S)
 
 
 TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="nccl needs one GPU per rank")

@@ -68,3 +68,11 @@ def test_save_load_roundtrip_and_bad_files(tmp_path):
     save_file({"a": torch.ones(2)}, str(tmp_path / "float.safetensors"))
     with pytest.raises(TicketlabError, match="non-boolean"):
         Mask.load(tmp_path / "float.safetensors")
+
+
+def test_differing_counts_disagreeing_positions_and_needs_one_layout():
+    a = Mask({"w": torch.tensor([[True, False], [True, True]]), "v": torch.tensor([True, False, False])})
+    b = Mask({"w": torch.tensor([[True, True], [False, True]]), "v": torch.tensor([True, False, True])})
+    assert a.differing(b) == 3 and a.differing(a) == 0
+    with pytest.raises(TicketlabError, match="different parameters or shapes"):
+        a.differing(Mask({"w": torch.ones(2, 2, dtype=torch.bool)}))

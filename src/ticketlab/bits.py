@@ -15,12 +15,12 @@ def pack_bits(flags: torch.Tensor) -> torch.Tensor:
     pad = (-flat.numel()) % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    return (flat.view(-1, 8) * _BIT_WEIGHTS).sum(dim=1, dtype=torch.uint8)
+    return (flat.view(-1, 8) * _BIT_WEIGHTS.to(flat.device)).sum(dim=1, dtype=torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
     """The inverse of `pack_bits`: uint8 (⌈n/8⌉,) -> bool (n,)."""
-    bits = (packed.view(-1, 1) & _BIT_WEIGHTS) != 0
+    bits = (packed.view(-1, 1) & _BIT_WEIGHTS.to(packed.device)) != 0
     return bits.reshape(-1)[:n]
 
 

@@ -84,6 +84,11 @@ class Mask(Mapping[str, torch.Tensor]):
         self._check_same_layout(other)
         return Mask({n: self[n] & other[n] for n in self})
 
+    def differing(self, other: "Mask") -> int:
+        """The Hamming distance: how many positions the two masks (of one layout) disagree on."""
+        self._check_same_layout(other)
+        return sum(int((self[n] != other[n]).sum()) for n in self)
+
     def is_subset_of(self, other: "Mask") -> bool:
         """True when every weight kept here is also kept in ``other`` (masks only shrink)."""
         self._check_same_layout(other)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -18,18 +17,8 @@ from ..errors import TicketlabError
 from ..files import read_json
 from ..lottery import IMPConfig
 from ..masks import Mask
-from ..train import TrainConfig, iterations_per_epoch
+from ..train import iterations_per_epoch
 from ..units import load_state
-
-
-def imp_config_from_json(config: dict[str, Any]) -> IMPConfig:
-    """The `IMPConfig` whose ``to_json()`` is ``config`` (validated again on construction)."""
-    fields = dict(config)
-    fields["train"] = TrainConfig(**fields["train"])
-    fields["layer_rates"] = tuple(tuple(pair) for pair in fields["layer_rates"])
-    for name in ("ignore", "controls", "seeds"):
-        fields[name] = tuple(fields[name])
-    return IMPConfig(**fields)
 
 
 @dataclass(frozen=True)
@@ -50,7 +39,7 @@ class ImpRun:
             raise TicketlabError(f"{str(path)!r} is not an IMP run directory (its config.json is missing or of "
                                  "another kind).")
         try:
-            config = imp_config_from_json(record["config"])
+            config = IMPConfig.from_json(record["config"])
         except (KeyError, TypeError) as err:
             raise TicketlabError(f"{str(path / 'config.json')!r} is damaged ({err}).") from None
         return cls(path, config)

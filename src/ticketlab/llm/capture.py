@@ -13,7 +13,9 @@ memory holds, overridable): one block call per batch instead of one per sample.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,5 +206,46 @@ def move_back(moved: Moved) -> None:
             store[key] = tensor.to(device)
 
 
-__all__ = ["BlockInputs", "MAX_BATCH", "calibration_batch_size", "capture_block_inputs", 
+__all__ = ["BlockInputs", "Calibration", "MAX_BATCH", "calibration_batch_size", "capture_block_inputs", "inference_mode",
            "module_device", "move_back", "move_outside"]
+
+
+class Calibration:
+    """The activation buffers and replayed arguments of the block being processed: ``hidden``
+    (nsamples, seqlen, width) and its spare twin; ``token_masks`` (nsamples, seqlen) bool, on the
+    device once, so padding is left out of the statistics without a transfer per batch."""
+
+    def __init__(self, hidden: torch.Tensor, inputs: BlockInputs, token_masks: torch.Tensor | None):
+        self.hidden, self.inputs, self.token_masks = hidden, inputs, token_masks
+        self.spare = torch.empty_like(hidden)
+        self.batches = inputs.batches(hidden.shape[0])
+
+    def run(self, block: nn.Module, hooks: Any = None, keep_outputs: bool = False) -> None:
+        """Every batch through ``block`` (statistics in ``hooks``); the outputs become the next inputs."""
+        for index, rows in enumerate(self.batches):
+            if hooks is not None:
+                hooks.token_mask = self.token_masks[rows] if self.token_masks is not None else None
+            out = self.inputs.call(block, index, self.hidden[rows])
+            if hooks is not None:
+                hooks.end_call()
+            if keep_outputs:
+                self.spare[rows] = out
+        if keep_outputs:
+            self.hidden, self.spare = self.spare, self.hidden
+
+
+@contextlib.contextmanager
+def inference_mode(model: nn.Module) -> Iterator[None]:
+    """Calibration runs ``model`` in eval mode (no dropout) with its key/value cache off; both
+    are restored afterwards, whatever happens."""
+    config = getattr(model, "config", None)
+    saved_use_cache, was_training = getattr(config, "use_cache", None), model.training
+    model.eval()
+    if saved_use_cache is not None:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if saved_use_cache is not None:
+            config.use_cache = saved_use_cache
+        model.train(was_training)

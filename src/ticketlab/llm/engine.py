@@ -33,7 +33,7 @@ from ..masks import Mask
 from ..memory import peak_memory
 from ..methods.oneshot import LayerStatistics, one_shot_method
 from .adapters import TargetLayer, context_length, find_blocks, find_targets
-from .capture import (BlockInputs, calibration_batch_size, capture_block_inputs, module_device, move_back,
+from .capture import (Calibration, inference_mode, calibration_batch_size, capture_block_inputs, module_device, move_back,
                       move_outside)
 from .config import OneShotConfig
 from .ranks import RankGroup
@@ -118,28 +118,6 @@ def check_targets(model: nn.Module, config: OneShotConfig) -> int:
     return len(find_targets(model, blocks_path, blocks, config.targets, config.exclude))
 
 
-class _Calibration:
-    """The activation buffers and replayed arguments of the block being processed."""
-
-    def __init__(self, hidden: torch.Tensor, inputs: BlockInputs, token_masks: torch.Tensor | None):
-        self.hidden, self.inputs, self.token_masks = hidden, inputs, token_masks
-        self.spare = torch.empty_like(hidden)
-        self.batches = inputs.batches(hidden.shape[0])
-
-    def run(self, block: nn.Module, hooks: StatisticsHooks | None = None, keep_outputs: bool = False) -> None:
-        """Every batch through ``block`` (statistics in ``hooks``); the outputs become the next inputs."""
-        for index, rows in enumerate(self.batches):
-            if hooks is not None:
-                hooks.token_mask = self.token_masks[rows] if self.token_masks is not None else None
-            out = self.inputs.call(block, index, self.hidden[rows])
-            if hooks is not None:
-                hooks.end_call()
-            if keep_outputs:
-                self.spare[rows] = out
-        if keep_outputs:
-            self.hidden, self.spare = self.spare, self.hidden
-
-
 def _prune_block(block: nn.Module, index: int, layers: list[TargetLayer], hooks: StatisticsHooks,
                  config: OneShotConfig, masks: Callable[[str, torch.Tensor], None], group: RankGroup
                  ) -> list[dict[str, Any]]:
@@ -221,8 +199,8 @@ class _BlockContext:
     store_mask: Callable[[str, torch.Tensor], None]
     block_sparsity: Mapping[int, float] | None
     loader: "BlockLoader | None"
-    calibration: "_Calibration"
     last: int
+    calibration: Calibration | None = None   # set once the first block's inputs are captured
 
     def process(self, index: int, block: nn.Module, layers: list[TargetLayer]) -> list[dict[str, Any]]:
         """Load block ``index`` onto the device, prune its ``layers`` from their statistics, run it
@@ -252,6 +230,23 @@ class _BlockContext:
         if self.block_sparsity is not None and index in self.block_sparsity:
             config = dataclasses.replace(config, sparsity=float(self.block_sparsity[index]))
         return _prune_block(block, index, layers, hooks, config, self.store_mask, self.group)
+
+
+def _prune_blocks(model: nn.Module, blocks: Any, by_block: Mapping[int, list[TargetLayer]], local: torch.Tensor,
+                  local_mask: torch.Tensor | None, batch: int, handle: Any, report: list[dict[str, Any]],
+                  context: _BlockContext) -> None:
+    """Capture the first block's inputs, then process every block in turn (`_BlockContext`),
+    appending to ``report``."""
+    moved = move_outside(model, blocks, context.device)
+    try:
+        hidden, inputs = capture_block_inputs(model, blocks[0], local, local_mask, context.device, batch)
+    finally:
+        move_back(moved)
+    token_masks = local_mask.to(device=context.device).bool() if local_mask is not None else None
+    context.calibration = Calibration(hidden, inputs, token_masks)
+    for index in range(context.last + 1):
+        report += context.process(index, blocks[index], by_block.get(index, []))
+        handle.update(1)
 
 
 @torch.no_grad()
@@ -297,40 +292,24 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
     local_mask = attention_mask[mine] if attention_mask is not None else None
     batch = batch_size or calibration_batch_size(model, local.shape[0], seqlen, device)
     method = one_shot_method(config.method)
-    model_config = getattr(model, "config", None)
-    saved_use_cache, was_training = getattr(model_config, "use_cache", None), model.training
     last = max(by_block)
     handle = progress(f"{config.describe()}: pruning {last + 1} blocks", last + 1) if progress else _Silent()
     layers_report: list[dict[str, Any]] = []
     masks: dict[str, torch.Tensor] = {}
-    store_mask = loader.store_mask if loader is not None else masks.__setitem__
-    moved: list = []
+    # in memory, each mask goes to the CPU at once: the device holds one block, not every mask
+    store_mask = loader.store_mask if loader is not None else (lambda name, keep: masks.__setitem__(name, keep.cpu()))
     try:
-        model.eval()
-        if saved_use_cache is not None:
-            model_config.use_cache = False
-        moved = move_outside(model, blocks, device)
-        hidden, inputs = capture_block_inputs(model, blocks[0], local, local_mask, device, batch)
-        move_back(moved)
-        moved = []
-        token_masks = local_mask.to(device=device).bool() if local_mask is not None else None
-        context = _BlockContext(config, method, group, device, store_mask, block_sparsity, loader,
-                                _Calibration(hidden, inputs, token_masks), last)
-        for index in range(last + 1):
-            layers_report += context.process(index, blocks[index], by_block.get(index, []))
-            handle.update(1)
+        with inference_mode(model):
+            _prune_blocks(model, blocks, by_block, local, local_mask, batch, handle, layers_report,
+                          _BlockContext(config, method, group, device, store_mask, block_sparsity, loader, last))
     finally:
         handle.close()
-        move_back(moved)
-        if saved_use_cache is not None:
-            model_config.use_cache = saved_use_cache
-        model.train(was_training)
     peak, source = peak_memory(device)
     return PruningReport(
         method=config.method, sparsity=config.target_sparsity, pattern=config.pattern,
         layers=layers_report, wall_time=time.perf_counter() - start, peak_memory_bytes=peak,
         masks=loader.masks if loader is not None else Mask(masks), peak_memory_source=source, nsamples=int(nsamples), seqlen=int(seqlen),
-        blocks=blocks_path, device=str(device), model_type=getattr(model_config, "model_type", None),
+        blocks=blocks_path, device=str(device), model_type=getattr(getattr(model, "config", None), "model_type", None),
         extra={"calibration_batch_size": batch, "statistics": method.statistics, "processes": group.world},
     )
 

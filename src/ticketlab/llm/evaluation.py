@@ -8,51 +8,58 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import TicketlabError
+
 if TYPE_CHECKING:
     from .run import EvaluationConfig
 
 
 class BeforeAfter:
-    """Perplexity (causal LMs) or embedding fidelity to the dense model (encoders), before and after."""
+    """Perplexity (causal LMs) or embedding fidelity to the dense model (encoders), before and after.
 
-    def __init__(self, config: EvaluationConfig | None, loaded: Any, text: Any, seqlen: int, device: torch.device,
-                 bars: bool):
+    ``before`` must run on the dense model (it keeps the encoder's reference embeddings), ``after``
+    on the pruned one; without held-out ``text`` both do nothing.
+    """
+
+    def __init__(self, config: EvaluationConfig | None, loaded: Any, text: Any, seqlen: int, bars: bool):
         self.config, self.loaded, self.text, self.seqlen, self.bars = config, loaded, text, seqlen, bars
         self.record: dict[str, Any] = {}
         self.sentences: list[str] = []
         self.reference: torch.Tensor | None = None
 
+    def _perplexity(self) -> Any:
+        from .perplexity import text_perplexity
+
+        return text_perplexity(self.loaded.model, self.loaded.tokenizer, self.text, seqlen=self.seqlen,
+                               part=self.config.part, max_windows=self.config.max_windows, progress=self.bars)
+
     def before(self, say: Callable[[str], None]) -> None:
         from .fidelity import heldout_sentences, sentence_embeddings
-        from .perplexity import text_perplexity
 
         if self.text is None:
             return
-        part = self.config.part
         if self.loaded.kind == "causal":
-            result = text_perplexity(self.loaded.model, self.loaded.tokenizer, self.text, seqlen=self.seqlen, part=part,
-                                     max_windows=self.config.max_windows, progress=self.bars)
+            result = self._perplexity()
             self.record = {"metric": "perplexity", "before": result.to_json()}
             say(f"dense: {result.describe()}")
         else:
-            self.sentences = heldout_sentences(self.text, part)
+            self.sentences = heldout_sentences(self.text, self.config.part)
             self.reference = sentence_embeddings(self.loaded.model, self.loaded.tokenizer, self.sentences)
             self.record = {"metric": "embedding_fidelity", "reference": "the dense model",
                            "before": {"mean_cosine": 1.0, "min_cosine": 1.0, "sentences": len(self.sentences)}}
 
     def after(self) -> None:
         from .fidelity import embedding_fidelity
-        from .perplexity import text_perplexity
 
         if self.text is None:
             return
-        part = self.config.part
+        if "before" not in self.record:
+            raise TicketlabError("The pruned model was evaluated before the dense one; call before() first.")
         if self.loaded.kind == "causal":
-            result = text_perplexity(self.loaded.model, self.loaded.tokenizer, self.text, seqlen=self.seqlen, part=part,
-                                     max_windows=self.config.max_windows, progress=self.bars)
+            result = self._perplexity()
         else:
             result = embedding_fidelity(self.loaded.model, self.reference, self.loaded.tokenizer, self.sentences,
-                                        source=self.text.describe(), part=part)
+                                        source=self.text.describe(), part=self.config.part)
         self.record["after"] = result.to_json()
 
 

@@ -22,7 +22,9 @@ from torch import nn
 
 from ..errors import TicketlabError
 from .adapters import TargetLayer, find_blocks, find_targets
-from .capture import calibration_batch_size, capture_block_inputs, module_device, move_back, move_outside
+from ..methods.wanda import wanda_scores
+from .capture import (Calibration, calibration_batch_size, capture_block_inputs, inference_mode, module_device,
+                      move_back, move_outside)
 from .config import OneShotConfig
 from .stats import StatisticsHooks
 
@@ -55,12 +57,13 @@ def owl_sparsities(ratios: Mapping[int, float], sizes: Mapping[int, int], sparsi
 
 
 def _block_scores(layers: list[TargetLayer], hooks: StatisticsHooks) -> list[torch.Tensor]:
+    """Wanda's scores of every target layer of a block (OWL counts their outliers)."""
     scores = []
     for layer in layers:
         weight = layer.module.weight
         weight = weight.t() if layer.transposed else weight
         norms = hooks.accumulators[layer.name].statistics().norms().to(weight.device)
-        scores.append(weight.detach().float().abs() * norms.clamp_min(0).sqrt().unsqueeze(0))
+        scores.append(wanda_scores(weight.detach(), norms.clamp_min(0)))
     return scores
 
 
@@ -78,34 +81,29 @@ def owl_block_sparsity(model: nn.Module, calibration: torch.Tensor, config: OneS
         by_block.setdefault(layer.block, []).append(layer)
     nsamples, seqlen = calibration.shape
     batch = batch_size or calibration_batch_size(model, nsamples, seqlen, device)
-    moved = move_outside(model, blocks, device)
-    try:
-        hidden, inputs = capture_block_inputs(model, blocks[0], calibration, attention_mask, device, batch)
-    finally:
-        move_back(moved)
     ratios: dict[int, float] = {}
     sizes: dict[int, int] = {}
-    batches = inputs.batches(nsamples)
-    for index in range(max(by_block) + 1):
-        block, home = blocks[index], module_device(blocks[index])
-        block.to(device)
-        layers = by_block.get(index, [])
-        hooks = StatisticsHooks(layers, "norms", device, len(batches)) if layers else None
+    with inference_mode(model):
+        moved = move_outside(model, blocks, device)
         try:
-            for b, rows in enumerate(batches):
-                if hooks is not None:
-                    hooks.token_mask = attention_mask[rows].to(device).bool() if attention_mask is not None else None
-                hidden[rows] = inputs.call(block, b, hidden[rows])
-                if hooks is not None:
-                    hooks.end_call()
+            hidden, inputs = capture_block_inputs(model, blocks[0], calibration, attention_mask, device, batch)
         finally:
-            if hooks is not None:
-                hooks.remove()
-        if layers:
-            ratios[index] = outlier_ratio(_block_scores(layers, hooks), config.owl_threshold)
-            sizes[index] = sum(layer.module.weight.numel() for layer in layers)
-        if home is not None:
-            block.to(home)
+            move_back(moved)
+        state = Calibration(hidden, inputs, attention_mask.to(device).bool() if attention_mask is not None else None)
+        for index in range(max(by_block) + 1):
+            block, home, layers = blocks[index], module_device(blocks[index]), by_block.get(index, [])
+            block.to(device)
+            hooks = StatisticsHooks(layers, "norms", device, len(state.batches)) if layers else None
+            try:
+                state.run(block, hooks, keep_outputs=True)
+            finally:
+                if hooks is not None:
+                    hooks.remove()
+            if layers:
+                ratios[index] = outlier_ratio(_block_scores(layers, hooks), config.owl_threshold)
+                sizes[index] = sum(layer.module.weight.numel() for layer in layers)
+            if home is not None:
+                block.to(home)
     return owl_sparsities(ratios, sizes, float(config.sparsity), config.owl_lambda), ratios
 
 

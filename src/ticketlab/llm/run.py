@@ -158,7 +158,7 @@ def run_oneshot(run: OneShotRun, *, progress: Callable[[str, int], Any] | None =
     say(f"ticketlab llm prune: {run.method.describe()} of {model_dir} ({loaded.kind}, {_name(dtype)}, {device}); "
         f"calibration {calibration.nsamples} x {calibration.seqlen} tokens from {calib_text.describe()}, "
         f"seed {run.calibration.seed}")
-    evaluation = BeforeAfter(run.evaluation, loaded, eval_text, calibration.seqlen, device, progress is not None)
+    evaluation = BeforeAfter(run.evaluation, loaded, eval_text, calibration.seqlen, progress is not None)
     evaluation.before(say)
     block_sparsity, owl = _layer_sparsity(run, loaded.model, calibration.input_ids, device, say)
     report = prune_model(loaded.model, calibration.input_ids, run.method, device=device, progress=progress,

@@ -159,3 +159,16 @@ class IMPConfig:
         if self.dense_accuracy is not None:
             out["dense_accuracy"] = self.dense_accuracy
         return out
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "IMPConfig":
+        """The config whose `to_json` is ``record`` (a run's ``config.json``), validated again."""
+        fields = dict(record)
+        fields["train"] = TrainConfig.from_json(fields["train"])
+        if fields.get("layer_rates") is not None:
+            fields["layer_rates"] = tuple(tuple(pair) for pair in fields["layer_rates"])
+        if isinstance(fields.get("rate"), list):
+            fields["rate"] = tuple(fields["rate"])
+        for name in ("ignore", "controls", "seeds"):
+            fields[name] = tuple(fields[name])
+        return cls(**fields)

@@ -41,10 +41,7 @@ _FORMAT = "ticketlab-early-bird"
 
 def mask_distance(a: Mask, b: Mask) -> float:
     """Normalised Hamming distance: positions where ``a`` and ``b`` differ / all positions (0..1)."""
-    if list(a) != list(b):
-        raise TicketlabError("Early-bird masks of different layers cannot be compared.")
-    differing = sum(int((a[n] != b[n]).sum()) for n in a)
-    return differing / a.num_total()
+    return a.differing(b) / a.num_total()
 
 
 def window_distance(window: Sequence[Mask]) -> float:
@@ -136,10 +133,13 @@ class EarlyBirdSearch:
     size: int
     after: int = 0
     stop: bool = True
+    _state: "EarlyBirdState | None" = field(default=None, repr=False)  # read from ``path`` once
 
     @torch.no_grad()
     def __call__(self, iteration: int, model: nn.Module) -> bool:
-        state = EarlyBirdState.load(self.path)
+        if self._state is None:
+            self._state = EarlyBirdState.load(self.path)
+        state = self._state
         if state.iterations and iteration <= state.iterations[-1]:
             return self.stop and state.found == iteration  # a resumed run re-evaluates what the file holds
         if state.found is not None:

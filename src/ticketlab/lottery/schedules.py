@@ -88,12 +88,24 @@ def planned_densities(config: IMPConfig, model: nn.Module, names: list[str], bas
     return densities
 
 
+#: Solved rates by (config, architecture, names): every round, seed and early-bird draw asks again.
+_SOLVED: dict[tuple, float] = {}
+
+
 def solve_rate(config: IMPConfig, model: nn.Module, names: list[str]) -> float:
     """The smallest constant base rate whose ``config.rounds`` rounds reach ``config.target_density`` or below.
 
     Bisection on the exact kept counts (`planned_densities` is non-increasing in the rate), so the
-    final density is the largest reachable one not above the target.
+    final density is the largest reachable one not above the target. Solved once per config and
+    architecture (it depends on nothing else), then remembered.
     """
+    key = (config, tuple(names), tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
+    if key not in _SOLVED:
+        _SOLVED[key] = _bisect_rate(config, model, names)
+    return _SOLVED[key]
+
+
+def _bisect_rate(config: IMPConfig, model: nn.Module, names: list[str]) -> float:
     target, rounds = config.target_density, config.rounds
     assert target is not None
 

@@ -58,6 +58,11 @@ class TrainConfig:
                                                                low=0.0))
         object.__setattr__(self, "lr_gamma", validate.fraction(self.lr_gamma, "--lr-gamma", closed_high=True))
 
+    @classmethod
+    def from_json(cls, record: dict) -> "TrainConfig":
+        """The config whose `to_json` is ``record``, validated again."""
+        return cls(**{**record, "lr_drops": tuple(record.get("lr_drops", ()))})
+
     def to_json(self) -> dict:
         return {
             "optimizer": self.optimizer, "lr": self.lr, "batch_size": self.batch_size,

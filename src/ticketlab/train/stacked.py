@@ -71,12 +71,12 @@ def _shadow_of(job: StackedJob) -> StackedJob:
                       checkpoint_path=job.checkpoint_path, shadow=True)
 
 
-def resume_iteration(job: StackedJob, total: int) -> int | None:
-    """The iteration ``job``'s checkpoint stops at (None without one): jobs stack only with jobs
-    that resume from the same iteration."""
-    if job.checkpoint_path is None or not Path(job.checkpoint_path).exists():
+def resume_iteration(checkpoint_path: Path | None, total: int) -> int | None:
+    """The iteration the checkpoint at ``checkpoint_path`` stops at (None without one): networks
+    stack only with networks that resume from the same iteration."""
+    if checkpoint_path is None or not Path(checkpoint_path).exists():
         return None
-    return read_checkpoint(Path(job.checkpoint_path), total=total).progress.iteration
+    return read_checkpoint(Path(checkpoint_path), total=total).progress.iteration
 
 
 def train_stacked(
@@ -151,10 +151,9 @@ def _stack_optimizer_states(states: Sequence[dict[str, Any]], params: Sequence[t
     return {"state": merged, "param_groups": states[0]["param_groups"]}
 
 
-def _network_optimizer_state(optimizer: torch.optim.Optimizer, index: int) -> dict[str, Any]:
-    """Network ``index``'s slice of the stacked optimiser state, as its own optimiser would hold it."""
-    full = optimizer.state_dict()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+def _network_optimizer_state(full: dict[str, Any], params: Sequence[torch.Tensor], index: int) -> dict[str, Any]:
+    """Network ``index``'s slice of the stacked optimiser state ``full`` (its ``state_dict()``;
+    ``params`` in its order), as the network's own optimiser would hold it."""
     state: dict[int, dict[str, Any]] = {}
     for key, entry in full["state"].items():
         param = params[key]
@@ -170,9 +169,6 @@ class _Group:
     def __init__(self, jobs: Sequence[StackedJob], data: DataSplits, config: TrainConfig, device: torch.device,
                  budget: Budget, metrics: MetricsLog | None):
         self.jobs, self.config, self.device, self.budget, self.metrics = list(jobs), config, device, budget, metrics
-        for job in self.jobs:
-            if job.mask is not None:
-                job.mask.apply_(job.model)  # pruned weights start at exactly +0.0, as in `train`
         self.stacked = stack_networks([job.model for job in self.jobs]).to(device)
         self.networks = len(self.jobs)
         self.real_networks = sum(not job.shadow for job in self.jobs)  # time is shared among these
@@ -281,8 +277,6 @@ class _Group:
         if self.bound is not None:
             self.bound.zero_weights_()
         self.iteration += 1
-        for progress in self.progress:
-            progress.iteration = self.iteration
         return losses.detach()
 
     def _check_losses(self, losses: torch.Tensor) -> None:
@@ -317,12 +311,13 @@ class _Group:
                 self.metrics.append({**dict(job.metrics_key), **record})
         if self.iteration >= self.budget.total:
             return
+        optimizer_state = self.optimizer.state_dict()
         for index, job in enumerate(self.jobs):
             if job.checkpoint_path is not None and not job.shadow:
                 progress = self.progress[index]
                 saved = Progress(self.iteration, progress.evals, progress.elapsed + share)
                 save_checkpoint_state(Path(job.checkpoint_path), self.stacked.network_state(index),
-                                      _network_optimizer_state(self.optimizer, index), saved)
+                                      _network_optimizer_state(optimizer_state, self.params, index), saved)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

@@ -25,9 +25,9 @@ from ..flops import network_cost
 from ..masks import Mask
 from ..runs import MetricsLog
 from ..train import TrainConfig, iterations_per_epoch
-from ..train.checkpoint import CHECKPOINT_NAME, read_checkpoint
+from ..train.checkpoint import CHECKPOINT_NAME
 from ..train.distributed import is_distributed
-from ..train.stacked import StackedJob, train_stacked
+from ..train.stacked import StackedJob, resume_iteration, train_stacked
 from ..train.stacking import StackingUnsupported, stack_networks
 from .unit import ProgressFactory, finished_record, store_result, train_unit
 
@@ -151,9 +151,7 @@ def _groups(jobs: Sequence[UnitJob], indices: Sequence[int], size: int, total: i
         if job.trains_alone or size == 1:
             by_start.setdefault(("alone", index), []).append(index)
             continue
-        checkpoint = job.unit_dir / CHECKPOINT_NAME
-        resumes_at = read_checkpoint(checkpoint, total=total).progress.iteration if checkpoint.exists() else None
-        key = (job.start_iteration, resumes_at)
+        key = (job.start_iteration, resume_iteration(job.unit_dir / CHECKPOINT_NAME, total))
         by_start.setdefault(key, []).append(index)
     groups = []
     for members in by_start.values():

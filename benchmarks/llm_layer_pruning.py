@@ -69,7 +69,7 @@ def reference_hessian(samples: list[torch.Tensor]) -> torch.Tensor:
 def engine_hessian(samples: list[torch.Tensor]) -> torch.Tensor:
     """The engine's accumulation: raw ``Σ x xᵀ`` with one ``addmm_`` per sample (scale is irrelevant)."""
     cols = samples[0].shape[1]
-    G = torch.zeros(cols, cols)
+    G = torch.zeros(cols, cols, device=samples[0].device)
     for x in samples:
         G.addmm_(x.t(), x)
     return G
@@ -84,7 +84,7 @@ def reference_sparsegpt(W: torch.Tensor, H: torch.Tensor, sparsity: float | None
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols)
+    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols, device=H.device)
     H = torch.linalg.cholesky(H)
     H = torch.cholesky_inverse(H)
     Hinv = torch.linalg.cholesky(H, upper=True)
@@ -98,7 +98,7 @@ def reference_sparsegpt(W: torch.Tensor, H: torch.Tensor, sparsity: float | None
         Hinv1 = Hinv[i1:i2, i1:i2]
         if nm is None:
             tmp = W1 ** 2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
-            mask1 = torch.zeros(tmp.numel(), dtype=torch.bool)
+            mask1 = torch.zeros(tmp.numel(), dtype=torch.bool, device=tmp.device)
             mask1[torch.sort(tmp.flatten())[1][:counts[b]]] = True
             mask1 = mask1.view_as(tmp)
         else:

@@ -5,13 +5,16 @@
                                          --dtype bfloat16     # the issue's GPU setting (4 of 32 blocks)
 
 For each method (Wanda 50%, SparseGPT 50%, SparseGPT 2:4) it prunes a fresh copy of the model with
-`ticketlab.llm.prune_model` and prints the end-to-end seconds, their extrapolation to ``--total-blocks``
-(32 for LLaMA-7B: the measured time minus the capture, per block, times the total), and the mean
-pruning arithmetic per layer shape. Beside them, on the same shapes and device, side by side:
-Wanda's arithmetic against a bare ``torch.kthvalue`` over the same score matrix (the issue's bound:
-within 3x), and SparseGPT's against the plain reference algorithm of
-``benchmarks/llm_layer_pruning.py`` (goal: at most 0.5x). The reference is timed on one layer per
-shape with a Hessian from random activations.
+`ticketlab.llm.prune_model` and prints the end-to-end seconds and their extrapolation to
+``--total-blocks`` (32 for LLaMA-7B). Each block's time is taken as it finishes (after a device
+sync), so the estimate is ``measured total + (total_blocks - blocks) x median middle block`` (the
+first block carries the capture, the last skips the forward that feeds a next one): with
+``--blocks`` >= 3 nothing is assumed. An untimed warm-up prune runs first so no method pays the
+device's start-up. Beside them, on the same shapes and device, side by side: Wanda's arithmetic per
+layer against a bare ``torch.kthvalue`` over the same score matrix (the issue's bound: within 3x), and
+SparseGPT's against the plain reference algorithm of ``benchmarks/llm_layer_pruning.py`` (goal: at most
+0.5x). The reference is timed on one layer per shape with a Hessian from random activations.
+``--profile`` prints where one Wanda prune spends its time (torch.profiler, top operators).
 """
 
 from __future__ import annotations
@@ -44,14 +47,62 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class BlockClock:
+    """A `prune_model` progress handle that records when each block finishes (after a sync)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.marks: list[float] = []
+
+    def __call__(self, description: str, total: int) -> "BlockClock":
+        sync(self.device)
+        self.marks = [time.perf_counter()]
+        return self
+
+    def update(self, count: int) -> None:
+        sync(self.device)
+        self.marks.append(time.perf_counter())
+
+    def close(self) -> None:
+        pass
+
+    def block_seconds(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
 def end_to_end(model: torch.nn.Module, calibration: torch.Tensor, config, device: torch.device, batch: int | None):
+    """(total seconds, seconds of each block, report) of one `prune_model` call."""
     from ticketlab.llm import prune_model
 
+    clock = BlockClock(device)
     sync(device)
     started = time.perf_counter()
-    report = prune_model(model, calibration, config, device=device, batch_size=batch)
+    report = prune_model(model, calibration, config, device=device, batch_size=batch, progress=clock)
     sync(device)
-    return time.perf_counter() - started, report
+    return time.perf_counter() - started, clock.block_seconds(), report
+
+
+def extrapolate(total: float, blocks: list[float], total_blocks: int) -> float:
+    """Seconds for ``total_blocks``: the measured call plus the missing blocks at the median time of
+    a middle block (the first carries the capture, the last has no forward for a next block)."""
+    middle = blocks[1:-1] or blocks
+    return total + (total_blocks - len(blocks)) * statistics.median(middle)
+
+
+def profile_wanda(model: torch.nn.Module, calibration: torch.Tensor, device: torch.device, batch: int | None) -> None:
+    """Print the operators one Wanda prune spends its time in (device time first where there is one)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ticketlab.llm import OneShotConfig
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        end_to_end(copy.deepcopy(model), calibration, OneShotConfig("wanda", sparsity=0.5), device, batch)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nprofile of one Wanda prune, by {key}:")
+    print(prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60))
+    print("by cpu_time_total:")
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=60))
 
 
 def bare_kthvalue(rows: int, cols: int, device: torch.device, repeats: int = 5) -> float:
@@ -95,6 +146,10 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--on-device", action="store_true",
+                        help="Place the model on --device first (as when it fits there); default: it stays in host memory "
+                             "and each block visits the device.")
+    parser.add_argument("--profile", action="store_true", help="Also profile one Wanda prune (torch.profiler).")
     args = parser.parse_args()
     if args.llama7b:
         args.hidden, args.intermediate, args.heads, args.vocab = 4096, 11008, 32, 32000
@@ -104,18 +159,25 @@ def main() -> None:
 
     device = torch.device(args.device)
     model = build(args)
+    if args.on_device:
+        model.to(device)
     calibration = torch.randint(0, args.vocab, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(1))
     print(f"LLaMA-shaped model: {args.blocks} blocks of hidden {args.hidden} / MLP {args.intermediate}, {args.dtype}, "
-          f"{args.nsamples} x {args.seqlen} calibration tokens, device {device}, torch {torch.__version__}")
+          f"{args.nsamples} x {args.seqlen} calibration tokens, device {device}, torch {torch.__version__}, "
+          f"model held {'on the device' if args.on_device else 'in host memory'}")
     shapes = {"attention": (args.hidden, args.hidden), "mlp in": (args.intermediate, args.hidden),
               "mlp out": (args.hidden, args.intermediate)}
+    from ticketlab.llm import prune_model
+    prune_model(copy.deepcopy(model), calibration[:2], OneShotConfig("wanda", sparsity=0.5), device=device)  # warm-up
+    if args.profile:
+        profile_wanda(model, calibration, device, args.batch)
     for label, config in (("Wanda 50%", OneShotConfig("wanda", sparsity=0.5)),
                           ("SparseGPT 50%", OneShotConfig("sparsegpt", sparsity=0.5)),
                           ("SparseGPT 2:4", OneShotConfig("sparsegpt", pattern="2:4"))):
-        seconds, report = end_to_end(copy.deepcopy(model), calibration, config, device, args.batch)
-        per_block = seconds / args.blocks
-        print(f"\n{label}: {seconds:.2f} s for {args.blocks} blocks -> ~{per_block * args.total_blocks:.1f} s for "
-              f"{args.total_blocks} blocks (calibration batch {report.extra['calibration_batch_size']})")
+        seconds, blocks, report = end_to_end(copy.deepcopy(model), calibration, config, device, args.batch)
+        print(f"\n{label}: {seconds:.2f} s for {args.blocks} blocks (each: {', '.join(f'{b:.2f}' for b in blocks)} s) "
+              f"-> ~{extrapolate(seconds, blocks, args.total_blocks):.1f} s for {args.total_blocks} blocks "
+              f"(calibration batch {report.extra['calibration_batch_size']})")
         for name, (rows, cols) in shapes.items():
             layers = [l["seconds"] for l in report.layers if tuple(l["shape"]) == (rows, cols)]
             if not layers:

@@ -66,6 +66,38 @@ def test_low_precision_weights_compute_in_fp32(dtype):
         assert float((y.double() - reference).abs().max()) <= 1e-2 * float(reference.abs().max()), name
 
 
+def test_cuda_24_refuses_float16_and_cpu_weights_with_a_reason():
+    backend = BACKENDS["cuda-2:4"]
+    assert "bfloat16" in backend.unavailable(torch.zeros(64, 64, dtype=torch.float16))
+    assert "CUDA" in backend.unavailable(torch.zeros(64, 64, dtype=torch.bfloat16))
+
+
+def test_buckets_reach_long_prefills_only_on_cuda():
+    assert execute.bucket_of(20000) == 512 and execute.bucket_of(20000, "cuda") == 32768
+    assert execute.bucket_of(3, "cuda") == execute.bucket_of(3) == 8
+    assert execute.bucket_of(10**6, "cuda") == 32768
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_24_equals_dense_with_and_without_bias():
+    dtype = torch.bfloat16
+    from ticketlab.select import NMPattern, select
+
+    dense = torch.randn(128, 256, generator=torch.Generator().manual_seed(0))
+    weight = (dense * select({"w": dense.abs()}, pattern=NMPattern(2, 4))["w"]).to("cuda", dtype)
+    backend = BACKENDS["cuda-2:4"]
+    if backend.unavailable(weight):
+        pytest.skip(backend.unavailable(weight))
+    for bias in (None, torch.randn(128, device="cuda", dtype=dtype)):
+        packed = backend.pack(weight, bias)
+        for rows in (8, 13, 64, 300, 300):   # padded rows, a second bucket, a cached algorithm
+            x = torch.randn(rows, 256, device="cuda", dtype=dtype)
+            reference = nn.functional.linear(x.float(), weight.float(), None if bias is None else bias.float())
+            y = backend.run(packed, x)
+            assert y.shape == (rows, 128) and y.dtype == dtype and y.is_contiguous()
+            assert float((y.float() - reference).abs().max()) <= 0.02 * float(reference.abs().max())
+
+
 def test_the_cpp_kernels_are_available_or_say_why():
     status = kernel_status()
     assert status["available"] or "compiler" in status["reason"] or "disabled" in status["reason"]

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from ticketlab.errors import TicketlabError
 from ticketlab.llm import OneShotConfig, context_length, find_blocks, prune_model, relative_reconstruction_error
 from ticketlab.llm.adapters import find_targets, is_conv1d
-from ticketlab.llm.capture import capture_block_inputs
+from ticketlab.llm.capture import capture_block_inputs, visiting
 from ticketlab.methods.wanda import wanda_mask
 
 VOCAB = 96
@@ -299,6 +299,33 @@ def test_cuda_device_matches_cpu():
     assert r_gpu.peak_memory_source == "cuda_max_memory_allocated"
     for a, b in zip(r_cpu.layers, r_gpu.layers):
         assert a["reconstruction_error"] == pytest.approx(b["reconstruction_error"], rel=1e-2, abs=1e-4)
+
+
+def _block_with_buffer() -> nn.Module:
+    block = nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2))
+    block.register_buffer("scale", torch.tensor([2.0]))
+    return block
+
+
+def test_visiting_the_device_a_block_is_on_changes_nothing():
+    block = _block_with_buffer()
+    before = {n: t for n, t in block.state_dict(keep_vars=True).items()}
+    with visiting(block, torch.device("cpu")):
+        block[0].weight.data.zero_()
+    after = block.state_dict(keep_vars=True)
+    assert all(after[n] is before[n] for n in before) and block[0].weight.abs().sum() == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_visiting_cuda_copies_back_into_the_home_tensors():
+    block = _block_with_buffer()
+    homes = {n: t.data_ptr() for n, t in block.state_dict().items()}
+    with visiting(block, torch.device("cuda")):
+        assert all(t.device.type == "cuda" for t in block.state_dict().values())
+        block[0].weight.data.mul_(torch.tensor([[1.0, 0, 1], [0, 1, 0]], device="cuda"))
+        block.scale.add_(1)
+    assert {n: t.data_ptr() for n, t in block.state_dict().items()} == homes     # same host memory
+    assert block[0].weight[0, 1] == 0 and block[0].weight[1, 0] == 0 and float(block.scale) == 3.0
 
 
 def test_real_minilm_prunes_quickly():

@@ -1,8 +1,9 @@
 """`sparsify`: run every pruned Linear layer (and small ReLU MLPs as a whole) with the fastest backend
 measured on this machine, per layer and batch-size bucket, never slower than dense beyond noise.
 
-How a choice is made: for a layer and a bucket of ``rows`` input rows (1, 8, 64, 512; larger inputs
-use the 512 decision), every available backend (`ticketlab.deploy.kernels`) runs on the same random
+How a choice is made: for a layer and a bucket of ``rows`` input rows (1, 8, 64, 512 on the CPU,
+larger inputs using the 512 decision; on a CUDA device also 4096 and 32768, since 2:4 pays only for
+long prefills), every available backend (`ticketlab.deploy.kernels`) runs on the same random
 input in alternation, a few rounds after a warm-up, and the one with the lowest median wins — but a
 sparse backend replaces ``dense`` only if it is at least `MARGIN` faster, so noise cannot make a
 layer slower. Choices are cached in memory and on disk (``~/.cache/ticketlab/plans.json``, see `_cache_path`)
@@ -35,6 +36,8 @@ from .kernels import BACKENDS, kernel_status, load_extension
 
 #: Row counts a decision is measured for; an input uses the first bucket that holds it (else the last).
 BUCKETS: tuple[int, ...] = (1, 8, 64, 512)
+#: The same on a CUDA device, where 2:4 beats dense only from ~16k rows (H200, LLaMA-7B MLP shapes).
+CUDA_BUCKETS: tuple[int, ...] = (1, 8, 64, 512, 4096, 32768)
 #: A sparse backend must beat dense by this fraction to be chosen.
 MARGIN = 0.05
 #: Layers with more than this fraction of non-zero weights stay plain ``nn.Linear``.
@@ -42,8 +45,23 @@ MAX_DENSITY = 0.9
 _memory_cache: dict[str, str] = {}
 
 
-def bucket_of(rows: int) -> int:
-    return next((b for b in BUCKETS if rows <= b), BUCKETS[-1])
+def bucket_of(rows: int, device_type: str = "cpu") -> int:
+    """The bucket whose decision inputs of ``rows`` rows use on a device of ``device_type``."""
+    buckets = CUDA_BUCKETS if device_type == "cuda" else BUCKETS
+    return next((b for b in buckets if rows <= b), buckets[-1])
+
+
+def synchronised(run: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+    """``run`` followed by a wait for the device, so a timer around it sees the work, not the launch."""
+    if device.type != "cuda":
+        return run
+
+    def waited() -> Any:
+        result = run()
+        torch.cuda.synchronize(device)
+        return result
+
+    return waited
 
 
 # --- the on-disk plan cache --------------------------------------------------------------------------
@@ -167,12 +185,13 @@ class SparseLinear(nn.Module):
 
     def plan_for(self, rows: int, repeats: int = 7) -> str:
         """The backend for inputs of ``rows`` rows (measured now if this bucket is new)."""
-        bucket = bucket_of(rows)
+        device = self.weight.device
+        bucket = bucket_of(rows, device.type)
         if bucket not in self.plan:
             usable = [n for n in self.candidates if BACKENDS[n].batch_sizes()[0] <= bucket <= BACKENDS[n].batch_sizes()[1]]
             x = torch.randn(bucket, self.in_features, generator=torch.Generator().manual_seed(bucket))
-            x = x.to(device=self.weight.device, dtype=self.weight.dtype)
-            runners = {n: (lambda run=self._runner(n): run(x)) for n in usable}
+            x = x.to(device=device, dtype=self.weight.dtype)
+            runners = {n: synchronised(lambda run=self._runner(n): run(x), device) for n in usable}
             with torch.no_grad():
                 self.plan[bucket] = choose("linear", self.signature(), bucket, runners, repeats)
             for name in list(self._packed):  # keep only what a plan uses
@@ -436,5 +455,5 @@ def execution_plan(model: nn.Module) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["BUCKETS", "FusedSparseMLP", "MARGIN", "SparseLinear", "bucket_of", "choose", "execution_plan",
+__all__ = ["BUCKETS", "CUDA_BUCKETS", "FusedSparseMLP", "MARGIN", "SparseLinear", "bucket_of", "choose", "execution_plan", "synchronised",
            "kernel_status", "pick", "sparsify"]

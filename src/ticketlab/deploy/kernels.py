@@ -15,9 +15,10 @@ medians of alternated repeats; benchmarks/sparse_linear.py reproduces them):
   half a minute once, then cached by torch. Without a compiler these two backends are simply
   unavailable and `kernel_status` says why; numba, the JIT library we also measured, reached
   only about 40% of the C++ kernel's speed at batch 1 and was left out.
-* ``cuda-2:4``  — NVIDIA's semi-structured 2:4 sparsity (``to_sparse_semi_structured``, fp16 /
-  bf16 on compute capability ≥ 8.0): 1.15–1.40× dense on large token counts, far slower on small
-  ones, which the measurement catches.
+* ``cuda-2:4``  — NVIDIA's semi-structured 2:4 sparsity through cuSPARSELt (bf16 on compute
+  capability ≥ 8.0, with the algorithm cuSPARSELt's search picks, `Packed24`): on an H200,
+  1.21–1.31× dense on LLaMA-7B MLP shapes at 16384–32768 tokens, 0.4–0.75× at 4096, far slower
+  on small counts, which the measurement catches (benchmarks/gpu_24_variants.py).
 """
 
 from __future__ import annotations
@@ -217,18 +218,54 @@ class CpuBitmask(_CppBackend):
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
+class Packed24:
+    """A bfloat16 2:4 weight compressed for cuSPARSELt, with the matmul algorithm chosen per row bucket.
+
+    Why tuned: cuSPARSELt's default algorithm (0) loses to dense even at 16384 tokens on an H200
+    (0.48-0.80x, torch 2.11, bf16, LLaMA-7B shapes), while the one ``_cslt_sparse_mm_search`` picks
+    reaches 1.21-1.31x on the MLP shapes at 16384-32768 tokens (benchmarks/gpu_24_variants.py).
+    The search runs once per power-of-two row bucket. float16 is refused (`Cuda24.unavailable`):
+    on the same machine its search failed inside cuSPARSELt and left the CUDA context unusable,
+    and its results through torch's tensor subclass did not match dense.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.bias = bias
+        self.matrix = torch._cslt_compress(weight.contiguous())
+        self.algorithms: dict[int, int] = {}
+
+    def algorithm_for(self, xt: torch.Tensor) -> int:
+        """The search's algorithm for ``xt``'s (in, rows) bucket (0 if the search is refused)."""
+        bucket = 1 << (xt.shape[1] - 1).bit_length()
+        if bucket not in self.algorithms:
+            try:
+                self.algorithms[bucket] = int(torch._cslt_sparse_mm_search(self.matrix, xt, transpose_result=True))
+            except RuntimeError:
+                self.algorithms[bucket] = 0
+        return self.algorithms[bucket]
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (rows, in), rows divisible by 8 -> (rows, out), contiguous."""
+        xt = x.t()
+        y = torch._cslt_sparse_mm(self.matrix, xt, transpose_result=True, alg_id=self.algorithm_for(xt))
+        return y if self.bias is None else y + self.bias
+
+
 class Cuda24(Backend):
-    """NVIDIA 2:4 semi-structured sparsity through ``torch.sparse.to_sparse_semi_structured``."""
+    """NVIDIA 2:4 semi-structured sparsity through cuSPARSELt (`Packed24`)."""
 
     name = "cuda-2:4"
 
     def unavailable(self, weight):
+        if weight.dtype != torch.bfloat16:
+            return ("2:4 execution needs bfloat16 weights (float16 failed inside cuSPARSELt on an H200 with "
+                    "torch 2.11; convert the model with .to(torch.bfloat16))")
         if weight.device.type != "cuda":
             return "2:4 execution needs a CUDA device"
         if torch.cuda.get_device_capability(weight.device) < (8, 0):
             return "2:4 execution needs compute capability 8.0 or newer"
-        if weight.dtype not in (torch.float16, torch.bfloat16):
-            return "2:4 execution needs float16 or bfloat16 weights"
+        if not torch.backends.cusparselt.is_available():
+            return "2:4 execution needs torch built with cuSPARSELt"
         rows, cols = weight.shape
         if rows % 64 or cols % 64:
             return "2:4 execution needs both dimensions divisible by 64"
@@ -241,17 +278,14 @@ class Cuda24(Backend):
         return 8, 1 << 62
 
     def pack(self, weight, bias):
-        from torch.sparse import to_sparse_semi_structured
-
-        return to_sparse_semi_structured(weight.contiguous()), bias
+        return Packed24(weight, bias)
 
     def run(self, packed, x):
-        matrix, bias = packed
         rows = x.shape[0]
         pad = (-rows) % 8  # the kernels need a row count divisible by 8
         if pad:
             x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
-        y = F.linear(x, matrix, bias)
+        y = packed.linear(x.contiguous())
         return y[:rows] if pad else y
 
 

@@ -165,14 +165,6 @@ def capture_block_inputs(model: nn.Module, block0: nn.Module, calibration: torch
     return buffer, inputs
 
 
-def module_device(module: nn.Module) -> torch.device | None:
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
-    return None
-
-
 Moved = list[tuple[nn.Module, str, bool, torch.device]]
 
 
@@ -194,6 +186,45 @@ def move_outside(model: nn.Module, blocks: nn.ModuleList, device: torch.device) 
     return moved
 
 
+@contextlib.contextmanager
+def visiting(module: nn.Module, device: torch.device) -> Iterator[None]:
+    """Run the body with ``module``'s parameters and buffers on ``device``, then put them home.
+
+    Why not ``module.to(device)`` and back: moving back allocates fresh host memory for every tensor
+    and faults its pages in while copying (measured on an H200: 22 ms per LLaMA-7B weight, half of
+    Wanda's time). Here each tensor is copied back *into* the host tensor it came from, whose pages
+    are already resident, and that tensor is reinstated. Tensors already on ``device`` stay put.
+    """
+    homes: list[tuple[dict, str, bool, torch.Tensor]] = []
+    for sub in module.modules():
+        for store, is_param in ((sub._parameters, True), (sub._buffers, False)):
+            for key, tensor in store.items():
+                if tensor is None or tensor.device == device:
+                    continue
+                home = tensor.data if is_param else tensor
+                homes.append((store, key, is_param, home))
+                if is_param:
+                    tensor.data = home.to(device)
+                else:
+                    store[key] = home.to(device)
+    try:
+        yield
+    finally:
+        for store, key, is_param, home in homes:
+            current = store[key]
+            if current is None:
+                continue
+            visited = current.data if is_param else current
+            if visited.shape == home.shape and visited.dtype == home.dtype:
+                home.copy_(visited)
+            else:   # replaced by something else while away: move it like `.to` would
+                home = visited.to(home.device)
+            if is_param:
+                current.data = home
+            else:
+                store[key] = home
+
+
 def move_back(moved: Moved) -> None:
     for module, key, is_param, device in moved:
         store = module._parameters if is_param else module._buffers
@@ -207,7 +238,7 @@ def move_back(moved: Moved) -> None:
 
 
 __all__ = ["BlockInputs", "Calibration", "MAX_BATCH", "calibration_batch_size", "capture_block_inputs", "inference_mode",
-           "module_device", "move_back", "move_outside"]
+           "move_back", "move_outside", "visiting"]
 
 
 class Calibration:

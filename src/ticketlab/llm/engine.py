@@ -33,8 +33,8 @@ from ..masks import Mask
 from ..memory import peak_memory
 from ..methods.oneshot import LayerStatistics, one_shot_method
 from .adapters import TargetLayer, context_length, find_blocks, find_targets
-from .capture import (Calibration, inference_mode, calibration_batch_size, capture_block_inputs, module_device, move_back,
-                      move_outside)
+from .capture import (Calibration, inference_mode, calibration_batch_size, capture_block_inputs, move_back, move_outside,
+                      visiting)
 from .config import OneShotConfig
 from .ranks import RankGroup
 from .report import PruningReport
@@ -207,14 +207,10 @@ class _BlockContext:
         once more so its pruned outputs feed the next block, and put it back; the layers' report."""
         if self.loader is not None:
             self.loader.load(index, block)
-        home = module_device(block)
-        if home is not None and home != self.device:
-            block.to(self.device)
-        report = self._prune(index, block, layers) if layers else []
-        if index < self.last:   # pruned outputs become the next block's inputs
-            self.calibration.run(block, keep_outputs=True)
-        if home is not None and home != self.device:
-            block.to(home)
+        with visiting(block, self.device):
+            report = self._prune(index, block, layers) if layers else []
+            if index < self.last:   # pruned outputs become the next block's inputs
+                self.calibration.run(block, keep_outputs=True)
         if self.loader is not None:
             self.loader.release(index, block)
         return report

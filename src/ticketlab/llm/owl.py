@@ -23,8 +23,8 @@ from torch import nn
 from ..errors import TicketlabError
 from .adapters import TargetLayer, find_blocks, find_targets
 from ..methods.wanda import wanda_scores
-from .capture import (Calibration, calibration_batch_size, capture_block_inputs, inference_mode, module_device,
-                      move_back, move_outside)
+from .capture import (Calibration, calibration_batch_size, capture_block_inputs, inference_mode, move_back,
+                      move_outside, visiting)
 from .config import OneShotConfig
 from .stats import StatisticsHooks
 
@@ -91,19 +91,17 @@ def owl_block_sparsity(model: nn.Module, calibration: torch.Tensor, config: OneS
             move_back(moved)
         state = Calibration(hidden, inputs, attention_mask.to(device).bool() if attention_mask is not None else None)
         for index in range(max(by_block) + 1):
-            block, home, layers = blocks[index], module_device(blocks[index]), by_block.get(index, [])
-            block.to(device)
+            layers = by_block.get(index, [])
             hooks = StatisticsHooks(layers, "norms", device, len(state.batches)) if layers else None
-            try:
-                state.run(block, hooks, keep_outputs=True)
-            finally:
-                if hooks is not None:
-                    hooks.remove()
-            if layers:
-                ratios[index] = outlier_ratio(_block_scores(layers, hooks), config.owl_threshold)
-                sizes[index] = sum(layer.module.weight.numel() for layer in layers)
-            if home is not None:
-                block.to(home)
+            with visiting(blocks[index], device):
+                try:
+                    state.run(blocks[index], hooks, keep_outputs=True)
+                finally:
+                    if hooks is not None:
+                        hooks.remove()
+                if layers:
+                    ratios[index] = outlier_ratio(_block_scores(layers, hooks), config.owl_threshold)
+                    sizes[index] = sum(layer.module.weight.numel() for layer in layers)
     return owl_sparsities(ratios, sizes, float(config.sparsity), config.owl_lambda), ratios
 
 

@@ -1,6 +1,6 @@
 """The ``ticketlab`` command line: parses flags into the library's config objects and prints.
 
-One module per family of commands (`lottery`: imp, report, mask, models, datasets; `sparse`:
+One module per family of commands (`lottery`: imp, mask, models, datasets; `report`: report; `sparse`:
 prune-init, sparse-train, compare; `masks`: masks compare; `stability`: stability); this module
 only builds the group and turns every user-facing failure into one sentence on stderr and exit
 code 2. No algorithm lives in the CLI.
@@ -13,7 +13,7 @@ import sys
 import click
 
 from ..errors import TicketlabError
-from . import deploy, llm, lottery, masks, sparse, stability
+from . import deploy, llm, lottery, masks, report, sparse, stability
 
 EXIT_USAGE = 2
 
@@ -37,7 +37,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
         click.echo(ctx.get_help())
 
 
-for _command in (lottery.imp, sparse.prune_init, sparse.sparse_train, sparse.compare, lottery.report,
+for _command in (lottery.imp, sparse.prune_init, sparse.sparse_train, sparse.compare, report.report,
                  lottery.mask_info, deploy.export, deploy.bench, lottery.models, lottery.datasets):
     cli.add_command(_command)
 cli.add_command(llm.llm)

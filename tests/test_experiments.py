@@ -9,7 +9,7 @@ import ticketlab.units.unit as unit_module
 from ticketlab.cli import main
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.compare import CompareConfig, imp_round_densities, nearest_round, run_compare
-from ticketlab.experiments.sparse import SparseConfig, SparseExperiment, run_sparse
+from ticketlab.experiments.sparse import PruneInitConfig, SparseConfig, SparseExperiment, SparseTrainConfig, run_sparse
 from ticketlab.masks import Mask
 from ticketlab.models import create_model
 from ticketlab.report import format_table
@@ -110,11 +110,26 @@ def test_imp_rounds_reach_the_smallest_density():
     (dict(densities=(0.0,)), "strictly between 0 and 1"),
     (dict(scope="global", distribution="erk"), "applies to --scope layer"),
     (dict(controls=("static",)), "Unknown control"),
-    (dict(kind="sparse-train", method="rigl", scope="global", controls=()), "--scope layer"),
 ])
 def test_bad_sparse_configs(overrides, message):
     with pytest.raises(TicketlabError, match=message):
         _pai(**overrides)
+
+
+def test_sparse_train_refuses_global_scope_and_pai_settings():
+    with pytest.raises(TicketlabError, match="--scope layer"):
+        SparseTrainConfig(method="rigl", densities=(0.1,), scope="global", distribution="uniform")
+    with pytest.raises(TypeError):   # prune-init's settings are not dynamic sparse training's
+        SparseTrainConfig(method="rigl", densities=(0.1,), score_batch_size=64)
+
+
+def test_the_split_configs_write_the_config_json_of_the_one_class_they_replace():
+    pai = PruneInitConfig(method="snip", densities=(0.1,))
+    assert pai.to_json()["kind"] == "prune-init" and "update_every" not in pai.to_json()
+    assert "allow_collapse" in pai.to_json() and SparseConfig(kind="prune-init", method="snip", densities=(0.1,)) == pai
+    dst = SparseTrainConfig(method="set", densities=(0.1,))
+    assert dst.to_json()["kind"] == "sparse-train" and dst.to_json()["update_every"] == "100it"
+    assert not {"allow_collapse", "score_batches", "synflow_double", "width"} & set(dst.to_json())
 
 
 def test_bad_compare_configs():

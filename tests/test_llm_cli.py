@@ -100,12 +100,12 @@ def test_prune_writes_model_masks_and_report(llm_assets, tmp_path, capsys, metho
 
 
 def test_eval_prints_what_the_number_was_measured_on(llm_assets, capsys):
-    code, out, err = _run(["eval", "--model", str(llm_assets.llama_dir), "--text", str(llm_assets.text_path),
+    code, out, err = _run(["eval", "--model", str(llm_assets.llama_dir), "--eval-text", str(llm_assets.text_path),
                            "--seqlen", "32"], capsys)
     assert code == 0, err
     assert "context length 64" in out and "windows of 32 tokens" in out and "predicted" in out
     assert str(llm_assets.text_path) in out and "sha256" in out and "perplexity:" in out
-    code, out, err = _run(["eval", "--model", str(llm_assets.llama_dir), "--text", str(llm_assets.text_path),
+    code, out, err = _run(["eval", "--model", str(llm_assets.llama_dir), "--eval-text", str(llm_assets.text_path),
                            "--seqlen", "32", "--max-windows", "2", "--json"], capsys)
     record = json.loads(out)
     assert code == 0 and record["windows"] == 2 and record["tokens"] == 62 and record["metric"] == "perplexity"
@@ -113,7 +113,7 @@ def test_eval_prints_what_the_number_was_measured_on(llm_assets, capsys):
 
 def test_eval_of_an_encoder_reports_fidelity_to_the_reference(llm_assets, capsys):
     code, out, err = _run(["eval", "--model", str(llm_assets.bert_dir), "--reference", str(llm_assets.bert_dir),
-                           "--text", str(llm_assets.text_path), "--json"], capsys)
+                           "--eval-text", str(llm_assets.text_path), "--json"], capsys)
     assert code == 0, err
     record = json.loads(out)
     assert record["metric"] == "embedding_fidelity" and record["mean_cosine"] == pytest.approx(1.0, abs=1e-5)
@@ -177,9 +177,9 @@ def test_bad_input_is_one_sentence_exit_2_and_nothing_is_written(llm_assets, tmp
     assert code == 2 and "not empty" in err and len(err.strip().splitlines()) == 1
     assert [p.name for p in existing.iterdir()] == ["keep.txt"] and (existing / "keep.txt").read_text() == "precious"
     # the same checks for eval and train-tiny
-    code, _, err = _run(["eval", "--model", str(tmp_path / "not_hf"), "--text", str(llm_assets.text_path)], capsys)
+    code, _, err = _run(["eval", "--model", str(tmp_path / "not_hf"), "--eval-text", str(llm_assets.text_path)], capsys)
     assert code == 2 and "config.json" in err and len(err.strip().splitlines()) == 1
-    code, _, err = _run(["eval", "--model", str(llm_assets.llama_dir), "--text", str(llm_assets.text_path),
+    code, _, err = _run(["eval", "--model", str(llm_assets.llama_dir), "--eval-text", str(llm_assets.text_path),
                          "--seqlen", "65"], capsys)
     assert code == 2 and "context of 64" in err
     code, _, err = _run(["train-tiny", "--text", str(llm_assets.text_path), "--out", str(existing)], capsys)

@@ -47,13 +47,14 @@ def test_two_local_workers_equal_one_process(tmp_path, single_process):
     assert main(ARGS + ["--workers", "2", "--out", str(out)]) == 0
     assert _summary(out) == _summary(single_process)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert sorted({(r["seed"], r["run"]) for r in records}) == [(0, "shuffle"), (0, "ticket"), (1, "shuffle"), (1, "ticket")]
+    assert sorted({(r["seed"], r["run"]) for r in records}) == [(0, "dense"), (0, "shuffle"), (0, "ticket"),
+                                                                (1, "dense"), (1, "shuffle"), (1, "ticket")]
 
 
 def test_a_local_dask_cluster_with_two_workers_equals_one_process(tmp_path, single_process):
     distributed = pytest.importorskip("distributed")
     config = SparseConfig(kind="prune-init", method="magnitude", densities=(0.2,), data="digits", seeds=(0, 1),
-                          controls=("shuffle",), train=TrainConfig(steps="20it"))
+                          controls=("shuffle",), dense=True, train=TrainConfig(steps="20it"))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         run_sparse(config, tmp_path / "run", workers=WorkerSetting(cluster=cluster.scheduler_address))
     assert _summary(tmp_path / "run") == _summary(single_process)

@@ -1,19 +1,28 @@
-"""Tables and plots from a run directory's ``summary.json``.
+"""Tables and plots from a run directory's ``summary.json``, and overlays of several runs.
 
-The library returns text and writes files; the command line decides what to print.
+The library returns text and writes files; the command line decides what to print. Every spread
+shown is the sample standard deviation over seeds (ddof = 1): `load_summary` recomputes it from
+the per-seed records a summary holds, so runs written before the switch from the population
+formula read the same as new ones. Several runs of any kind (IMP, prune-init, sparse-train,
+compare) overlay as accuracy vs % of weights remaining: `load_run`, `format_overlay_table`,
+`plot_overlay`.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import TicketlabError
-from .files import read_json, save_figure
+from .files import read_json
+from .plotting import dense_line, legend_outside, line_with_spread, percent_axis, pyplot, save, spread_label, style
+from .units.aggregate import sample_std
 
 
 def load_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run directory's checked ``summary.json``, every ``<field>_std`` the sample std over seeds."""
     path = Path(run_dir) / "summary.json"
     if not Path(run_dir).is_dir():
         raise TicketlabError(f"Run directory {str(run_dir)!r} does not exist.")
@@ -23,7 +32,22 @@ def load_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     problem = summary_problem(summary)
     if problem is not None:
         raise TicketlabError(f"{str(path)!r} is not a ticketlab summary ({problem}).")
+    for entry in summary["rounds"]:
+        for source in [entry, *(entry.get("controls") or {}).values()]:
+            _resample_spread(source)
     return summary
+
+
+def _resample_spread(entry: dict[str, Any]) -> None:
+    """Set each ``<field>_std`` of ``entry`` to the sample std of its per-seed records (``seeds``),
+    where every record has that field (older summaries stored the population std)."""
+    records = entry.get("seeds")
+    if not isinstance(records, dict) or not records or not all(isinstance(r, dict) for r in records.values()):
+        return
+    for key in [k for k in entry if k.endswith("_std")]:
+        values = [r.get(key[:-4]) for r in records.values()]
+        if all(_is_number(v) for v in values):
+            entry[key] = sample_std(values)
 
 
 _NUMBERS = ("density", "test_accuracy", "test_accuracy_std", "early_stop_iteration", "early_stop_iteration_std")
@@ -128,65 +152,62 @@ def format_table(summary: dict[str, Any]) -> str:
     dense = summary.get("dense_test_accuracy")
     title = (f"{summary.get('model')} on {summary.get('data')}"
              + ("" if is_imp else f", {summary.get('kind')} {summary.get('method')}")
-             + f": test accuracy (%) at the end of training, {n_seeds} seed(s)"
+             + f": test accuracy (%) at the end of training, {spread_label(n_seeds)}"
              + (f"; dense = {dense:.2f}" if dense is not None else "")
              + (" (given by --dense-accuracy)" if (summary.get("dense_reference") or {}).get("source") == "--dense-accuracy"
                 else ""))
     return "\n".join([title, *lines, *(_cost_note(summary) if is_imp else [])])
 
 
-def plot_report(summary: dict[str, Any], path: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> Path:
-    """Write a two-panel PNG: test accuracy and early-stopping iteration vs % of weights remaining.
+def _method_title(summary: dict[str, Any]) -> str:
+    """What ran, for a figure title: "IMP" or e.g. "prune-init snip"."""
+    kind = summary.get("kind", "imp")
+    return "IMP" if kind == "imp" else f"{kind} {summary.get('method')}"
 
-    The x axis is logarithmic and runs from dense (left) to sparse (right), as in the LTH paper;
-    lines are means over seeds, bands one standard deviation. Given the ``run_dir`` of an IMP run
-    whose masks reach round 1, a second row shows mask overlap (`ticketlab.analysis.overlap`):
-    Jaccard between consecutive rounds and between seeds, and a heat-map at the sparsest round.
+
+def report_figure(summary: dict[str, Any], run_dir: str | os.PathLike | None = None) -> Any:
+    """The figure of one run: test accuracy and early-stopping iteration vs % of weights remaining.
+
+    The x axis is logarithmic, ticked in percentages, from dense (left) to sparse (right), as in
+    the LTH paper; lines are means over seeds, bands ± the sample std; the dense accuracy (when the
+    summary has one) is a dashed line. Given the ``run_dir`` of an IMP run whose masks reach round
+    1, a second row shows mask overlap (`ticketlab.analysis.overlap`): Jaccard between consecutive
+    rounds and between seeds, and a heat-map at the sparsest round.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rounds = summary["rounds"]
     if not rounds:
         raise TicketlabError("The summary has no finished round to plot.")
     overlap = _run_overlap(summary, run_dir)
-    fig, grid = plt.subplots(1 if overlap is None else 2, 2, figsize=(11, 4.2 if overlap is None else 8.6),
+    plt = pyplot()
+    fig, grid = plt.subplots(1 if overlap is None else 2, 2, figsize=(12.5, 4.4 if overlap is None else 9.4),
                              squeeze=False)
     axes = grid[0]
     main_label = "ticket" if summary.get("kind", "imp") == "imp" else str(summary.get("method"))
-    for label in [main_label, *summary.get("controls", [])]:
-        points = []
-        for entry in rounds:
-            source = entry if label == main_label else entry.get("controls", {}).get(label)
-            if source is not None:
-                points.append((100 * entry["density"], source))
-        if not points:
-            continue
-        xs = [p for p, _ in points]
-        for ax, field in zip(axes, ("test_accuracy", "early_stop_iteration")):
-            mean = [s[field] for _, s in points]
-            std = [s[f"{field}_std"] for _, s in points]
-            ax.plot(xs, mean, marker="o", markersize=3, label=label)
-            ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    for index, label in enumerate([main_label, *summary.get("controls", [])]):
+        points = [(100 * e["density"], e if label == main_label else e.get("controls", {}).get(label)) for e in rounds]
+        points = [(x, source) for x, source in points if source is not None]
+        for ax, field in zip(axes, ("test_accuracy", "early_stop_iteration")) if points else ():
+            line_with_spread(ax, [x for x, _ in points], [s[field] for _, s in points],
+                             [s[f"{field}_std"] for _, s in points], label, index)
     if summary.get("dense_test_accuracy") is not None:
-        axes[0].axhline(summary["dense_test_accuracy"], color="gray", linestyle="--", linewidth=1, label="dense")
+        dense_line(axes[0], summary["dense_test_accuracy"])
     for ax, ylabel in zip(axes, ("test accuracy (%)", "early-stop iteration (min val loss)")):
-        ax.set_xscale("log")
-        ax.invert_xaxis()
-        ax.set_xlabel("% of weights remaining")
+        percent_axis(ax, [100 * e["density"] for e in rounds])
         ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend()
-    n_seeds = len(summary.get("seeds", [0]))
-    fig.suptitle(f"{summary.get('model')} on {summary.get('data')} ({n_seeds} seed(s), mean ± std)")
+    legend_outside(axes[1], handles=axes[0].get_legend_handles_labels())
+    fig.suptitle(f"{_method_title(summary)}: {summary.get('model')} on {summary.get('data')} "
+                 f"({spread_label(len(summary.get('seeds', [0])))})")
     if overlap is not None:
         from .analysis.overlap_plots import draw_heatmap, draw_round_overlap
 
         draw_round_overlap(grid[1][0], overlap)
         draw_heatmap(grid[1][1], overlap.matrix, overlap.matrix_title)
-    return save_figure(fig, path)
+    return fig
+
+
+def plot_report(summary: dict[str, Any], path: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> Path:
+    """Write `report_figure` as a PNG at ``path``."""
+    return save(report_figure(summary, run_dir), path)
 
 
 def _run_overlap(summary: dict[str, Any], run_dir: str | os.PathLike | None) -> Any:
@@ -196,3 +217,176 @@ def _run_overlap(summary: dict[str, Any], run_dir: str | os.PathLike | None) -> 
     from .analysis.mask_files import imp_run_overlap
 
     return imp_run_overlap(run_dir)
+
+
+# --- several runs: curves of accuracy vs % of weights remaining ---------------------------------
+@dataclass(frozen=True)
+class Curve:
+    """One method (or control) of a run: mean test accuracy and its sample std at each % remaining."""
+
+    name: str
+    percents: tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not (len(self.percents) == len(self.mean) == len(self.std)) or not self.percents:
+            raise TicketlabError(f"Curve {self.name!r} needs as many means and spreads as points (at least one).")
+
+
+@dataclass(frozen=True)
+class RunCurves:
+    """What one run directory contributes to an overlay: its curves, dense accuracy, and names."""
+
+    label: str
+    kind: str
+    model: str
+    data: str
+    seeds: int
+    dense: float | None
+    curves: tuple[Curve, ...]
+
+
+def load_run(run_dir: str | os.PathLike, label: str | None = None) -> RunCurves:
+    """The curves of a run directory of any kind (IMP, prune-init, sparse-train or compare).
+
+    ``label`` names the run in tables and legends (default: the directory's name). Anything that is
+    not a run directory, or a run with nothing finished yet, is one `TicketlabError` sentence.
+    """
+    root = Path(run_dir)
+    label = label or root.resolve().name
+    if not root.is_dir():
+        raise TicketlabError(f"Run directory {str(run_dir)!r} does not exist.")
+    if (root / "summary.json").exists():
+        return _summary_curves(load_summary(root), label)
+    if (root / "compare.json").exists():
+        return _compare_curves(root, label)
+    if not (root / "config.json").exists():
+        raise TicketlabError(f"{str(run_dir)!r} is not a ticketlab run directory (it has no summary.json, "
+                             "compare.json or config.json).")
+    config = read_json(root / "config.json")
+    if isinstance(config, dict) and config.get("kind") == "compare":
+        raise TicketlabError(f"{str(run_dir)!r} is a comparison that has not finished yet (no compare.json).")
+    return _summary_curves(load_summary(root), label)  # raises: no round has finished there
+
+
+def _summary_curves(summary: dict[str, Any], label: str) -> RunCurves:
+    kind = summary.get("kind", "imp")
+    main = "imp" if kind == "imp" else str(summary.get("method"))
+    curves = []
+    for name in [main, *summary.get("controls", [])]:
+        points = [(e, e if name == main else (e.get("controls") or {}).get(name)) for e in summary["rounds"]]
+        points = [(e, s) for e, s in points if s is not None]
+        if points:
+            curves.append(Curve(name if name == main else f"{main} {name}",
+                                tuple(100 * e["density"] for e, _ in points),
+                                tuple(s["test_accuracy"] for _, s in points),
+                                tuple(s["test_accuracy_std"] for _, s in points)))
+    if not curves:
+        raise TicketlabError(f"Run {label!r} has no finished round to show.")
+    return RunCurves(label, kind, str(summary.get("model")), str(summary.get("data")),
+                     len(summary.get("seeds", [0])), summary.get("dense_test_accuracy"), tuple(curves))
+
+
+def _compare_curves(root: Path, label: str) -> RunCurves:
+    """A comparison's curves from ``compare.json``'s rows, each spread re-read from its method's
+    ``summary.json`` (so it is the sample std whatever formula wrote ``compare.json``)."""
+    record = read_json(root / "compare.json")
+    rows, config = (record.get("rows"), record.get("config")) if isinstance(record, dict) else (None, None)
+    if not isinstance(rows, list) or not isinstance(config, dict) or not all(
+            isinstance(r, dict) and isinstance(r.get("method"), str) and _is_number(r.get("density"))
+            and _is_number(r.get("test_accuracy")) for r in rows):
+        raise TicketlabError(f"{str(root / 'compare.json')!r} is not a ticketlab comparison table.")
+    by_method: dict[str, list[tuple[float, float, float]]] = {}
+    for row in rows:
+        by_method.setdefault(row["method"], []).append(
+            (100 * row["density"], row["test_accuracy"], _compare_spread(root, row)))
+    dense = by_method.pop("dense", None)
+    curves = tuple(Curve(m, *(tuple(v) for v in zip(*sorted(points, reverse=True)))) for m, points in by_method.items())
+    if not curves:
+        raise TicketlabError(f"Comparison {label!r} has no method rows to show.")
+    return RunCurves(label, "compare", str(config.get("model")), str(config.get("data")),
+                     len(config.get("seeds", [0])), dense[0][1] if dense else None, curves)
+
+
+def _compare_spread(root: Path, row: dict[str, Any]) -> float:
+    """The sample std of one comparison row, from its method's run directory (the row's own value
+    when that directory or entry is missing)."""
+    method = "imp" if row["method"] in ("imp", "dense") else row["method"]
+    try:
+        rounds = load_summary(root / method)["rounds"]
+    except TicketlabError:
+        rounds = []
+    if row["method"] == "dense":
+        matches = rounds[:1]
+    elif row["method"] == "imp":
+        matches = [e for e in rounds if e.get("round") == row.get("imp_round")]
+    else:
+        matches = [e for e in rounds if e.get("target_density") == row.get("target_density")]
+    return matches[0]["test_accuracy_std"] if matches else float(row.get("test_accuracy_std", 0.0))
+
+
+def unique_labels(run_dirs: list[str | os.PathLike]) -> list[str]:
+    """Each run's directory name, or its path as given where two runs share a name."""
+    names = [Path(d).resolve().name for d in run_dirs]
+    return [name if names.count(name) == 1 else str(d) for name, d in zip(names, run_dirs)]
+
+
+def format_overlay_table(runs: list[RunCurves]) -> str:
+    """One table for several runs: a row per (run, method, point), the run's label in the first column."""
+    header = ["run", "kind", "model", "data", "method", "% left", "test acc", "seeds"]
+    rows = [header]
+    for run in runs:
+        first = [run.label, run.kind, run.model, run.data]
+        if run.dense is not None:
+            rows.append(first + ["dense", "100.00", f"{run.dense:6.2f}", str(run.seeds)])
+        for curve in run.curves:
+            for x, m, s in zip(curve.percents, curve.mean, curve.std):
+                rows.append(first + [curve.name, f"{x:.2f}", _pm(m, s, run.seeds), str(run.seeds)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) if i >= 5 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    title = (f"{len(runs)} run(s): test accuracy (%) at the end of training, "
+             f"{spread_label([r.seeds for r in runs])}")
+    return "\n".join([title, *lines])
+
+
+def overlay_title(runs: list[RunCurves]) -> str:
+    """Method(s), model(s) and data of an overlay, for its title."""
+    methods = list(dict.fromkeys(c.name for r in runs for c in r.curves))
+    models = " / ".join(dict.fromkeys(r.model for r in runs))
+    data = " / ".join(dict.fromkeys(r.data for r in runs))
+    return f"{', '.join(methods)}: {models} on {data} ({spread_label([r.seeds for r in runs])})"
+
+
+def overlay_figure(runs: list[RunCurves]) -> Any:
+    """Test accuracy vs % of weights remaining for every curve of every run, on one log axis
+    (ticked in percentages, dense on the left); each run's dense accuracy as a dashed line.
+
+    Curves are labelled ``run: method`` when more than one run is drawn; each gets its own colour,
+    marker and line style, and a band of ± the sample std.
+    """
+    if not runs:
+        raise TicketlabError("Nothing to overlay: give at least one run directory.")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5.2))
+    several, index = len(runs) > 1, 0
+    for run in runs:
+        if run.dense is not None:
+            dense_line(ax, run.dense, label=f"{run.label}: dense" if several else "dense",
+                       color=style(index)["color"] if several else None)
+        for curve in run.curves:
+            line_with_spread(ax, curve.percents, curve.mean, curve.std,
+                             f"{run.label}: {curve.name}" if several else curve.name, index)
+            index += 1
+    percent_axis(ax, [x for r in runs for c in r.curves for x in c.percents] + [100.0])
+    ax.set_ylabel("test accuracy (%)")
+    legend_outside(ax)
+    ax.set_title(overlay_title(runs), fontsize=10)
+    return fig
+
+
+def plot_overlay(runs: list[RunCurves], path: str | os.PathLike) -> Path:
+    """Write `overlay_figure` as a PNG at ``path``."""
+    return save(overlay_figure(runs), path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +101,9 @@ class MetricsLog:
     uninterrupted one, byte for byte.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, listener: Callable[[Mapping[str, Any]], None] | None = None):
         self.path = Path(path)
+        self.listener = listener   # also told every record (e.g. TensorBoard), after it is written
 
     def append(self, record: Mapping[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +111,8 @@ class MetricsLog:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(dict(record), sort_keys=False) + "\n")
                 handle.flush()
+        if self.listener is not None:
+            self.listener(record)
 
     def _exclusive(self) -> "FileLock":
         """Several worker processes share one log (``--workers``): appends and rewrites take turns."""
@@ -177,40 +180,54 @@ def _nested_run(directory: Path) -> bool:
     return directory.name.startswith(RANK_PREFIX) or (directory / LOCK_NAME).exists()
 
 
-def _check_existing(out: Path, record: dict[str, Any]) -> None:
-    """``out/config.json`` exists: it must be a ticketlab run with the same configuration."""
+#: ``extends(old_config, new_config)``: may a run of ``old_config`` grow into ``new_config``
+#: (more rounds, seeds, densities or methods; see `Experiment.extends`)?
+Extension = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
+
+
+def _check_existing(out: Path, record: dict[str, Any], extends: Extension | None) -> bool:
+    """``out/config.json`` exists: it must be a ticketlab run with the same configuration, or one
+    that ``extends`` lets the new configuration grow from. True when it would be extended."""
     existing = read_json(out / "config.json")
     if not _is_run_record(existing):
         raise TicketlabError(
             f"--out {str(out)!r} holds a config.json that is not a ticketlab run's (a Hugging Face model "
             "directory?); choose another --out."
         )
-    if existing != json.loads(json.dumps(record)):
-        old, new = existing["config"], record["config"]
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        what = ", ".join(diff) if diff else f"kind: {existing['kind']} vs {record['kind']}"
-        raise TicketlabError(
-            f"{str(out)!r} holds a run with a different configuration (differs in: {what}); "
-            "use another --out or repeat the original command to resume it."
-        )
+    new = json.loads(json.dumps(record))
+    if existing == new:
+        return False
+    if existing["kind"] == new["kind"] and extends is not None and extends(existing["config"], new["config"]):
+        return True
+    old, new_config = existing["config"], new["config"]
+    diff = sorted(k for k in set(old) | set(new_config) if old.get(k) != new_config.get(k))
+    what = ", ".join(diff) if diff else f"kind: {existing['kind']} vs {record['kind']}"
+    raise TicketlabError(
+        f"{str(out)!r} holds a run with a different configuration (differs in: {what}); "
+        "use another --out, repeat the original command to resume it, or extend it only by more rounds, "
+        "seeds, densities or methods."
+    )
 
 
-def check_run_directory(out: str | os.PathLike, config: Mapping[str, Any], *, kind: str) -> bool:
-    """Read-only: would ``out`` accept this run? True if it already holds it (a resume), False if
-    it is free; a TicketlabError (the claim's own message) if it would be refused."""
+def check_run_directory(out: str | os.PathLike, config: Mapping[str, Any], *, kind: str,
+                        extends: Extension | None = None) -> bool:
+    """Read-only: would ``out`` accept this run? True if it already holds it (a resume, or a run
+    this configuration extends), False if it is free; a TicketlabError (the claim's own message)
+    if it would be refused."""
     out = Path(out)
     record = {"kind": kind, "config": dict(config)}
     if out.exists() and not out.is_dir():
         raise TicketlabError(f"--out {str(out)!r} is a file, not a directory.")
     if (out / "config.json").exists():
-        _check_existing(out, record)
+        _check_existing(out, record, extends)
         return True
     if _foreign_entries(out):
         raise TicketlabError(f"--out {str(out)!r} is a non-empty directory that holds no ticketlab run.")
     return False
 
 
-def claim_run_directory(out: str | os.PathLike, config: Mapping[str, Any], *, kind: str) -> tuple[Path, RunLock]:
+def claim_run_directory(out: str | os.PathLike, config: Mapping[str, Any], *, kind: str,
+                        extends: Extension | None = None) -> tuple[Path, RunLock]:
     """Create ``out`` for a new run, or check that it holds a run with the same configuration.
 
     ``config`` is the resolved, JSON-serialisable configuration; it is stored as ``config.json``
@@ -218,10 +235,10 @@ def claim_run_directory(out: str | os.PathLike, config: Mapping[str, Any], *, ki
     which the caller holds (the returned `RunLock`) until the run ends; temporary files left by a
     killed run are removed first. Raises TicketlabError when ``out`` is a file, a non-empty
     directory that is not a ticketlab run, a run of another configuration, or in use by another
-    process.
+    process. A run that ``extends`` allows to grow into ``config`` gets the new ``config.json``.
     """
     out = Path(out)
-    check_run_directory(out, config, kind=kind)
+    check_run_directory(out, config, kind=kind, extends=extends)
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(out)
@@ -229,8 +246,10 @@ def claim_run_directory(out: str | os.PathLike, config: Mapping[str, Any], *, ki
         raise TicketlabError(f"Cannot create the run directory {str(out)!r} ({err.strerror or err}).") from None
     try:
         remove_leftovers(out, skip=_nested_run)
-        if not check_run_directory(out, config, kind=kind):
-            write_json(out / "config.json", {"kind": kind, "config": dict(config)})
+        record = {"kind": kind, "config": dict(config)}
+        if not check_run_directory(out, config, kind=kind, extends=extends) or \
+                _check_existing(out, record, extends):
+            write_json(out / "config.json", record)
     except BaseException:
         lock.release()
         raise

@@ -27,20 +27,18 @@ def draw_heatmap(ax: Any, matrix: OverlapMatrix, title: str, metric: str = "jacc
 
 
 def draw_round_overlap(ax: Any, overlap: RunOverlap) -> None:
-    """Jaccard between consecutive rounds and between seeds vs % of weights remaining (log x,
-    dense on the left, like the accuracy panels above it)."""
+    """Jaccard between consecutive rounds and between seeds vs % of weights remaining (log x ticked
+    in percentages, dense on the left, like the accuracy panels above it); legend below the axes."""
+    from ..plotting import legend_outside, percent_axis, style
+
     xs = [100 * d for d in overlap.densities]
-    for label, ys, style in (("round r vs r-1 (mean over seeds)", overlap.consecutive, "o-"),
-                             ("between seeds (mean over pairs)", overlap.between_seeds, "s-"),
-                             ("random masks, same densities", overlap.chance, "--")):
+    for index, (label, ys) in enumerate((("round r vs r-1 (mean over seeds)", overlap.consecutive),
+                                         ("between seeds (mean over pairs)", overlap.between_seeds),
+                                         ("random masks, same densities", overlap.chance))):
         points = [(x, y) for x, y in zip(xs, ys) if y is not None]
         if points:
-            ax.plot(*zip(*points), style, markersize=3, label=label)
-    ax.set_xscale("log")
-    ax.invert_xaxis()
+            ax.plot(*zip(*points), label=label, **style(index))
+    percent_axis(ax, xs)
     ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel("% of weights remaining")
     ax.set_ylabel("mask Jaccard |A∩B| / |A∪B|")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-
+    legend_outside(ax, where="below")

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..files import save_figure
 
 
 def format_stability_table(summary: dict[str, Any]) -> str:
@@ -29,32 +28,39 @@ def format_stability_table(summary: dict[str, Any]) -> str:
     return "\n".join([title, *lines])
 
 
-def plot_stability(summary: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write a two-panel PNG: test error along the path (one line per rewind point) and the barrier
-    against the rewind iteration k (symmetric-log x axis, since k = 0 is usually in the sweep)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def stability_figure(summary: dict[str, Any]) -> Any:
+    """Two panels: test error along the path (one line per rewind point, each its own colour, marker
+    and dash) and the barrier against the rewind iteration k (symmetric-log x axis, since k = 0 is
+    usually in the sweep, ticked at the iterations measured)."""
+    from ..plotting import legend_outside, pyplot, style
 
     entries = summary["rewind_points"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for entry in entries:
-        left.plot(entry["alphas"], entry["errors"], marker="o", markersize=3, label=f"k = {entry['rewind']}")
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(12, 4.4))
+    for index, entry in enumerate(entries):
+        left.plot(entry["alphas"], entry["errors"], label=f"k = {entry['rewind']}", **style(index))
     left.set_xlabel("interpolation α (0: copy A, 1: copy B)")
     left.set_ylabel("test error (%)")
-    left.legend()
+    legend_outside(left)
     ks = [e["iteration"] for e in entries]
-    right.plot(ks, [e["barrier"] for e in entries], marker="o")
-    right.axhline(summary["stable_barrier"], color="gray", linestyle="--", linewidth=1, label="stability threshold")
+    right.plot(ks, [e["barrier"] for e in entries], label="error barrier", **style(0))
+    right.axhline(summary["stable_barrier"], color="0.35", linestyle=(0, (4, 2)), linewidth=1.2,
+                  label=f"stability threshold ({summary['stable_barrier']:g})")
     right.set_xscale("symlog", linthresh=max(1, min([k for k in ks if k > 0], default=1)))
     right.set_xticks(ks, [str(k) for k in ks], rotation=45, fontsize=8)
     right.minorticks_off()
     right.set_xlabel("rewind iteration k")
     right.set_ylabel("error barrier (points)")
-    right.legend()
+    legend_outside(right)
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
-    fig.suptitle(f"Instability: {summary['model']} on {summary['data']}, round {summary['round']} "
-                 f"({100 * summary['density']:.2f}% left), seed {summary['seed']}")
-    return save_figure(fig, path)
+    which = "the dense network (IMP round 0)" if summary["round"] == 0 else f"IMP round {summary['round']}"
+    fig.suptitle(f"Instability of {which} ({100 * summary['density']:.2f}% of weights left): "
+                 f"{summary['model']} on {summary['data']}, seed {summary['seed']}")
+    return fig
+
+
+def plot_stability(summary: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write `stability_figure` as a PNG at ``path``."""
+    from ..plotting import save
+
+    return save(stability_figure(summary), path)

@@ -13,12 +13,21 @@ import sys
 import click
 
 from ..errors import TicketlabError
-from . import deploy, llm, lottery, masks, report, sparse, stability
+from . import deploy, llm, lottery, masks, recipes, report, sparse, stability
 
 EXIT_USAGE = 2
 
 
 EXIT_UNEXPECTED = 1
+#: Flags renamed for one vocabulary (--density wherever what is kept is given; --sparsity only
+#: for the LLM commands): the old spelling gets a one-sentence hint instead of "no such option".
+OLD_SPELLINGS: dict[str, str] = {
+    "--densities": "--densities is now --density (a comma list of the fractions of weights kept).",
+    "--imp-rate": "--imp-rate is now --rate (IMP's pruning rate per round, as in `ticketlab imp`).",
+    "--target-density": "--target-density is now --density (the fraction of weights kept after the last round).",
+    "--part": "--part is now --eval-part (as in `ticketlab llm prune`).",
+    "--text": "--text is now --eval-text here (as in `ticketlab llm prune`).",
+}
 _debug = {"on": False}
 
 
@@ -38,7 +47,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 for _command in (lottery.imp, sparse.prune_init, sparse.sparse_train, sparse.compare, report.report,
-                 lottery.mask_info, deploy.export, deploy.bench, lottery.models, lottery.datasets):
+                 lottery.mask_info, deploy.export, deploy.bench, lottery.models, lottery.datasets, recipes.recipes):
     cli.add_command(_command)
 cli.add_command(llm.llm)
 cli.add_command(masks.masks)
@@ -61,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="ticketlab", standalone_mode=False)
     except TicketlabError as err:
         click.echo(f"ticketlab: error: {err}", err=True)
+        return EXIT_USAGE
+    except click.NoSuchOption as err:
+        hint = OLD_SPELLINGS.get(err.option_name)
+        message = " ".join(line.strip() for line in err.format_message().splitlines() if line.strip())
+        click.echo(f"ticketlab: error: {hint if hint else message}", err=True)
         return EXIT_USAGE
     except click.ClickException as err:
         message = " ".join(line.strip() for line in err.format_message().splitlines() if line.strip())

@@ -1,8 +1,9 @@
-"""Pieces shared by every ``ticketlab`` sub-command: list parsing, training flags, progress bars.
+"""Pieces shared by every ``ticketlab`` sub-command: the run options, the progress display, the
+default run directory.
 
-Commands that train (imp, prune-init, sparse-train, compare) take the same training flags through
-`train_options` and turn them into a `TrainConfig` with `train_config_from`, so the flags mean the
-same thing everywhere.
+The flags of the configs themselves are generated from the config fields (`options`); this module
+holds the options that say *how* to run (device, stacking, workers, threads, logs), which are not
+part of a run's ``config.json``.
 """
 
 from __future__ import annotations
@@ -10,100 +11,106 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ..errors import TicketlabError
-
-
-def split_list(text: str) -> list[str]:
-    """``"a, b,,c"`` -> ``["a", "b", "c"]``."""
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """``"3"`` means three replicates (seeds 0, 1, 2); ``"0,5,7"`` lists the seeds themselves."""
-    try:
-        parts = [int(p) for p in split_list(text)]
-    except ValueError:
-        raise TicketlabError(f"Cannot read --seeds {text!r}: give a count like 3 or a list like 0,1,2.") from None
-    if not parts:
-        raise TicketlabError("--seeds needs at least one seed.")
-    if len(parts) == 1 and "," not in text:
-        if parts[0] < 1:
-            raise TicketlabError("--seeds needs at least one seed.")
-        return tuple(range(parts[0]))
-    return tuple(parts)
-
-
-def parse_floats(text: str, flag: str) -> tuple[float, ...]:
-    """``"0.2,0.05"`` -> ``(0.2, 0.05)``; a clear error naming ``flag`` otherwise."""
-    try:
-        values = tuple(float(p) for p in split_list(text))
-    except ValueError:
-        raise TicketlabError(f"Cannot read {flag} {text!r}: give numbers separated by commas.") from None
-    if not values:
-        raise TicketlabError(f"{flag} needs at least one value.")
-    return values
-
-
-def parse_controls(text: str) -> tuple[str, ...]:
-    """A comma list of control names; ``none`` (or empty) means no controls."""
-    return () if text.strip().lower() in ("", "none") else tuple(split_list(text))
-
+from ..flags import split_list
+from ..progress import Finished
 
 def default_out(kind: str, config_json: dict[str, Any], *parts: str) -> Path:
     """``runs/KIND-PARTS-<hash of the resolved config>``: the same config always maps to the same dir."""
     digest = hashlib.sha256(json.dumps(config_json, sort_keys=True).encode()).hexdigest()[:8]
-    return Path("runs") / "-".join([kind, *parts, digest])
+    safe = [part.replace(":", "-").replace("/", "-") for part in parts]   # module:function names
+    return Path("runs") / "-".join([kind, *safe, digest])
 
 
-class TqdmProgress:
-    """Progress bars on stderr (hidden when stderr is not a terminal)."""
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
-    def __call__(self, description: str, total: int, initial: int):
+
+def finished_line(event: Finished) -> str:
+    """One line per finished unit: ``[3/12] seed 0 ticket round 2: 64.0% of weights, test accuracy
+    97.12%, elapsed 1m02s, ETA 4m10s``."""
+    parts = [f"[{event.done}/{event.total}] {event.label}:"]
+    if event.density is not None:
+        parts.append(f"{100 * event.density:.1f}% of weights,")
+    if event.test_accuracy is not None:
+        parts.append(f"test accuracy {event.test_accuracy:.2f}%,")
+    parts.append(f"elapsed {_clock(event.elapsed)}")
+    if event.eta is not None and event.done < event.total:
+        parts.append(f", ETA {_clock(event.eta)}")
+    return " ".join(parts).replace(" ,", ",")
+
+
+class TerminalProgress:
+    """The CLI's `ticketlab.progress.Progress`: tqdm bars on a terminal; without one (nohup, SLURM)
+    no bars but one line per finished unit on stderr; every evaluation also to TensorBoard with
+    ``log_dir``."""
+
+    def __init__(self, log_dir: str | None = None, stream: Any = None):
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.board = TensorBoardLog(log_dir) if log_dir else None
+
+    def __call__(self, description: str, total: int, initial: int = 0):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, desc=description, leave=False, disable=None,
-                    dynamic_ncols=True, file=sys.stderr)
+        return tqdm(total=total, initial=initial, desc=description, leave=False, disable=not self.tty,
+                    dynamic_ncols=True, file=self.stream)
+
+    def finished(self, event: Finished) -> None:
+        if not self.tty:
+            print(f"ticketlab: {finished_line(event)}", file=self.stream, flush=True)
+
+    def metrics(self, record: Mapping[str, Any]) -> None:
+        if self.board is not None:
+            self.board.add(record)
 
 
-def data_options(func: Callable) -> Callable:
-    """``--model --width --data --data-dir --val-fraction --split-seed``."""
+class TensorBoardLog:
+    """Evaluation records as TensorBoard scalars: one tag per metric and run key
+    (``seed-0/round-2/ticket/test_accuracy``), the iteration as the step."""
+
+    KEYS = ("seed", "round", "density", "method", "run", "control")
+
+    def __init__(self, log_dir: str):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise TicketlabError("--log-dir needs TensorBoard: pip install 'ticketlab[tensorboard]'.") from None
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        prefix = "/".join(f"{k}-{record[k]}" if k in ("seed", "round", "density") else str(record[k])
+                          for k in self.KEYS if k in record)
+        step = int(record.get("iteration", 0))
+        for name, value in record.items():
+            if name not in self.KEYS and name != "iteration" and isinstance(value, (int, float)) \
+                    and not isinstance(value, bool):
+                self.writer.add_scalar(f"{prefix}/{name}" if prefix else name, value, step)
+        self.writer.flush()
+
+
+def progress_from(opts: Mapping[str, Any]) -> TerminalProgress | None:
+    """The progress display the run options ask for (None with --quiet and no --log-dir)."""
+    if opts.get("quiet") and not opts.get("log_dir"):
+        return None
+    progress = TerminalProgress(opts.get("log_dir"))
+    if opts.get("quiet"):
+        progress.tty = False
+        progress.finished = lambda event: None  # type: ignore[method-assign]
+    return progress
+
+
+def run_options(func: Callable) -> Callable:
+    """How to run (not part of the config): device, stacking, workers, threads, logs, quiet."""
     options = [
-        click.option("--model", default="lenet300", show_default=True, help="Registered model (see `ticketlab models`)."),
-        click.option("--width", default=1.0, show_default=True, type=float,
-                     help="Multiplier of the model's hidden widths (units, channels): 0.5 halves LeNet-300-100 "
-                          "to 150-50, 2 doubles it."),
-        click.option("--data", default="mnist5k", show_default=True, help="Registered dataset (see `ticketlab datasets`)."),
-        click.option("--data-dir", default=None, help="Directory holding MNIST / CIFAR-10 files (for --data mnist|cifar10)."),
-        click.option("--val-fraction", default=0.1, show_default=True, type=float,
-                     help="Share of the training data held out for validation."),
-        click.option("--split-seed", default=0, show_default=True, type=int, help="Seed of the train/val/test split."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def train_options(func: Callable) -> Callable:
-    """The training recipe flags, identical in every command that trains."""
-    options = [
-        click.option("--steps", default="10ep", show_default=True,
-                     help="Training budget with its unit: iterations (500it) or epochs (2ep)."),
-        click.option("--optimizer", default="adam", show_default=True, type=click.Choice(["sgd", "adam", "adamw"])),
-        click.option("--lr", default=1.2e-3, show_default=True, type=float, help="Learning rate."),
-        click.option("--batch-size", default=60, show_default=True, type=int),
-        click.option("--weight-decay", default=0.0, show_default=True, type=float),
-        click.option("--momentum", default=0.0, show_default=True, type=float, help="SGD momentum."),
-        click.option("--nesterov", is_flag=True, help="Nesterov momentum (SGD)."),
-        click.option("--warmup", default="0it", show_default=True, help="Linear learning-rate warm-up (step)."),
-        click.option("--lr-drops", default="", help="Comma list of steps where the LR is multiplied by --lr-gamma."),
-        click.option("--lr-gamma", default=0.1, show_default=True, type=float),
-        click.option("--eval-every", default=None, help="Evaluation interval (step); default: 20 evaluations per run."),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (CUDA when available)."),
         click.option("--stack", default="auto", show_default=True,
                      help="Networks trained at once as one stacked computation (a round's ticket and controls, "
@@ -116,7 +123,14 @@ def train_options(func: Callable) -> Callable:
                      help="Run the independent seeds / cells on the Dask scheduler at ADDRESS (tcp://HOST:8786); "
                           "the run directory must be on a filesystem every worker sees. "
                           "Needs pip install 'ticketlab[cluster]'."),
-        click.option("--quiet", is_flag=True, help="No progress bars and no table."),
+        click.option("--threads", default="auto", show_default=True,
+                     help="CPU threads: auto (one per 2·10⁹ multiply-accumulates of a training step, batch × MACs "
+                          "per example, so 1 for LeNet, Conv-2 and ResNet-20 at batch 60; at most the cores divided "
+                          "among --workers) or a number."),
+        click.option("--log-dir", default=None, metavar="DIR",
+                     help="Also write every evaluation as TensorBoard scalars to DIR "
+                          "(needs pip install 'ticketlab[tensorboard]')."),
+        click.option("--quiet", is_flag=True, help="No progress display and no table."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -137,13 +151,31 @@ def quiet_here(quiet: bool) -> bool:
     return quiet or not is_main_process()
 
 
-def train_config_from(opts: dict[str, Any]):
-    """The `TrainConfig` described by the flags of `train_options`."""
-    from ..train import TrainConfig
 
-    return TrainConfig(
-        optimizer=opts["optimizer"], lr=opts["lr"], batch_size=opts["batch_size"], steps=opts["steps"],
-        momentum=opts["momentum"], nesterov=opts["nesterov"], weight_decay=opts["weight_decay"],
-        warmup=opts["warmup"], lr_drops=tuple(split_list(opts["lr_drops"])), lr_gamma=opts["lr_gamma"],
-        eval_every=opts["eval_every"],
-    )
+
+def recipe_options(func: Callable) -> Callable:
+    """``--recipe NAME``: a paper's hyperparameters as the defaults (flags given still win)."""
+    return click.option("--recipe", default=None, metavar="NAME",
+                        help="A named recipe of a paper's hyperparameters (see `ticketlab recipes`); flags given "
+                             "on the command line override its values.")(func)
+
+
+def recipe_values(name: str | None, command: str, cls: type) -> dict[str, Any]:
+    """The recipe's values keyed by config field name (its keys are option names, ``batch-size``)."""
+    if name is None:
+        return {}
+    from ..recipes import recipe_defaults
+    from .options import flagged_fields
+
+    fields = {flag.flag_name(f.name).lstrip("-"): f.name for f, flag in flagged_fields(cls)}
+    values = {}
+    for option, value in recipe_defaults(name, command).items():
+        key = option.lstrip("-")
+        if key not in fields:
+            raise TicketlabError(f"Recipe {name!r} sets --{key}, which {command} does not take.")
+        values[fields[key]] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+__all__ = ["TerminalProgress", "TensorBoardLog", "default_out", "finished_line", "progress_from", "quiet_here",
+           "recipe_options", "recipe_values", "run_options", "split_list", "worker_setting_from"]

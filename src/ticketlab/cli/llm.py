@@ -19,7 +19,7 @@ from ..devices import resolve_device
 from ..errors import TicketlabError
 from ..llm.run import DEFAULT_NSAMPLES
 from ..methods.oneshot import ONE_SHOT_METHODS
-from .common import TqdmProgress, split_list
+from .common import TerminalProgress, split_list
 
 #: The most calibration windows, evaluation windows or sentences a command accepts.
 MAX_NSAMPLES = 1 << 20
@@ -137,8 +137,7 @@ def prune(**opts: Any) -> None:
                   if opts["eval_text"] else None)
     run = OneShotRun(method=method, out=opts["out"], model=opts["model_dir"], calibration=calibration,
                      evaluation=evaluation, device=opts["device"], dtype=opts["dtype"], stream=opts["stream"])
-    bars = TqdmProgress()
-    result = run_oneshot(run, progress=None if quiet else (lambda description, total: bars(description, total, 0)),
+    result = run_oneshot(run, progress=None if quiet else TerminalProgress(),
                          log=lambda text: _echo_err(quiet, text))
     from ..train.distributed import is_main_process
 
@@ -168,9 +167,9 @@ def _print_prune_summary(result: Any) -> None:
 @llm.command("eval")
 @click.option("--model", "model_dir", default=None, metavar="DIR",
               help="Hugging Face model directory (default: the embedded all-MiniLM-L6-v2).")
-@click.option("--text", default=None, metavar="PATH",
+@click.option("--eval-text", default=None, metavar="PATH",
               help="Evaluation text: a file or a directory of .txt files (default: the packaged English text).")
-@click.option("--part", default="heldout", show_default=True, type=click.Choice(["heldout", "all"]),
+@click.option("--eval-part", default="heldout", show_default=True, type=click.Choice(["heldout", "all"]),
               help="Evaluate on the last 10% of the text (never used by train-tiny or prune's calibration) or all of it.")
 @click.option("--seqlen", default=None, type=int, help="Window length for perplexity [default: min(2048, model context)].")
 @click.option("--max-windows", default=None, type=int, help="Use at most this many windows (a quick estimate).")
@@ -196,16 +195,17 @@ def eval_(**opts: Any) -> None:
         if opts[flag] is not None:
             validate.integer(opts[flag], f"--{flag.replace('_', '-')}", low=1, high=MAX_NSAMPLES)
     resolve_device(opts["device"], allow_auto=False)
-    text = read_text(opts["text"]) if opts["text"] else packaged_text()
+    text = read_text(opts["eval_text"]) if opts["eval_text"] else packaged_text()
     model_dir = Path(opts["model_dir"]) if opts["model_dir"] else default_model_path()
     loaded = load_pretrained(model_dir, device=opts["device"])
     quiet = opts["as_json"]
     if loaded.kind == "causal":
-        result = text_perplexity(loaded.model, loaded.tokenizer, text, seqlen=opts["seqlen"], part=opts["part"],
-                                 max_windows=opts["max_windows"], batch_size=opts["batch_size"], progress=not quiet)
+        result = text_perplexity(loaded.model, loaded.tokenizer, text, seqlen=opts["seqlen"], part=opts["eval_part"],
+                                 max_windows=opts["max_windows"], batch_size=opts["batch_size"],
+                                 progress=None if quiet else TerminalProgress())
         record = {"model": str(model_dir), "kind": "causal", "metric": "perplexity", **result.to_json()}
         lines = [f"model:          {model_dir} (causal LM, context length {result.context_length})",
-                 f"text:           {text.describe()}, part {opts['part']}",
+                 f"text:           {text.describe()}, part {opts['eval_part']}",
                  f"windows:        {result.windows} non-overlapping windows of {result.seqlen} tokens "
                  f"({result.dropped_tokens} trailing tokens dropped)",
                  f"tokens:         {result.tokens:,} predicted",
@@ -217,13 +217,13 @@ def eval_(**opts: Any) -> None:
         reference_dir = Path(opts["reference"]) if opts["reference"] else default_model_path()
         reference = load_pretrained(reference_dir, kind="encoder", device=opts["device"])
         check_same_vocabulary(loaded.model, reference.model, model_dir, reference_dir)
-        result = text_fidelity(loaded.model, reference.model, loaded.tokenizer, text, part=opts["part"],
+        result = text_fidelity(loaded.model, reference.model, loaded.tokenizer, text, part=opts["eval_part"],
                                max_sentences=opts["max_sentences"], batch_size=32 * opts["batch_size"])
         record = {"model": str(model_dir), "kind": "encoder", "metric": "embedding_fidelity",
                   "reference": str(reference_dir), **result.to_json()}
         lines = [f"model:          {model_dir} (encoder, context length {context_length(loaded.model)})",
                  f"reference:      {reference_dir}",
-                 f"text:           {text.describe()}, part {opts['part']}",
+                 f"text:           {text.describe()}, part {opts['eval_part']}",
                  f"sentences:      {result.sentences} (truncated to {result.max_length} tokens)",
                  f"fidelity:       mean cosine {result.mean_cosine:.4f}, min {result.min_cosine:.4f} "
                  "(mean-pooled, L2-normalised embeddings)"]
@@ -263,7 +263,7 @@ def train_tiny(**opts: Any) -> None:
     text = read_text(opts["text"])
     _echo_err(opts["quiet"], f"ticketlab llm train-tiny: {config.arch}, {config.layers} layers x {config.hidden}, "
                              f"context {config.context}, {config.steps} steps, seed {config.seed}, on {text.describe()}")
-    result = train_tiny_lm(text, opts["out"], config, threads=opts["threads"], progress=not opts["quiet"])
+    result = train_tiny_lm(text, opts["out"], config, threads=opts["threads"], progress=None if opts["quiet"] else TerminalProgress())
     click.echo(f"trained {result.parameters:,} parameters on {result.train_tokens:,} tokens in {result.seconds:.0f} s "
                f"(final train loss {result.final_train_loss:.3f})")
     click.echo(f"validation (held-out last 10%, {result.validation.windows} windows of {result.validation.seqlen} "

@@ -9,89 +9,37 @@ from pathlib import Path
 
 import click
 
-from ..errors import TicketlabError
-from .common import (TqdmProgress, data_options, default_out, parse_controls, parse_floats, parse_seeds, quiet_here,
-                     train_config_from, train_options, worker_setting_from)
-
-def _parse_layer_rates(items: tuple[str, ...]) -> tuple[tuple[str, float], ...] | None:
-    if not items:
-        return None
-    out = []
-    for item in items:
-        pattern, sep, value = item.rpartition("=")
-        try:
-            rate = float(value)
-        except ValueError:
-            rate = None
-        if not sep or not pattern or rate is None:
-            raise TicketlabError(f"Cannot read --layer-rate {item!r}: write PATTERN=RATE, e.g. output=0.1.")
-        out.append((pattern, rate))
-    return tuple(out)
+from ..lottery.config import IMPConfig
+from .common import default_out, progress_from, quiet_here, recipe_options, recipe_values, run_options, \
+    worker_setting_from
+from .options import config_from, config_options
 
 
 @click.command()
-@data_options
-@click.option("--rounds", default=12, show_default=True, type=int, help="Pruning rounds after the dense round 0.")
-@click.option("--rate", default=None,
-              help="Fraction of the remaining weights pruned per round  [default: 0.2]; a comma list gives "
-                   "one rate per round, the last repeating (0.5,0.5,0.2).")
-@click.option("--target-density", default=None, type=float,
-              help="Instead of --rate: the one constant rate with which --rounds rounds end at this fraction "
-                   "of the weights or just below (--rounds 1: one-shot pruning with rewinding).")
-@click.option("--layer-rate", "layer_rates", multiple=True, metavar="PATTERN=RATE",
-              help="Per-layer rate (exact name, suffix, regex, or 'output'); repeatable. "
-                   "Default with --scope layer: output at half the round's rate, as in the LTH paper.")
-@click.option("--scope", default="layer", show_default=True, type=click.Choice(["layer", "global"]),
-              help="Rank weights within each layer or across all layers.")
-@click.option("--ignore", multiple=True, metavar="PATTERN", help="Parameters never pruned; repeatable.")
-@click.option("--rewind", default="0", show_default=True,
-              help="Rewind point: 0 for theta_0, or a step such as 500it / 1ep (late rewinding).")
-@click.option("--controls", default="reinit", show_default=True,
-              help="Comma list of controls: reinit, random, shuffle; or 'none'.")
-@click.option("--seeds", default="1", show_default=True, help="Replicates: a count (3 = seeds 0,1,2) or a list (0,4).")
-@click.option("--tolerance", default=0.5, show_default=True, type=float,
-              help="A round is a winning ticket if its test accuracy is within this many points of dense.")
-@click.option("--early-bird", default=None, type=float, metavar="EPS",
-              help="Early-bird ticket: draw round 1's mask at every evaluation of round 0 and take it once the "
-                   "last --early-bird-window masks differ from the newest in under a fraction EPS of the weights. "
-                   "Round 0 stops there if --dense-accuracy is given; otherwise it trains on to be the dense "
-                   "reference (its extra iterations are not counted in the ticket's cost).")
-@click.option("--early-bird-window", default=None, type=int, help="Masks compared by --early-bird  [default: 5].")
-@click.option("--dense-accuracy", default=None, type=float,
-              help="The dense network's test accuracy (in %, e.g. from another run): the reference of --tolerance "
-                   "instead of round 0's.")
+@config_options(IMPConfig)
 @click.option("--out", default=None, help="Run directory (default: runs/imp-MODEL-DATA-<config hash>).")
-@train_options
+@recipe_options
+@run_options
 def imp(**opts) -> None:
     """Find lottery tickets by iterative magnitude pruning with rewinding, beside controls.
 
-    Re-running the same command on the same --out resumes where it stopped.
+    Re-running the same command on the same --out resumes where it stopped; with more --rounds or
+    more --seeds it extends the run (only the new rounds and seeds train).
     """
-    from ..lottery import IMPConfig, IMPExperiment
+    from ..lottery import IMPExperiment
     from ..report import format_table, plot_report
     from ..train import resolve_device
 
-    config = IMPConfig(
-        model=opts["model"], width=opts["width"], data=opts["data"], data_dir=opts["data_dir"], rounds=opts["rounds"],
-        rate=None if opts["rate"] is None else parse_floats(opts["rate"], "--rate"),
-        target_density=opts["target_density"], early_bird=opts["early_bird"], dense_accuracy=opts["dense_accuracy"],
-        **({} if opts["early_bird_window"] is None else {"early_bird_window": opts["early_bird_window"]}),
-        layer_rates=_parse_layer_rates(opts["layer_rates"]), scope=opts["scope"],
-        ignore=tuple(opts["ignore"]), rewind=opts["rewind"], controls=parse_controls(opts["controls"]),
-        seeds=parse_seeds(opts["seeds"]), tolerance=opts["tolerance"], val_fraction=opts["val_fraction"],
-        split_seed=opts["split_seed"], train=train_config_from(opts),
-    )
+    config = config_from(IMPConfig, opts, recipe_values(opts["recipe"], "imp", IMPConfig))
     opts["quiet"] = quiet_here(opts["quiet"])
-    out = opts["out"]
-    if out is None:
-        out = default_out("imp", config.to_json(), config.model, config.data)
+    out = opts["out"] or default_out("imp", config.to_json(), config.model, config.data)
     device = resolve_device(opts["device"])
-    progress = None if opts["quiet"] else TqdmProgress()
-    experiment = IMPExperiment.prepare(config, out, device=device, progress=progress, stack=opts["stack"],
-                                       workers=worker_setting_from(opts))
+    experiment = IMPExperiment.prepare(config, out, device=device, progress=progress_from(opts), stack=opts["stack"],
+                                       workers=worker_setting_from(opts), threads=opts["threads"])
     if not opts["quiet"]:
         click.echo(f"ticketlab imp: {config.model} on {config.data}, {config.rounds} rounds, "
-                   f"seeds {list(config.seeds)}, device {device}; writing to {out}", err=True)
+                   f"seeds {list(config.seeds)}, device {device}, {experiment.threads} thread(s); writing to {out}",
+                   err=True)
     summary = experiment.run()
     plot = plot_report(summary, experiment.out / "report.png", run_dir=experiment.out)
     if not opts["quiet"]:
@@ -111,8 +59,9 @@ def mask_info(mask_file: Path, model: str | None, data: str, data_dir: str | Non
     mask = Mask.load(mask_file)
     if model is not None:
         from ..data import load_dataset
-        from ..models import create_model
+        from ..models import create_model, trust_user_code
 
+        trust_user_code(model, data)   # module:function typed on this command line
         splits = load_dataset(data, root=data_dir)
         mask.validate(create_model(model, splits.input_shape, splits.num_classes, seed=0))
     width = max([len(n) for n in mask] + [7])

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..errors import TicketlabError
-from .common import TqdmProgress, split_list
+from .common import TerminalProgress, split_list
 
 
 def _sweep(text: str | None) -> tuple[str, ...] | None:
@@ -55,7 +55,7 @@ def stability(run_dir: Path, round_index: int, seed: int | None, points: int, re
                    f"{[p.label for p in analysis.points]}, device {analysis.device}; writing to {analysis.out}",
                    err=True)
     started = time.perf_counter()
-    summary = analysis.run(None if quiet else TqdmProgress())
+    summary = analysis.run(None if quiet else TerminalProgress())
     if not quiet:
         click.echo(format_stability_table(summary))
         click.echo(f"\nWrote {analysis.out / 'stability.json'} and {analysis.out / 'stability.png'} "

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import TicketlabError
-from ..files import save_figure, write_json
+from ..files import write_json
 from .conv import SparseConv2d
 from .execute import FusedSparseMLP, SparseLinear, execution_plan
 from .export import example_batch
@@ -207,27 +207,35 @@ def _compact_bytes(directory: Path, record: dict[str, Any]) -> int:
     return weights.stat().st_size
 
 
-def write_outputs(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """``bench.json`` and ``bench.png`` (speed-up of the deployed model against batch size) in ``out``."""
-    import matplotlib
+def bench_figure(result: dict[str, Any]) -> Any:
+    """End-to-end speed-up of the deployed model over dense against batch size (log2 x axis ticked
+    at the batch sizes measured), the dense speed 1.0 as a dashed line, legend outside the axes."""
+    from ..plotting import DENSE_STYLE, legend_outside, pyplot, style
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig, ax = pyplot().subplots(figsize=(7.5, 4))
+    batches = [row["batch"] for row in result["end_to_end"]]
+    ax.plot(batches, [row["speedup"] for row in result["end_to_end"]], label="end to end (deployed / dense)",
+            **style(0))
+    ax.axhline(1.0, **DENSE_STYLE, label="dense (1.0)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.minorticks_off()
+    ax.set_xlabel("batch size" + (f" (x {result['seqlen']} tokens)" if result.get("seqlen") else ""))
+    ax.set_ylabel("speed-up over dense (median)")
+    ax.set_title(f"Deployed sparse {Path(result['model']).name} on {result['device']}, {result['threads']} thread(s)",
+                 fontsize=10)
+    ax.grid(True, alpha=0.3)
+    legend_outside(ax)
+    return fig
+
+
+def write_outputs(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """``bench.json`` and ``bench.png`` (`bench_figure`) in ``out``."""
+    from ..plotting import save
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench.json", result)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    batches = [row["batch"] for row in result["end_to_end"]]
-    ax.plot(batches, [row["speedup"] for row in result["end_to_end"]], marker="o", label="end to end")
-    ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="dense")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(batches, [str(b) for b in batches])
-    ax.set_xlabel("batch size" + (f" (x {result['seqlen']} tokens)" if result.get("seqlen") else ""))
-    ax.set_ylabel("speed-up over dense (median)")
-    ax.set_title(f"{Path(result['model']).name} on {result['device']}, {result['threads']} thread(s)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    return out / "bench.json", save_figure(fig, out / "bench.png")
+    return out / "bench.json", save(bench_figure(result), out / "bench.png")
 
 
 def format_bench(result: dict[str, Any]) -> str:

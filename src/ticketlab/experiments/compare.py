@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,13 @@ from ..flops import network_cost
 from ..lottery import IMPConfig, IMPExperiment
 from ..lottery.imp import layer_rates
 from ..masks import Mask
-from ..files import atomic_path, save_figure, write_json
+from ..files import atomic_path, write_json
+from ..flags import config_json, floats_parser, parse_names, setting
+from ..run_config import RunConfig
 from ..select import keep_counts_after_pruning
 from ..targets import prunable_parameters
-from ..train import TrainConfig
-from .sparse import DST_METHODS, PAI_METHODS, SparseConfig, SparseExperiment, density_label
+from .sparse import (DST_FLAGS, DST_METHODS, PAI_METHODS, PruneInitConfig, SparseExperiment, SparseTrainConfig,
+                     density_label)
 from ..units import Experiment, ProgressFactory, WorkerSetting
 
 METHODS: tuple[str, ...] = ("imp", *PAI_METHODS, *DST_METHODS)
@@ -44,29 +46,23 @@ GLOBAL_SCORERS: tuple[str, ...] = ("snip", "grasp", "synflow", "magnitude")
 
 
 @dataclass(frozen=True)
-class CompareConfig:
+class CompareConfig(RunConfig):
     """Which methods, at which densities, on which model and data, with one training recipe."""
 
-    methods: tuple[str, ...] = ("imp", "snip", "grasp", "synflow", "random", "rigl", "set")
-    densities: tuple[float, ...] = (0.2, 0.05, 0.01)
-    model: str = "lenet300"
-    width: float = 1.0
-    data: str = "mnist5k"
-    data_dir: str | None = None
-    seeds: tuple[int, ...] = (0,)
-    distribution: str = "erk"
-    imp_rate: float = 0.2
-    update_every: str = "100it"
-    alpha: float = 0.3
-    end_fraction: float = 0.75
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    train: TrainConfig = field(default_factory=TrainConfig)
+    methods: tuple[str, ...] = setting(("imp", "snip", "grasp", "synflow", "random", "rigl", "set"), parse=parse_names, help="Comma list of methods to compare.")
+    densities: tuple[float, ...] = setting((0.2, 0.05, 0.01), name="--density", parse=floats_parser("--density"),
+                                           help="Comma list of target densities (fractions of the weights kept).")
+    distribution: str = setting("erk", choices=lambda: DISTRIBUTIONS,
+                                help="Layer-wise densities for random, RigL and SET (the PaI scorers rank globally).")
+    imp_rate: float = setting(0.2, name="--rate", type=float, help="IMP's pruning rate per round.")
+    update_every: str = setting("100it", **DST_FLAGS["update_every"])
+    alpha: float = setting(0.3, **DST_FLAGS["alpha"])
+    end_fraction: float = setting(0.75, **DST_FLAGS["end_fraction"])
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "densities", tuple(sorted((float(d) for d in self.densities), reverse=True)))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise TicketlabError(f"Unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}.")
@@ -75,13 +71,12 @@ class CompareConfig:
         if self.distribution not in DISTRIBUTIONS:
             raise TicketlabError(f"Unknown density distribution {self.distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}.")
         if not self.densities:
-            raise TicketlabError("--densities needs at least one density.")
+            raise TicketlabError("--density needs at least one density.")
         for d in self.densities:
-            validate.fraction(d, "A density in --densities")
-        validate.run_common(self)
+            validate.fraction(d, "A density in --density")
         self.sub_configs()  # building every sub-config validates the rest
 
-    def sub_configs(self) -> dict[str, SparseConfig | IMPConfig]:
+    def sub_configs(self) -> dict[str, PruneInitConfig | SparseTrainConfig | IMPConfig]:
         """The config of every method's sub-experiment (IMP's rounds are set in `CompareExperiment`)."""
         common = dict(model=self.model, width=self.width, data=self.data, data_dir=self.data_dir, seeds=self.seeds,
                       val_fraction=self.val_fraction, split_seed=self.split_seed, train=self.train)
@@ -90,26 +85,19 @@ class CompareConfig:
             if method == "imp":
                 out[method] = IMPConfig(rate=self.imp_rate, controls=(), rounds=0, **common)
             elif method in DST_METHODS:
-                out[method] = SparseConfig(kind="sparse-train", method=method, densities=self.densities,
-                                           scope="layer", distribution=self.distribution,
-                                           update_every=self.update_every, alpha=self.alpha,
-                                           end_fraction=self.end_fraction, **common)
+                out[method] = SparseTrainConfig(method=method, densities=self.densities, distribution=self.distribution,
+                                                update_every=self.update_every, alpha=self.alpha,
+                                                end_fraction=self.end_fraction, **common)
             else:
                 scope = "global" if method in GLOBAL_SCORERS else "layer"
-                out[method] = SparseConfig(kind="prune-init", method=method, densities=self.densities, scope=scope,
-                                           distribution="uniform" if scope == "global" else self.distribution,
-                                           allow_collapse=True, **common)
+                out[method] = PruneInitConfig(method=method, densities=self.densities, scope=scope,
+                                              distribution="uniform" if scope == "global" else self.distribution,
+                                              allow_collapse=True, **common)
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"methods": list(self.methods), "densities": list(self.densities), "model": self.model,
-                "data": self.data, "data_dir": self.data_dir, "seeds": list(self.seeds),
-                "distribution": self.distribution, "imp_rate": self.imp_rate,
-                **({"update_every": self.update_every, "alpha": self.alpha, "end_fraction": self.end_fraction}
-                   if any(m in DST_METHODS for m in self.methods) else {}),
-                "val_fraction": self.val_fraction,
-                "split_seed": self.split_seed, **({"width": self.width} if self.width != 1.0 else {}),
-                "train": self.train.to_json()}
+        dst = any(m in DST_METHODS for m in self.methods)
+        return config_json(self, leave_out=() if dst else ("update_every", "alpha", "end_fraction"))
 
 
 def imp_round_densities(config: IMPConfig, model: torch.nn.Module, smallest: float, limit: int = 200) -> list[float]:
@@ -139,6 +127,16 @@ class CompareExperiment(Experiment):
     """A `CompareConfig` bound to its directory; each method runs as a sub-experiment inside it."""
 
     config: CompareConfig
+
+    growing_lists = ("seeds", "densities", "methods")
+
+    @classmethod
+    def extends(cls, old: dict[str, Any], new: dict[str, Any]) -> bool:
+        """More seeds, densities or methods (the DST settings appear once a DST method is added)."""
+        dst_keys = ("update_every", "alpha", "end_fraction")
+        if not any(k in old for k in dst_keys):
+            new = {k: v for k, v in new.items() if k not in dst_keys}
+        return super().extends(old, new)
 
     @classmethod
     def kind_of(cls, config: CompareConfig) -> str:
@@ -279,38 +277,43 @@ def format_compare(rows: list[dict[str, Any]], config: CompareConfig) -> str:
     return "\n".join(lines)
 
 
-def plot_compare(rows: list[dict[str, Any]], config: CompareConfig, path: Path,
-                 masks: dict[float, dict[str, Path]] | None = None) -> Path:
-    """Test accuracy vs % of weights remaining (log x, dense on the left), one line per method.
+def compare_figure(rows: list[dict[str, Any]], config: CompareConfig,
+                   masks: dict[float, dict[str, Path]] | None = None) -> Any:
+    """Test accuracy vs % of weights remaining (log x ticked in percentages, dense on the left),
+    one line per method with a band of ± the sample std, the dense accuracy as a dashed line.
 
     With ``masks`` (see `CompareExperiment.overlap_masks`), a second row holds one heat-map per
     target density: the Jaccard overlap of the methods' masks (do the methods keep the same weights?).
     """
-    import matplotlib
+    from ..plotting import dense_line, legend_outside, line_with_spread, percent_axis, pyplot, spread_label
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = {t: m for t, m in (masks or {}).items() if len(m) > 1}
-    fig = plt.figure(figsize=(max(7.0, 4.4 * len(panels)), 9.0 if panels else 4.5))
+    fig = plt.figure(figsize=(max(9.0, 4.4 * len(panels)), 9.0 if panels else 4.8))
     grid = fig.add_gridspec(2 if panels else 1, max(1, len(panels)))
     ax = fig.add_subplot(grid[0, :])
     _draw_method_overlap(fig, grid, panels)
-    for method in dict.fromkeys(r["method"] for r in rows):
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for index, method in enumerate(m for m in methods if m != "dense"):
         points = sorted((r for r in rows if r["method"] == method), key=lambda r: -r["density"])
-        if method == "dense":
-            ax.axhline(points[0]["test_accuracy"], color="gray", linestyle="--", linewidth=1, label="dense")
-            continue
-        ax.errorbar([100 * p["density"] for p in points], [p["test_accuracy"] for p in points],
-                    yerr=[p["test_accuracy_std"] for p in points], marker="o", markersize=4, capsize=3, label=method)
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("% of weights remaining")
+        line_with_spread(ax, [100 * p["density"] for p in points], [p["test_accuracy"] for p in points],
+                         [p["test_accuracy_std"] for p in points], method, index)
+    for row in (r for r in rows if r["method"] == "dense"):
+        dense_line(ax, row["test_accuracy"])
+    percent_axis(ax, [100 * r["density"] for r in rows])
     ax.set_ylabel("test accuracy (%)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"{config.model} on {config.data} ({len(config.seeds)} seed(s), mean ± std)")
-    return save_figure(fig, path)
+    legend_outside(ax)
+    names = ", ".join(m for m in methods if m != "dense")
+    ax.set_title(f"{names}: {config.model} on {config.data} ({spread_label(len(config.seeds))})", fontsize=10)
+    return fig
+
+
+def plot_compare(rows: list[dict[str, Any]], config: CompareConfig, path: Path,
+                 masks: dict[float, dict[str, Path]] | None = None) -> Path:
+    """Write `compare_figure` as a PNG at ``path``."""
+    from ..plotting import save
+
+    return save(compare_figure(rows, config, masks), path)
 
 
 def _draw_method_overlap(fig: Any, grid: Any, panels: dict[float, dict[str, Path]]) -> None:

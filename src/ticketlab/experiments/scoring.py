@@ -37,7 +37,7 @@ class ScoredMask:
 
 
 class MaskScorer:
-    """Computes the initial masks of a `SparseConfig` (``config``) on ``data``, on ``device``."""
+    """Computes the initial masks of a `PruneInitConfig` / `SparseTrainConfig` (``config``) on ``data``, on ``device``."""
 
     def __init__(self, config, data: DataSplits, device: torch.device):
         self.config, self.data, self.device = config, data, torch.device(device)
@@ -69,16 +69,16 @@ class MaskScorer:
         params = prunable_parameters(model, ignore=cfg.ignore)
         label = ("invert" if invert else "mask", density)
         if cfg.kind == "sparse-train":
-            method, scope = "random", "layer"
+            method, scope, iterations = "random", "layer", 1
             context = ScoringContext(generator=generator(seed, "dst-init", *label))
         else:
-            method, scope = cfg.method, cfg.scope
+            method, scope, iterations = cfg.method, cfg.scope, cfg.synflow_iterations
             batches = self.score_batches(seed) if cfg.method in ("snip", "grasp") else ()
             context = ScoringContext(generator=generator(seed, "scores", *label), batches=batches,
                                      input_shape=self.data.input_shape, synflow_double=cfg.synflow_double)
         started = time.perf_counter()
         mask = prune_at_init(model, params, density, method=method, scope=scope, distribution=cfg.distribution,
-                             context=context, invert=invert, synflow_iterations=cfg.synflow_iterations)
+                             context=context, invert=invert, synflow_iterations=iterations)
         return ScoredMask(Mask({n: t.cpu() for n, t in mask.items()}), time.perf_counter() - started)
 
     def score_all(self, keys: Iterable[MaskKey]) -> dict[MaskKey, ScoredMask]:

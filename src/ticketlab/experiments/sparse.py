@@ -22,9 +22,9 @@ Layout of a run directory (every file atomic; finished units are never recompute
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -38,10 +38,13 @@ from ..methods.updaters import make_updater
 from ..methods.pai import PAI_METHODS
 from ..models import create_model
 from ..files import read_json, write_json
+from ..flags import config_json, floats_parser, parse_names, setting
+from ..run_config import RunConfig
 from ..seeding import derive_seed, generator
 from ..targets import prunable_parameters
-from ..train import TrainConfig, iterations_per_epoch
+from ..train import iterations_per_epoch
 from ..train.config import MAX_BATCH
+from ..units.aggregate import write_summary_files
 from ..units import Experiment, ProgressFactory, UnitJob, WorkerSetting, aggregate_units, load_state, save_state
 from .scoring import MaskKey, MaskScorer, ScoredMask
 
@@ -54,51 +57,53 @@ def density_label(density: float) -> str:
     return f"density-{density:g}"
 
 
+DST_FLAGS = {
+    "update_every": dict(help="RigL / SET: ΔT between mask updates (a step such as 100it); a run must make at least "
+                              "4 updates."),
+    "alpha": dict(type=float, help="RigL / SET: initial drop fraction (cosine-decayed)."),
+    "end_fraction": dict(type=float, help="RigL / SET: stop updating the mask after this fraction of training (T_end)."),
+}
+
+
 @dataclass(frozen=True)
-class SparseConfig:
-    """One sparse-training experiment: a method, one or more target densities, replicate seeds.
+class _SparseRun(RunConfig):
+    """What pruning at init and dynamic sparse training share: a method, one or more target
+    densities and how they spread over the layers.
 
     ``scope`` and ``distribution`` say how the density is spread: ``global`` ranks all layers
     together (pruning at init only), ``layer`` gives each layer the density of ``distribution``
-    (``uniform``, ``er``, ``erk``). SNIP and GraSP score ``score_batches`` batches of
-    ``score_batch_size`` training examples. ``allow_collapse`` lets a mask with a fully pruned
-    layer be trained (otherwise it is refused before any training).
+    (``uniform``, ``er``, ``erk``).
     """
 
-    kind: str = "prune-init"
-    method: str = "snip"
-    densities: tuple[float, ...] = (0.05,)
-    model: str = "lenet300"
-    width: float = 1.0
-    data: str = "mnist5k"
-    data_dir: str | None = None
+    KIND: ClassVar[str] = ""
+    METHODS: ClassVar[tuple[str, ...]] = ()
+    CONTROLS: ClassVar[tuple[str, ...]] = ()
+    #: Train a mask that prunes a whole layer (prune-init's --allow-collapse; never for DST).
+    allow_collapse: ClassVar[bool] = False
+
+    method: str = ""
+    densities: tuple[float, ...] = setting((0.05,), name="--density", parse=floats_parser("--density"), shown=None,
+                                           help="Fraction of prunable weights kept; a comma list runs several.")
     scope: str = "global"
     distribution: str = "uniform"
-    ignore: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = setting((), multiple=True, parse=tuple, metavar="PATTERN",
+                                      help="Parameters never pruned; repeatable.")
     controls: tuple[str, ...] = ()
-    seeds: tuple[int, ...] = (0,)
-    allow_collapse: bool = False
-    score_batches: int = 1
-    score_batch_size: int = 256
-    synflow_iterations: int = 100
-    synflow_double: bool = False
-    update_every: str = "100it"
-    alpha: float = 0.3
-    end_fraction: float = 0.75
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    train: TrainConfig = field(default_factory=TrainConfig)
+    dense: bool = setting(False, name="--dense/--no-dense", shown=True, omit=lambda value: not value,
+                          help="Also train the dense network from θ0 once per seed: the baseline of the table and "
+                               "plot.")
+
+    @property
+    def kind(self) -> str:
+        return self.KIND
 
     def __post_init__(self) -> None:
-        for name in ("densities", "ignore", "controls"):
+        super().__post_init__()
+        for name in ("ignore", "controls"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "densities", tuple(float(d) for d in self.densities))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        if self.kind not in KINDS:
-            raise TicketlabError(f"Unknown experiment kind {self.kind!r}; choose one of {', '.join(KINDS)}.")
-        methods = PAI_METHODS if self.kind == "prune-init" else DST_METHODS
-        if self.method not in methods:
-            raise TicketlabError(f"Unknown {self.kind} method {self.method!r}; choose one of {', '.join(methods)}.")
+        if self.method not in self.METHODS:
+            raise TicketlabError(f"Unknown {self.KIND} method {self.method!r}; choose one of {', '.join(self.METHODS)}.")
         if not self.densities:
             raise TicketlabError("At least one density is needed.")
         for d in self.densities:
@@ -107,62 +112,114 @@ class SparseConfig:
             raise TicketlabError("A density is listed twice.")
         if self.scope not in ("global", "layer"):
             raise TicketlabError(f"Unknown scope {self.scope!r}; choose global or layer.")
-        if self.kind == "sparse-train" and self.scope != "layer":
-            raise TicketlabError("Dynamic sparse training keeps every layer's density fixed: use --scope layer.")
         if self.distribution not in DISTRIBUTIONS:
             raise TicketlabError(f"Unknown density distribution {self.distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}.")
         if self.scope == "global" and self.distribution != "uniform":
             raise TicketlabError("--distribution applies to --scope layer only (global ranking sets its own densities).")
-        allowed = CONTROLS[self.kind]
         for c in self.controls:
-            if c not in allowed:
-                raise TicketlabError(f"Unknown control {c!r} for {self.kind}; choose from {', '.join(allowed)}.")
+            if c not in self.CONTROLS:
+                raise TicketlabError(f"Unknown control {c!r} for {self.KIND}; choose from {', '.join(self.CONTROLS)}.")
         if len(set(self.controls)) != len(self.controls):
             raise TicketlabError("A control is listed twice in --controls.")
-        validate.run_common(self)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.KIND, **config_json(self)}
+
+
+@dataclass(frozen=True)
+class PruneInitConfig(_SparseRun):
+    """Pruning at initialisation: score the network at θ0 with ``method``, keep each density, train
+    the mask from θ0. SNIP and GraSP score ``score_batches`` batches of ``score_batch_size``
+    training examples. ``allow_collapse`` lets a mask with a fully pruned layer be trained
+    (otherwise it is refused before any training).
+    """
+
+    KIND: ClassVar[str] = "prune-init"
+    METHODS: ClassVar[tuple[str, ...]] = PAI_METHODS
+    CONTROLS: ClassVar[tuple[str, ...]] = CONTROLS["prune-init"]
+
+    method: str = setting("snip", choices=lambda: PAI_METHODS, help="Scorer applied at θ0.")
+    scope: str = setting("global", choices=lambda: ("global", "layer"),
+                         help="Rank all layers together (as the SNIP, GraSP and SynFlow papers do), or give each layer "
+                              "its density from --distribution.")
+    distribution: str = setting("uniform", choices=lambda: DISTRIBUTIONS, help="Layer-wise densities for --scope layer.")
+    controls: tuple[str, ...] = setting((), parse=parse_names, shown="none",
+                                        help="Comma list of sanity checks: shuffle, reinit, invert; or none.")
+    allow_collapse: bool = setting(False, is_flag=True, help="Train masks that prune a whole layer (otherwise refused).")
+    score_batches: int = setting(1, type=int, help="Batches SNIP / GraSP score on.")
+    score_batch_size: int = setting(256, type=int, help="Examples per scoring batch.")
+    synflow_iterations: int = setting(100, type=int, help="SynFlow's scoring iterations.")
+    synflow_double: bool = setting(False, is_flag=True, help="Score SynFlow in float64 (deep nets overflow float32).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         validate.integer(self.score_batches, "--score-batches", low=1, high=10_000)
         validate.integer(self.score_batch_size, "--score-batch-size", low=1, high=MAX_BATCH)
         validate.integer(self.synflow_iterations, "--synflow-iterations", low=1, high=100_000)
-        if self.kind == "sparse-train":
-            self.dst_config()  # validates update_every, alpha, end_fraction
+
+
+@dataclass(frozen=True)
+class SparseTrainConfig(_SparseRun):
+    """Dynamic sparse training: a random mask with a layer-wise ``distribution`` that RigL or SET
+    moves every ``update_every`` at constant per-layer density (`ticketlab.methods.dynamic`)."""
+
+    KIND: ClassVar[str] = "sparse-train"
+    METHODS: ClassVar[tuple[str, ...]] = DST_METHODS
+    CONTROLS: ClassVar[tuple[str, ...]] = CONTROLS["sparse-train"]
+
+    method: str = setting("rigl", choices=lambda: DST_METHODS, help="How the mask moves.")
+    scope: str = "layer"
+    distribution: str = setting("erk", choices=lambda: DISTRIBUTIONS,
+                                help="Layer-wise densities of the initial random mask (kept constant during training).")
+    controls: tuple[str, ...] = setting((), parse=parse_names, shown="none",
+                                        help="static (the initial mask, never updated), or none.")
+    update_every: str = setting("100it", **DST_FLAGS["update_every"])
+    alpha: float = setting(0.3, **DST_FLAGS["alpha"])
+    end_fraction: float = setting(0.75, **DST_FLAGS["end_fraction"])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scope != "layer":
+            raise TicketlabError("Dynamic sparse training keeps every layer's density fixed: use --scope layer.")
+        self.dst_config()  # validates update_every, alpha, end_fraction
 
     def dst_config(self) -> DSTConfig:
-        """The `DSTConfig` of a sparse-train experiment."""
+        """The `DSTConfig` of the run."""
         return DSTConfig(method=self.method, update_every=self.update_every, alpha=self.alpha,
                          end_fraction=self.end_fraction)
 
-    def to_json(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "train"}
-        for k in ("densities", "ignore", "controls", "seeds"):
-            out[k] = list(out[k])
-        if self.kind == "prune-init":
-            for k in ("update_every", "alpha", "end_fraction"):
-                out.pop(k)
-        else:
-            for k in ("score_batches", "score_batch_size", "synflow_iterations", "synflow_double", "allow_collapse"):
-                out.pop(k)
-        if self.width == 1.0:  # stored only when used: earlier run directories still match
-            out.pop("width")
-        out["train"] = self.train.to_json()
-        return out
+
+#: Either kind of sparse-training config.
+SparseRunConfig = PruneInitConfig | SparseTrainConfig
+CONFIGS: dict[str, type] = {"prune-init": PruneInitConfig, "sparse-train": SparseTrainConfig}
+
+
+def SparseConfig(kind: str = "prune-init", **fields: Any) -> PruneInitConfig | SparseTrainConfig:  # noqa: N802
+    """The config of ``kind`` (``prune-init`` or ``sparse-train``) — the one-class spelling of
+    earlier versions, kept for scripts; new code names `PruneInitConfig` / `SparseTrainConfig`."""
+    if kind not in CONFIGS:
+        raise TicketlabError(f"Unknown experiment kind {kind!r}; choose one of {', '.join(KINDS)}.")
+    return CONFIGS[kind](**fields)
 
 
 @dataclass
 class SparseExperiment(Experiment):
-    """A `SparseConfig` bound to a run directory; `run` does (or resumes) all the work.
+    """A `PruneInitConfig` or `SparseTrainConfig` bound to a run directory; `run` does (or resumes) all the work.
 
     Every initial mask (controls included) is scored in `preflight`, before the run directory is
     claimed, so a layer collapse refuses the run before anything is written or trained.
     """
 
-    config: SparseConfig
+    config: SparseRunConfig
+
+    growing_lists = ("seeds", "densities")
 
     @classmethod
-    def kind_of(cls, config: SparseConfig) -> str:
+    def kind_of(cls, config: SparseRunConfig) -> str:
         return config.kind
 
     @classmethod
-    def check(cls, config: SparseConfig, data: DataSplits) -> None:
+    def check(cls, config: SparseRunConfig, data: DataSplits) -> None:
         prunable_parameters(create_model(config.model, data.input_shape, data.num_classes, seed=0, width=config.width),
                             ignore=config.ignore)
         if config.kind == "sparse-train":
@@ -170,7 +227,7 @@ class SparseExperiment(Experiment):
             check_update_count(config.dst_config(), config.train.steps.iterations(ipe), ipe)
 
     @classmethod
-    def preflight(cls, config: SparseConfig, data: DataSplits, out: Path, resuming: bool,
+    def preflight(cls, config: SparseRunConfig, data: DataSplits, out: Path, resuming: bool,
                   device: torch.device) -> dict[MaskKey, ScoredMask]:
         """Score every initial mask not stored yet in ``out``, and refuse a layer collapse."""
         keys = [(seed, density, invert) for seed in config.seeds for density in config.densities
@@ -190,13 +247,31 @@ class SparseExperiment(Experiment):
             self._store_mask(_mask_dir(self.out, *key), key, scored)
 
     def execute_seeds(self, seeds: tuple[int, ...]) -> None:
-        """Train every unit of ``seeds`` (all densities, the method's masks and the controls)."""
-        self.train_all([job for seed in seeds for density in self.config.densities
-                        for job in self._density_jobs(seed, density)])
+        """Train every unit of ``seeds`` (all densities, the method's masks and the controls; the
+        dense baseline first with ``dense``)."""
+        dense = [self._dense_job(seed) for seed in seeds] if self.config.dense else []
+        self.train_all(dense + [job for seed in seeds for density in self.config.densities
+                                for job in self._density_jobs(seed, density)])
+
+    def _dense_job(self, seed: int) -> UnitJob:
+        """The dense network of ``seed`` trained from θ0 (``seed-<s>/dense``): the baseline."""
+        params = dict(self.new_model(seed).named_parameters())
+        mask = Mask.ones_like({n: params[n] for n in prunable_parameters(self.new_model(seed), ignore=self.config.ignore)})
+        return UnitJob(unit_dir=self.out / f"seed-{seed}" / "dense", model=lambda: self.new_model(seed),
+                       start_state=self.theta0_builder(seed), mask=mask, data_seed=seed,
+                       metrics_key={"seed": seed, "density": 1.0, "run": "dense"}, label=f"seed {seed} dense",
+                       extra={"method": "dense"})
+
+    @classmethod
+    def extends(cls, old: dict[str, Any], new: dict[str, Any]) -> bool:
+        """More seeds or densities, or the dense baseline added."""
+        if new.get("dense") and not old.get("dense"):
+            new = {k: v for k, v in new.items() if k != "dense"}
+        return super().extends(old, new)
 
     def write_summary(self) -> dict[str, Any]:
         summary = summarize_sparse(self.out, self.config)
-        write_json(self.out / "summary.json", summary)
+        write_summary_files(self.out, summary)
         return summary
 
     # --- masks ---------------------------------------------------------------------------------
@@ -283,23 +358,25 @@ def _mask_stored(directory: Path) -> bool:
     return (directory / "mask.safetensors").exists() and (directory / "scoring.json").exists()
 
 
-def summarize_sparse(out: Path, config: SparseConfig) -> dict[str, Any]:
+def summarize_sparse(out: Path, config: SparseRunConfig) -> dict[str, Any]:
     """``summary.json`` of a sparse experiment: one entry per target density (in ``rounds``)."""
     entries: list[dict[str, Any]] = []
     for index, density in enumerate(config.densities):
         entry = aggregate_units({s: out / f"seed-{s}" / density_label(density) for s in config.seeds}, config.controls)
         if entry is not None:
             entries.append({"round": index, "target_density": density, **entry, "winning_ticket": None})
+    dense = aggregate_units({s: out / f"seed-{s}" / "dense" for s in config.seeds}, ()) if config.dense else None
     return {
         "kind": config.kind, "method": config.method, "model": config.model, "data": config.data,
-        "seeds": list(config.seeds), "controls": list(config.controls), "dense_test_accuracy": None,
+        "seeds": list(config.seeds), "controls": list(config.controls),
+        "dense_test_accuracy": None if dense is None else dense["test_accuracy"],
         "complete": len(entries) == len(config.densities)
         and all(len(e["controls"]) == len(config.controls) for e in entries),
         "rounds": entries,
     }
 
 
-def run_sparse(config: SparseConfig, out: str | Path, *, device: torch.device | str = "cpu",
+def run_sparse(config: SparseRunConfig, out: str | Path, *, device: torch.device | str = "cpu",
                data: DataSplits | None = None, progress: ProgressFactory | None = None,
                stack: str | int = "auto", workers: WorkerSetting | None = None) -> dict[str, Any]:
     """Run (or resume) a pruning-at-init or dynamic-sparse-training experiment into ``out``

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import TicketlabError
+from ..progress import Progress
 from ..masks import Mask
 from ..memory import peak_memory
 from ..methods.oneshot import LayerStatistics, one_shot_method
@@ -40,8 +41,6 @@ from .ranks import RankGroup
 from .report import PruningReport
 from .stats import StatisticsHooks, layer_error, relative_reconstruction_error
 
-#: progress(description, total) -> handle with update(n) and close() (tqdm-like); None = silent.
-Progress = Callable[[str, int], Any]
 
 
 class BlockLoader(Protocol):

@@ -21,8 +21,8 @@ class BeforeAfter:
     on the pruned one; without held-out ``text`` both do nothing.
     """
 
-    def __init__(self, config: EvaluationConfig | None, loaded: Any, text: Any, seqlen: int, bars: bool):
-        self.config, self.loaded, self.text, self.seqlen, self.bars = config, loaded, text, seqlen, bars
+    def __init__(self, config: EvaluationConfig | None, loaded: Any, text: Any, seqlen: int, progress: Any = None):
+        self.config, self.loaded, self.text, self.seqlen, self.progress = config, loaded, text, seqlen, progress
         self.record: dict[str, Any] = {}
         self.sentences: list[str] = []
         self.reference: torch.Tensor | None = None
@@ -31,7 +31,7 @@ class BeforeAfter:
         from .perplexity import text_perplexity
 
         return text_perplexity(self.loaded.model, self.loaded.tokenizer, self.text, seqlen=self.seqlen,
-                               part=self.config.part, max_windows=self.config.max_windows, progress=self.bars)
+                               part=self.config.part, max_windows=self.config.max_windows, progress=self.progress)
 
     def before(self, say: Callable[[str], None]) -> None:
         from .fidelity import heldout_sentences, sentence_embeddings

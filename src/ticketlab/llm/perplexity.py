@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TicketlabError
+from ..progress import Progress, Silent
 from .adapters import context_length
 from .io import model_device
 from .text import TextPart, TextSource, resolve_seqlen, tokenize
@@ -50,7 +51,7 @@ class PerplexityResult:
 @torch.no_grad()
 def perplexity(model: nn.Module, ids: torch.Tensor, *, seqlen: int, max_windows: int | None = None,
                batch_size: int = 1, source: str | None = None, part: str | None = None,
-               progress: bool = False) -> PerplexityResult:
+               progress: Progress | None = None) -> PerplexityResult:
     """Perplexity of ``model`` (returning ``.logits``) on the 1-D token ids ``ids`` in windows of ``seqlen``.
 
     ``max_windows`` keeps only the first windows (a quick estimate). Runs on the model's device.
@@ -72,9 +73,7 @@ def perplexity(model: nn.Module, ids: torch.Tensor, *, seqlen: int, max_windows:
     model.eval()
     total_nll = 0.0
     starts = range(0, n_windows, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        starts = tqdm(starts, desc="perplexity", leave=False, disable=None)
+    bar = progress("perplexity", len(starts), 0) if progress is not None else Silent()
     try:
         for start in starts:
             batch = windows[start:start + batch_size].to(device)
@@ -82,7 +81,9 @@ def perplexity(model: nn.Module, ids: torch.Tensor, *, seqlen: int, max_windows:
             nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
                                   reduction="sum")
             total_nll += float(nll)
+            bar.update(1)
     finally:
+        bar.close()
         model.train(was_training)
     tokens = n_windows * (seqlen - 1)
     mean = total_nll / tokens
@@ -94,7 +95,7 @@ def perplexity(model: nn.Module, ids: torch.Tensor, *, seqlen: int, max_windows:
 
 def text_perplexity(model: nn.Module, tokenizer: Any, text: TextSource, *, seqlen: int | None = None,
                     part: TextPart = "heldout", max_windows: int | None = None, batch_size: int = 1,
-                    progress: bool = False) -> PerplexityResult:
+                    progress: Progress | None = None) -> PerplexityResult:
     """Tokenise ``text`` (its ``part``) with ``tokenizer`` and measure `perplexity`.
 
     ``seqlen`` defaults to min(2048, model context) and may not exceed the context.

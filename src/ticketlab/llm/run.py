@@ -19,6 +19,7 @@ import torch
 from .. import validate
 from ..devices import resolve_device
 from ..errors import TicketlabError
+from ..progress import Progress
 from ..memory import current_rss_bytes, peak_rss_bytes, return_freed_memory_promptly
 from .config import OneShotConfig
 from .report import PruningReport
@@ -129,7 +130,7 @@ def check_dtype(dtype: torch.dtype, device: torch.device) -> None:
                              "choose another --dtype.") from None
 
 
-def run_oneshot(run: OneShotRun, *, progress: Callable[[str, int], Any] | None = None,
+def run_oneshot(run: OneShotRun, *, progress: Progress | None = None,
                 log: Callable[[str], None] | None = None) -> OneShotResult:
     """Load, calibrate, evaluate, prune, evaluate and write ``run.out``; see the module docstring."""
     from .engine import check_targets, prune_model
@@ -158,7 +159,7 @@ def run_oneshot(run: OneShotRun, *, progress: Callable[[str, int], Any] | None =
     say(f"ticketlab llm prune: {run.method.describe()} of {model_dir} ({loaded.kind}, {_name(dtype)}, {device}); "
         f"calibration {calibration.nsamples} x {calibration.seqlen} tokens from {calib_text.describe()}, "
         f"seed {run.calibration.seed}")
-    evaluation = BeforeAfter(run.evaluation, loaded, eval_text, calibration.seqlen, progress is not None)
+    evaluation = BeforeAfter(run.evaluation, loaded, eval_text, calibration.seqlen, progress)
     evaluation.before(say)
     block_sparsity, owl = _layer_sparsity(run, loaded.model, calibration.input_ids, device, say)
     report = prune_model(loaded.model, calibration.input_ids, run.method, device=device, progress=progress,

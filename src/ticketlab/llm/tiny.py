@@ -25,6 +25,7 @@ import torch
 
 from .. import validate
 from ..errors import TicketlabError
+from ..progress import Progress, Silent
 from ..files import atomic_directory
 from ..seeding import derive_seed
 from .io import check_out_dir, save_pretrained
@@ -153,7 +154,7 @@ def _lr_at(step: int, config: TinyLMConfig) -> float:
 
 
 def train_tiny_lm(text: TextSource, out: str | os.PathLike, config: TinyLMConfig = TinyLMConfig(), *,
-                  threads: int | None = 1, progress: bool = False) -> TinyLMResult:
+                  threads: int | None = 1, progress: Progress | None = None) -> TinyLMResult:
     """Train a tiny causal LM on ``text``'s train part and save it as a HF model directory at ``out``.
 
     ``threads`` fixes torch's intra-op threads while training (restored afterwards; None keeps the
@@ -173,7 +174,8 @@ def train_tiny_lm(text: TextSource, out: str | os.PathLike, config: TinyLMConfig
         torch.set_num_threads(saved_threads)
 
 
-def _train(text: TextSource, out: str | os.PathLike, config: TinyLMConfig, progress: bool) -> TinyLMResult:
+def _train(text: TextSource, out: str | os.PathLike, config: TinyLMConfig,
+           progress: Progress | None) -> TinyLMResult:
     started = time.perf_counter()
     train_text, heldout_text = split_holdout(text.text)
     tokenizer = train_bpe_tokenizer(train_text, config.vocab_size, config.context)
@@ -195,14 +197,10 @@ def _train(text: TextSource, out: str | os.PathLike, config: TinyLMConfig, progr
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
     batches = torch.Generator().manual_seed(derive_seed(config.seed, "tiny-batches"))
     span = config.context + 1
-    steps = range(config.steps)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        steps = bar = tqdm(steps, desc="train-tiny", leave=False, disable=None, dynamic_ncols=True)
+    bar = progress("train-tiny", config.steps, 0) if progress is not None else Silent()
     model.train()
     recent: list[float] = []
-    for step in steps:
+    for step in range(config.steps):
         starts = torch.randint(0, train_ids.numel() - span + 1, (config.batch_size,), generator=batches)
         batch = torch.stack([train_ids[s:s + span] for s in starts.tolist()])
         for group in optimizer.param_groups:
@@ -217,8 +215,10 @@ def _train(text: TextSource, out: str | os.PathLike, config: TinyLMConfig, progr
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         recent = (recent + [value])[-50:]
-        if bar is not None and step % 10 == 0:
+        bar.update(1)
+        if step % 10 == 0 and hasattr(bar, "set_postfix"):   # tqdm's: the running loss beside the bar
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
+    bar.close()
     model.eval()
     bad = next((n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
     if bad is not None:

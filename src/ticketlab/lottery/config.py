@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .. import validate
 from ..errors import TicketlabError
+from ..flags import config_json, floats_parser, is_none, parse_names, setting
+from ..run_config import RunConfig
 from ..steps import Step
 from ..train.config import TrainConfig
 
@@ -28,7 +30,7 @@ def _resolve_rate(rate: Any, target_density: float | None, rounds: int) -> float
     """One rate (a float), a per-round schedule (a tuple of two or more), or None with a target density."""
     if target_density is not None:
         if rate is not None:
-            raise TicketlabError("Give --rate or --target-density, not both: the target density sets the rate.")
+            raise TicketlabError("Give --rate or --density, not both: the target density sets the rate.")
         return None
     if rate is None:
         return DEFAULT_RATE
@@ -42,8 +44,28 @@ def _resolve_rate(rate: Any, target_density: float | None, rounds: int) -> float
     return rates[0] if len(rates) == 1 else rates
 
 
+def parse_layer_rates(items: Any) -> tuple[tuple[str, float], ...] | None:
+    """``("output=0.1", "fc1=0.3")`` -> ``(("output", 0.1), ("fc1", 0.3))``; nothing given -> None."""
+    if not items:
+        return None
+    out = []
+    for item in items:
+        if isinstance(item, (tuple, list)):
+            out.append((str(item[0]), float(item[1])))
+            continue
+        pattern, sep, value = str(item).rpartition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = None
+        if not sep or not pattern or rate is None:
+            raise TicketlabError(f"Cannot read --layer-rate {item!r}: write PATTERN=RATE, e.g. output=0.1.")
+        out.append((pattern, rate))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
-class IMPConfig:
+class IMPConfig(RunConfig):
     """Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; Frankle et al. 2020).
 
     ``rounds`` pruning rounds follow the dense round 0; each prunes ``rate`` of the weights still
@@ -67,37 +89,52 @@ class IMPConfig:
       the reference of the winning-ticket ``tolerance``.
     """
 
-    model: str = "lenet300"
-    width: float = 1.0
-    data: str = "mnist5k"
-    data_dir: str | None = None
-    rounds: int = 12
-    rate: float | tuple[float, ...] | None = None
-    layer_rates: tuple[tuple[str, float], ...] | None = None
-    scope: str = "layer"
-    ignore: tuple[str, ...] = ()
-    rewind: Step = Step(0, "it")
-    controls: tuple[str, ...] = ("reinit",)
-    seeds: tuple[int, ...] = (0,)
-    tolerance: float = 0.5
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    train: TrainConfig = field(default_factory=TrainConfig)
-    target_density: float | None = None
-    early_bird: float | None = None
-    early_bird_window: int = DEFAULT_EARLY_BIRD_WINDOW
-    dense_accuracy: float | None = None
+    rounds: int = setting(12, type=int, help="Pruning rounds after the dense round 0.")
+    rate: float | tuple[float, ...] | None = setting(
+        None, parse=floats_parser("--rate"),
+        help="Fraction of the remaining weights pruned per round  [default: 0.2]; a comma list gives one rate per "
+             "round, the last repeating (0.5,0.5,0.2).")
+    layer_rates: tuple[tuple[str, float], ...] | None = setting(
+        None, name="--layer-rate", multiple=True, parse=parse_layer_rates, metavar="PATTERN=RATE",
+        help="Per-layer rate (exact name, suffix, regex, or 'output'); repeatable. Default with --scope layer: "
+             "output at half the round's rate, as in the LTH paper.")
+    scope: str = setting("layer", choices=lambda: IMP_SCOPES,
+                         help="Rank weights within each layer (the LTH paper's LeNet and Conv recipes) or across all "
+                              "layers (its deep networks).")
+    ignore: tuple[str, ...] = setting((), multiple=True, parse=tuple, metavar="PATTERN",
+                                      help="Parameters never pruned; repeatable.")
+    rewind: Step = setting(Step(0, "it"), shown="0",
+                           help="Rewind point: 0 for theta_0, or a step such as 500it / 1ep (late rewinding).")
+    controls: tuple[str, ...] = setting(("reinit",), parse=parse_names,
+                                        help="Comma list of controls: reinit, random, shuffle; or 'none'.")
+    tolerance: float = setting(0.5, type=float,
+                               help="A round is a winning ticket if its test accuracy is within this many points of dense.")
+    target_density: float | None = setting(
+        None, name="--density", type=float, omit=is_none,
+        help="Instead of --rate: the one constant rate with which --rounds rounds end at this fraction of the weights "
+             "or just below (--rounds 1: one-shot pruning with rewinding).")
+    early_bird: float | None = setting(
+        None, type=float, metavar="EPS", omit=is_none,
+        help="Early-bird ticket: draw round 1's mask at every evaluation of round 0 and take it once the last "
+             "--early-bird-window masks differ from the newest in under a fraction EPS of the weights. Round 0 stops "
+             "there if --dense-accuracy is given; otherwise it trains on to be the dense reference (its extra "
+             "iterations are not counted in the ticket's cost).")
+    early_bird_window: int = setting(DEFAULT_EARLY_BIRD_WINDOW, type=int, help="Masks compared by --early-bird.")
+    dense_accuracy: float | None = setting(
+        None, type=float, omit=is_none,
+        help="The dense network's test accuracy (in %, e.g. from another run): the reference of --tolerance instead "
+             "of round 0's.")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "rewind", Step.parse(self.rewind))
         object.__setattr__(self, "controls", tuple(self.controls))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "ignore", tuple(self.ignore))
         validate.integer(self.rounds, "--rounds", low=0, high=MAX_ROUNDS)
         if self.target_density is not None:
-            object.__setattr__(self, "target_density", validate.fraction(self.target_density, "--target-density"))
+            object.__setattr__(self, "target_density", validate.fraction(self.target_density, "--density"))
             if self.rounds < 1:
-                raise TicketlabError("--target-density needs at least one pruning round (--rounds 1 is one-shot).")
+                raise TicketlabError("--density needs at least one pruning round (--rounds 1 is one-shot).")
         object.__setattr__(self, "rate", _resolve_rate(self.rate, self.target_density, self.rounds))
         if self.scope not in IMP_SCOPES:
             raise TicketlabError(f"Unknown scope {self.scope!r}; choose one of {', '.join(IMP_SCOPES)}.")
@@ -113,7 +150,6 @@ class IMPConfig:
             raise TicketlabError(f"Unknown control {unknown[0]!r}; choose from {', '.join(CONTROLS)}.")
         if len(set(self.controls)) != len(self.controls):
             raise TicketlabError("A control is listed twice in --controls.")
-        validate.run_common(self)
         validate.real(self.tolerance, "The winning-ticket --tolerance", low=0.0, high=100.0)
         budget = self.train.steps
         if self.rewind.count and budget.unit == self.rewind.unit and self.rewind.count >= budget.count:
@@ -142,23 +178,7 @@ class IMPConfig:
     def to_json(self) -> dict[str, Any]:
         """The resolved configuration; the fields of cheaper tickets appear only when used, so a
         run directory of an earlier ticketlab still matches its command."""
-        out = {
-            "model": self.model, "data": self.data, "data_dir": self.data_dir, "rounds": self.rounds,
-            "rate": list(self.rate) if isinstance(self.rate, tuple) else self.rate,
-            "layer_rates": None if self.layer_rates is None else [list(p) for p in self.layer_rates],
-            "scope": self.scope, "ignore": list(self.ignore), "rewind": str(self.rewind),
-            "controls": list(self.controls), "seeds": list(self.seeds), "tolerance": self.tolerance,
-            "val_fraction": self.val_fraction, "split_seed": self.split_seed, "train": self.train.to_json(),
-        }
-        if self.width != 1.0:
-            out["width"] = self.width
-        if self.target_density is not None:
-            out["target_density"] = self.target_density
-        if self.early_bird is not None:
-            out.update(early_bird=self.early_bird, early_bird_window=self.early_bird_window)
-        if self.dense_accuracy is not None:
-            out["dense_accuracy"] = self.dense_accuracy
-        return out
+        return config_json(self, leave_out=("early_bird_window",) if self.early_bird is None else ())
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> "IMPConfig":

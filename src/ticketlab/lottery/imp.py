@@ -30,8 +30,8 @@ from ..errors import TicketlabError
 from ..masks import Mask
 from ..methods import magnitude_scores
 from ..models import create_model
+from ..units.aggregate import write_summary_files
 from ..units import Experiment, ProgressFactory, UnitJob, WorkerSetting, load_state, save_state
-from ..files import write_json
 from ..seeding import derive_seed
 from ..select import keep_counts_after_pruning, select
 from ..targets import prunable_parameters
@@ -80,6 +80,16 @@ class IMPExperiment(Experiment):
     """One IMP experiment bound to a run directory; `run` does (or resumes) all the work."""
 
     config: IMPConfig
+
+    growing_lists = ("seeds",)
+    growing_counts = ("rounds",)
+
+    @classmethod
+    def extends(cls, old: dict[str, Any], new: dict[str, Any]) -> bool:
+        """More rounds or seeds; not more rounds with a target density (the rounds set the rate)."""
+        if "target_density" in new and old.get("rounds") != new.get("rounds"):
+            return False
+        return super().extends(old, new)
 
     @classmethod
     def kind_of(cls, config: IMPConfig) -> str:
@@ -134,7 +144,7 @@ class IMPExperiment(Experiment):
 
     def write_summary(self) -> dict[str, Any]:
         summary = summarize(self.out, self.config, dense_iterations=self.dense_iterations, rates=self.round_base_rates())
-        write_json(self.out / "summary.json", summary)
+        write_summary_files(self.out, summary)
         return summary
 
     # --- the work ----------------------------------------------------------------------------

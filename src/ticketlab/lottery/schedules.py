@@ -115,7 +115,7 @@ def _bisect_rate(config: IMPConfig, model: nn.Module, names: list[str]) -> float
     low, high = 0.0, math.nextafter(1.0, 0.0)
     if final(high) > target:
         raise TicketlabError(
-            f"--target-density {target:g} cannot be reached in {rounds} round(s): the layers with their own "
+            f"--density {target:g} cannot be reached in {rounds} round(s): the layers with their own "
             f"--layer-rate keep {100 * final(high):.2f}% of the weights even when every other weight is pruned."
         )
     for _ in range(_BISECTION_STEPS):

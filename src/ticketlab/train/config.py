@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .. import validate
+from ..data.augment import AUGMENTATIONS, check_augment
 from ..errors import TicketlabError
+from ..flags import config_json, setting, split_list
 from ..steps import Step
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
@@ -22,17 +24,22 @@ class TrainConfig:
     of the budget. All step fields accept step strings (``"500it"``, ``"2ep"``).
     """
 
-    optimizer: str = "adam"
-    lr: float = 1.2e-3
-    batch_size: int = 60
-    steps: Step = Step(10, "ep")
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    warmup: Step = Step(0, "it")
-    lr_drops: tuple[Step, ...] = field(default_factory=tuple)
-    lr_gamma: float = 0.1
-    eval_every: Step | None = None
+    optimizer: str = setting("adam", choices=lambda: OPTIMIZERS, help="Optimizer.")
+    lr: float = setting(1.2e-3, type=float, help="Learning rate.")
+    batch_size: int = setting(60, type=int, help="Examples per step.")
+    steps: Step = setting(Step(10, "ep"), help="Training budget with its unit: iterations (500it) or epochs (2ep).")
+    momentum: float = setting(0.0, type=float, help="SGD momentum.")
+    nesterov: bool = setting(False, is_flag=True, help="Nesterov momentum (SGD).")
+    weight_decay: float = setting(0.0, type=float, help="L2 weight decay.")
+    warmup: Step = setting(Step(0, "it"), help="Linear learning-rate warm-up (a step such as 500it).")
+    lr_drops: tuple[Step, ...] = setting(default_factory=tuple, parse=split_list, shown="",
+                                         help="Comma list of steps where the LR is multiplied by --lr-gamma.")
+    lr_gamma: float = setting(0.1, type=float, help="Factor of each --lr-drops step.")
+    eval_every: Step | None = setting(None, help="Evaluation interval (a step); default: 20 evaluations per run.")
+    augment: str = setting("none", choices=lambda: ("auto", *AUGMENTATIONS), shown="auto",
+                           omit=lambda value: value == "none",
+                           help="Data augmentation of the training batches: crop-flip (pad 4, random crop, "
+                                "horizontal flip), none, or auto (crop-flip for cifar10, none otherwise).")
 
     def __post_init__(self) -> None:
         for name in ("steps", "warmup"):
@@ -57,6 +64,7 @@ class TrainConfig:
         object.__setattr__(self, "weight_decay", validate.real(self.weight_decay, "Weight decay --weight-decay",
                                                                low=0.0))
         object.__setattr__(self, "lr_gamma", validate.fraction(self.lr_gamma, "--lr-gamma", closed_high=True))
+        check_augment(self.augment)  # "auto" is resolved where the data is known (resolve_augment)
 
     @classmethod
     def from_json(cls, record: dict) -> "TrainConfig":
@@ -64,10 +72,4 @@ class TrainConfig:
         return cls(**{**record, "lr_drops": tuple(record.get("lr_drops", ()))})
 
     def to_json(self) -> dict:
-        return {
-            "optimizer": self.optimizer, "lr": self.lr, "batch_size": self.batch_size,
-            "steps": str(self.steps), "momentum": self.momentum, "nesterov": self.nesterov,
-            "weight_decay": self.weight_decay, "warmup": str(self.warmup),
-            "lr_drops": [str(s) for s in self.lr_drops], "lr_gamma": self.lr_gamma,
-            "eval_every": None if self.eval_every is None else str(self.eval_every),
-        }
+        return config_json(self)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import DataSplits
+from ..data.augment import augment_batch
 from ..errors import TicketlabError
 from ..masks import BoundMask, Mask, mask_fingerprint
 from ..runs import MetricsLog
@@ -174,14 +175,16 @@ class _Run:
     def elapsed(self) -> float:
         return self.progress.elapsed + time.perf_counter() - self.started
 
-    def step(self, net: nn.Module, index: torch.Tensor) -> torch.Tensor:
-        """One optimiser step on the examples ``index``; returns the (detached) loss."""
+    def step(self, net: nn.Module, index: torch.Tensor, data_seed: int, first: int = 0) -> torch.Tensor:
+        """One optimiser step on the examples ``index`` (rows ``first :`` of the global batch,
+        augmented per ``config.augment`` from ``(data_seed, iteration)``); returns the (detached) loss."""
         config, iteration = self.config, self.progress.iteration
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(config, iteration, self.budget.per_epoch)
         self.optimizer.zero_grad(set_to_none=True)
         x, y = self.train_xy
-        loss = F.cross_entropy(net(x[index]), y[index])
+        inputs = augment_batch(x[index], config.augment, data_seed, iteration, first=first, total=config.batch_size)
+        loss = F.cross_entropy(net(inputs), y[index])
         loss.backward()
         updating = self.schedule is not None and self.schedule.is_update(iteration + 1)
         captured = self.updater.capture(self.bound) if updating else None  # dense (DDP-averaged) gradients
@@ -221,7 +224,7 @@ class _Run:
             if epoch != order_epoch:
                 order, order_epoch = epoch_order(data_seed, epoch, len(self.train_xy[1])).to(self.device), epoch
             start = position * self.config.batch_size + budget.rank * local_batch  # this rank's slice
-            loss = self.step(net, order[start: start + local_batch])
+            loss = self.step(net, order[start: start + local_batch], data_seed, budget.rank * local_batch)
             iteration = self.progress.iteration
             if self.schedule is not None and distributed and self.schedule.is_update(iteration):
                 _check_ranks_share_mask(self.mask, f"after the mask update at iteration {iteration}")

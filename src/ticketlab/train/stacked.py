@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import DataSplits
+from ..data.augment import augment_stacked
 from ..errors import TicketlabError
 from ..masks import BoundMask, Mask
 from ..runs import MetricsLog
@@ -179,6 +180,7 @@ class _Group:
         self.val_xy = (data.val_x.to(device), data.val_y.to(device))
         self.test_xy = (data.test_x.to(device), data.test_y.to(device))
         self.params = list(self.stacked.parameters())
+        self.seeds = [job.data_seed for job in self.jobs]  # each network's batches augmented as alone
         self.optimizer = build_optimizer(self.params, config)
         mask = _stacked_mask(self.jobs, self.stacked)
         self.bound: BoundMask | None = mask.bind(self.stacked) if mask is not None else None
@@ -267,7 +269,8 @@ class _Group:
         self.optimizer.zero_grad(set_to_none=True)
         x, y = self.train_xy
         index = index[: self.computed]
-        logits = self.stacked(x[index])                                        # (N, b, classes)
+        inputs = augment_stacked(x[index], self.config.augment, self.seeds[: self.computed], self.iteration)
+        logits = self.stacked(inputs)                                          # (N, b, classes)
         per_example = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[index].reshape(-1), reduction="none")
         losses = per_example.view(self.computed, -1).mean(dim=1)
         losses.sum().backward()   # network i's gradient is that of its own mean loss

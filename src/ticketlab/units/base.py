@@ -10,6 +10,7 @@ releases it at the end, so no second process can write into a running experiment
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from ..data import DataSplits, load_dataset
 from ..models import create_model
 from ..errors import TicketlabError
 from ..files import write_json
+from ..progress import metrics_listener
 from ..train.distributed import is_distributed
 from ..runs import MetricsLog, RunLock, check_run_directory
 from .group import StackSetting, UnitJob, train_units
@@ -52,6 +54,7 @@ class Experiment:
     lock: RunLock | None = None
     stack: StackSetting = StackSetting()
     workers: WorkerSetting = WorkerSetting()
+    threads: int = 0   # torch's CPU threads while this run trains (0: not set by `prepare`)
 
     @classmethod
     def kind_of(cls, config: Any) -> str:
@@ -69,13 +72,40 @@ class Experiment:
         """Work done before the claim whose outcome may refuse the run (default: none)."""
         return None
 
+    #: Config fields (JSON keys) a finished run may grow in: lists that may gain entries, counts
+    #: that may increase (`extends`); anything else must match to reuse a run directory.
+    growing_lists: tuple[str, ...] = ("seeds",)
+    growing_counts: tuple[str, ...] = ()
+
+    @classmethod
+    def extends(cls, old: dict[str, Any], new: dict[str, Any]) -> bool:
+        """May the run of config ``old`` (its ``config.json``) be extended to ``new``? Only the
+        `growing_lists` may gain entries (keeping every old one) and the `growing_counts` grow."""
+        for key in set(old) | set(new):
+            before, after = old.get(key), new.get(key)
+            if before == after:
+                continue
+            if key in cls.growing_lists and isinstance(before, list) and isinstance(after, list):
+                if not set(map(repr, before)) <= set(map(repr, after)):
+                    return False
+            elif key in cls.growing_counts and isinstance(before, int) and isinstance(after, int):
+                if after < before:
+                    return False
+            else:
+                return False
+        return True
+
     @classmethod
     def prepare(cls, config: Any, out: str | Path, *, device: torch.device | str = "cpu",
                 data: DataSplits | None = None, progress: ProgressFactory | None = None,
-                stack: StackSetting | str | int = "auto", workers: WorkerSetting | None = None):
+                stack: StackSetting | str | int = "auto", workers: WorkerSetting | None = None,
+                threads: str | int | None = None):
         """Load the data (unless given), `check`, `preflight`, then claim ``out`` for this process.
 
-        ``workers`` spreads the independent parts (`parts`) over processes or a cluster.
+        ``workers`` spreads the independent parts (`parts`) over processes or a cluster;
+        ``threads`` sets torch's CPU threads (``"auto"``: chosen for the model's size,
+        `ticketlab.threads`; None: left as they are). A directory holding a run this config
+        `extends` is taken over: its finished units stay, the new ones train.
         """
         stack, workers = StackSetting.parse(stack), workers or WorkerSetting()
         if not workers.in_process and is_distributed():
@@ -85,18 +115,34 @@ class Experiment:
         cls.check(config, data)
         check_worker_count(workers, cls.independent_units(config), cls.unit_name)
         check_reachable(workers)
+        used = cls.set_threads(config, data, threads, workers, torch.device(device))
+        if threads is not None and not workers.in_process:   # each worker runs with the resolved count
+            workers = dataclasses.replace(workers, threads=used)
         kind = cls.kind_of(config)
-        resuming = check_run_directory(out, config.to_json(), kind=kind)
+        resuming = check_run_directory(out, config.to_json(), kind=kind, extends=cls.extends)
         early = cls.preflight(config, data, Path(out), resuming, torch.device(device))
-        claimed, lock = claim_for_process(out, config.to_json(), kind=kind, device=device)
-        return cls(config, Path(claimed), data, torch.device(device), progress, early, lock, stack, workers)
+        claimed, lock = claim_for_process(out, config.to_json(), kind=kind, device=device, extends=cls.extends)
+        return cls(config, Path(claimed), data, torch.device(device), progress, early, lock, stack, workers, used)
+
+    @classmethod
+    def set_threads(cls, config: Any, data: DataSplits, threads: str | int | None, workers: WorkerSetting,
+                    device: torch.device) -> int:
+        """Apply ``threads`` (see `prepare`); the thread count in use afterwards."""
+        if threads is not None:
+            from ..threads import resolve_threads, set_threads, step_macs
+
+            model = create_model(config.model, data.input_shape, data.num_classes, seed=0,
+                                 width=getattr(config, "width", 1.0))
+            macs = step_macs(model, data.input_shape, config.train.batch_size)
+            set_threads(resolve_threads(threads, macs, workers=max(1, workers.workers)))
+        return torch.get_num_threads()
 
     @classmethod
     def attach(cls, config: Any, out: str | Path, *, device: torch.device | str = "cpu",
                stack: StackSetting | str | int = "auto") -> "Experiment":
         """Open a run that another process holds (a worker of `ticketlab.units.workers`): the
         directory must already hold this very configuration; nothing is claimed or checked twice."""
-        if not check_run_directory(out, config.to_json(), kind=cls.kind_of(config)):
+        if not check_run_directory(out, config.to_json(), kind=cls.kind_of(config), extends=cls.extends):
             raise TicketlabError(f"{str(out)!r} holds no run of this configuration for a worker to join; "
                                  "is the run directory on a filesystem every worker sees?")
         data = load_dataset(config.data, root=config.data_dir, val_fraction=config.val_fraction,
@@ -130,7 +176,7 @@ class Experiment:
         """Run or resume all the work while holding the run lock (re-taken if it was released)."""
         if self.lock is None or not self.lock.held:
             _, self.lock = claim_for_process(self.out, self.config.to_json(), kind=self.kind_of(self.config),
-                                             device=self.device)
+                                             device=self.device, extends=self.extends)
         try:
             self.write_model_spec()
             return self.execute()
@@ -158,7 +204,9 @@ class Experiment:
         """Work of the process holding the run before the parts start (default: none)."""
 
     def write_summary(self) -> Any:
-        """Aggregate what is on disk into ``summary.json`` and return it (subclasses)."""
+        """Aggregate what is on disk into the run's summary, store it with
+        `ticketlab.units.aggregate.write_summary_files` (``summary.json`` and ``summary.csv``, both
+        atomic, side by side) and return it (subclasses)."""
         raise NotImplementedError
 
     def release(self) -> None:
@@ -168,7 +216,7 @@ class Experiment:
 
     @property
     def metrics(self) -> MetricsLog:
-        return MetricsLog(self.out / "metrics.jsonl")
+        return MetricsLog(self.out / "metrics.jsonl", listener=metrics_listener(self.progress))
 
     def train_all(self, jobs: list[UnitJob]) -> list[dict[str, Any]]:
         """Train (or read back) independent units, stacked where that pays (`train_units`)."""

@@ -11,6 +11,7 @@ Every unit is stored exactly as `train_unit` stores it, so a run may be resumed 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..data import DataSplits
 from ..errors import TicketlabError
 from ..flops import network_cost
 from ..masks import Mask
+from ..progress import Finished, announce
 from ..runs import MetricsLog
 from ..train import TrainConfig, iterations_per_epoch
 from ..train.checkpoint import CHECKPOINT_NAME
@@ -133,6 +135,7 @@ def train_units(jobs: Sequence[UnitJob], *, data: DataSplits, config: TrainConfi
             pending.append(index)
     size = group_size(stack, jobs[pending[0]].model(), data, config, device) if pending else 1
     total = config.steps.iterations(iterations_per_epoch(data, config.batch_size))
+    tally = _Tally(len(pending))
     for group in _groups([jobs[i] for i in pending], pending, size, total):
         members = [jobs[i] for i in group]
         if size == 1 or members[0].trains_alone:
@@ -140,7 +143,23 @@ def train_units(jobs: Sequence[UnitJob], *, data: DataSplits, config: TrainConfi
         else:
             for index, record in zip(group, _train_group(members, data, config, device, metrics, progress, total)):
                 records[index] = record
+        for index in group:
+            announce(progress, tally.finished(jobs[index].label, records[index]))
     return [records[i] for i in range(len(jobs))]
+
+
+class _Tally:
+    """Counts finished units of one `train_units` call and estimates the time left."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def finished(self, label: str, record: dict[str, Any]) -> Finished:
+        self.done += 1
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / self.done * (self.total - self.done)
+        return Finished(label=label, density=record.get("density"), test_accuracy=record.get("test_accuracy"),
+                        done=self.done, total=self.total, elapsed=elapsed, eta=eta)
 
 
 def _groups(jobs: Sequence[UnitJob], indices: Sequence[int], size: int, total: int) -> list[list[int]]:

@@ -22,13 +22,14 @@ from ..data import DataSplits
 from ..errors import TicketlabError
 from ..files import read_json, read_safetensors, save_safetensors, write_json
 from ..masks import Mask
+from ..progress import Progress
 from ..methods.dynamic import MaskUpdater
-from ..runs import RANK_PREFIX, MetricsLog, RunLock, claim_run_directory
+from ..runs import RANK_PREFIX, Extension, MetricsLog, RunLock, claim_run_directory
 from ..train import TrainConfig, TrainResult, iterations_per_epoch, train
 from ..train.checkpoint import CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME, refuse_legacy_checkpoint
 
 #: progress(description, total_iterations, done_iterations) -> handle with update(n) and close().
-ProgressFactory = Callable[[str, int, int], Any]
+ProgressFactory = Progress   # ``progress(description, total, initial)`` -> bar (`ticketlab.progress`)
 
 
 def save_state(model: nn.Module, path: Path) -> None:
@@ -42,7 +43,7 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def claim_for_process(out: str | Path, config: Mapping[str, Any], *, kind: str,
-                      device: torch.device | str = "cpu") -> tuple[Path, RunLock]:
+                      device: torch.device | str = "cpu", extends: Extension | None = None) -> tuple[Path, RunLock]:
     """Claim the run directory this process writes to (see `claim_run_directory`).
 
     In a single process that is ``out``. Under ``torchrun`` every rank runs the whole experiment
@@ -56,20 +57,21 @@ def claim_for_process(out: str | Path, config: Mapping[str, Any], *, kind: str,
 
     out = Path(out)
     if not is_distributed() or any(part.startswith(RANK_PREFIX) for part in out.parts):
-        return claim_run_directory(out, config, kind=kind)
+        return claim_run_directory(out, config, kind=kind, extends=extends)
     init_from_env(device)
     import torch.distributed as dist
 
     message, claimed = [None], None
     if rank() == 0:
         try:
-            claimed = claim_run_directory(out, config, kind=kind)
+            claimed = claim_run_directory(out, config, kind=kind, extends=extends)
         except TicketlabError as err:
             message = [str(err)]
     dist.broadcast_object_list(message, src=0)
     if message[0] is not None:
         raise TicketlabError(message[0])
-    return claimed if rank() == 0 else claim_run_directory(out / f"{RANK_PREFIX}{rank()}", config, kind=kind)
+    return claimed if rank() == 0 else claim_run_directory(out / f"{RANK_PREFIX}{rank()}", config, kind=kind,
+                                                                      extends=extends)
 
 
 def train_unit(

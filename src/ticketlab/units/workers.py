@@ -29,7 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from .. import validate
 from ..errors import TicketlabError
+from ..models._registry import trust_user_code, trusted_user_code
 from ..runs import FileLock
+from ..threads import check_threads, set_threads
+from ..threads import worker_threads as divided_threads
 
 if TYPE_CHECKING:
     from .base import Experiment
@@ -45,11 +48,23 @@ class WorkerSetting:
 
     workers: int = 1
     cluster: str | None = None
+    #: Torch threads of each local worker process; None: its share of the cores,
+    #: ``max(1, cores // workers)`` (`ticketlab.threads.worker_threads`), so N workers never
+    #: oversubscribe the machine. ``ticketlab.threads.resolve_threads(value, step_macs, workers)``
+    #: gives the value for ``--threads``. Dask workers keep their own setting.
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         validate.integer(self.workers, "The number of workers --workers", low=1, high=4096)
         if self.cluster is not None and not str(self.cluster).strip():
             raise TicketlabError("--cluster needs the address of a Dask scheduler, e.g. tcp://HOST:8786.")
+        if self.threads is not None:
+            check_threads(self.threads)
+
+    @property
+    def worker_threads(self) -> int:
+        """The torch threads each local worker process uses."""
+        return self.threads if self.threads is not None else divided_threads(self.workers)
 
     @property
     def in_process(self) -> bool:
@@ -84,12 +99,14 @@ def check_worker_count(setting: WorkerSetting, units: int, what: str) -> None:
                              f"use at most {units}.")
 
 
-def run_part(part: Part, device: str, stack: Any, threads: int | None = None) -> None:
-    """A worker's job: open the run without claiming it, lock the part, do its work."""
+def run_part(part: Part, device: str, stack: Any, threads: int | None = None,
+             user_code: tuple[str, ...] = ()) -> None:
+    """A worker's job: take ``threads`` torch threads (None: leave them), trust the ``user_code``
+    the command line named (``--model/--data module:function``, `trust_user_code`), open the run
+    without claiming it, lock the part, do its work."""
     if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+        set_threads(threads)
+    trust_user_code(*user_code)
     experiment = part.experiment.attach(part.config, part.out, device=device, stack=stack)
     with FileLock(Path(part.out) / f".part-{part.key}.lock"):
         experiment.execute_seeds(part.seeds)
@@ -108,10 +125,10 @@ def run_parts(parts: Sequence[Part], setting: WorkerSetting, *, device: str, sta
     if setting.cluster is not None:
         _run_on_dask(parts, setting.cluster, device, stack)
         return
-    threads = max(1, (os.cpu_count() or 1) // setting.workers)  # divide the cores, never oversubscribe
+    threads, user_code = setting.worker_threads, trusted_user_code()  # divided cores: never oversubscribe
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or locks
     with ProcessPoolExecutor(max_workers=setting.workers, mp_context=context) as pool:
-        futures = [pool.submit(run_part, part, device, stack, threads) for part in parts]
+        futures = [pool.submit(run_part, part, device, stack, threads, user_code) for part in parts]
         try:
             for future in futures:
                 future.result()
@@ -144,7 +161,8 @@ def check_reachable(setting: WorkerSetting) -> None:
 def _run_on_dask(parts: Sequence[Part], address: str, device: str, stack: Any) -> None:
     client = connect(address)
     try:
-        futures = [client.submit(run_part, part, device, stack, pure=False, key=f"ticketlab-{Path(part.out).name}-{part.key}-{os.getpid()}")
+        futures = [client.submit(run_part, part, device, stack, None, trusted_user_code(), pure=False,
+                                 key=f"ticketlab-{Path(part.out).name}-{part.key}-{os.getpid()}")
                    for part in parts]
         client.gather(futures)
     finally:

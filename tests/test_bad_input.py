@@ -209,7 +209,7 @@ def _llm_cases(assets, tmp: Path) -> list[tuple[list[str], str]]:
         (["llm", "train-tiny", "--text", str(assets.text_path), "--layers", "0"], "at least 1"),
         (["llm", "train-tiny", "--text", str(assets.text_path), "--hidden", "30"], "multiple"),
         (["llm", "train-tiny", "--text", str(assets.text_path), "--vocab-size", "10"], "vocab-size"),
-        (["llm", "train-tiny", "--text", str(assets.text_path), "--threads", "0"], "at least 1"),
+        (["llm", "train-tiny", "--text", str(assets.text_path), "--threads", "0"], "--threads must be a whole number"),
         (["llm", "train-tiny", "--text", str(assets.text_path), "--batch-size", "0"], "at least 1"),
         (["llm", "train-tiny", "--text", str(tmp / "missing.txt")], "missing.txt"),
         (["llm", "train-tiny", "--text", str(assets.text_path), "--seed", BIG], "at most"),
@@ -243,7 +243,7 @@ def test_eval_against_a_reference_of_another_vocabulary(llm_assets, tmp_path, ca
 
     save_pretrained(make_bert(len(llm_assets.tokenizer) + 7), llm_assets.tokenizer, other)
     _refused(["llm", "eval", "--model", str(llm_assets.bert_dir), "--reference", str(other),
-              "--text", str(llm_assets.text_path)], "vocabulary", capsys)
+              "--eval-text", str(llm_assets.text_path)], "vocabulary", capsys)
 
 
 @pytest.mark.parametrize("argv, hint", [

@@ -108,6 +108,21 @@ def progress_from(opts: Mapping[str, Any]) -> TerminalProgress | None:
     return progress
 
 
+threads_option = click.option(
+    "--threads", default="auto", show_default=True,
+    help="CPU threads: auto (one per 2·10⁹ multiply-accumulates of a step, so 1 for LeNet, Conv-2, ResNet-20 at "
+         "batch 60 and the tiny LM; at most the cores, divided among --workers) or a number.")
+
+
+def apply_threads(value: str | int, step_macs: float) -> int:
+    """Set torch's threads for ``--threads value`` and a step of ``step_macs``; the count set."""
+    from ..threads import resolve_threads, set_threads
+
+    count = resolve_threads(value, step_macs)
+    set_threads(count)
+    return count
+
+
 def run_options(func: Callable) -> Callable:
     """How to run (not part of the config): device, stacking, workers, threads, logs, quiet."""
     options = [
@@ -123,10 +138,7 @@ def run_options(func: Callable) -> Callable:
                      help="Run the independent seeds / cells on the Dask scheduler at ADDRESS (tcp://HOST:8786); "
                           "the run directory must be on a filesystem every worker sees. "
                           "Needs pip install 'ticketlab[cluster]'."),
-        click.option("--threads", default="auto", show_default=True,
-                     help="CPU threads: auto (one per 2·10⁹ multiply-accumulates of a training step, batch × MACs "
-                          "per example, so 1 for LeNet, Conv-2 and ResNet-20 at batch 60; at most the cores divided "
-                          "among --workers) or a number."),
+        threads_option,
         click.option("--log-dir", default=None, metavar="DIR",
                      help="Also write every evaluation as TensorBoard scalars to DIR "
                           "(needs pip install 'ticketlab[tensorboard]')."),
@@ -177,5 +189,5 @@ def recipe_values(name: str | None, command: str, cls: type) -> dict[str, Any]:
     return values
 
 
-__all__ = ["TerminalProgress", "TensorBoardLog", "default_out", "finished_line", "progress_from", "quiet_here",
+__all__ = ["TerminalProgress", "apply_threads", "threads_option", "TensorBoardLog", "default_out", "finished_line", "progress_from", "quiet_here",
            "recipe_options", "recipe_values", "run_options", "split_list", "worker_setting_from"]

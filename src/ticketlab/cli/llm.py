@@ -19,7 +19,7 @@ from ..devices import resolve_device
 from ..errors import TicketlabError
 from ..llm.run import DEFAULT_NSAMPLES
 from ..methods.oneshot import ONE_SHOT_METHODS
-from .common import TerminalProgress, split_list
+from .common import TerminalProgress, apply_threads, split_list, threads_option
 
 #: The most calibration windows, evaluation windows or sentences a command accepts.
 MAX_NSAMPLES = 1 << 20
@@ -113,6 +113,7 @@ def llm() -> None:
               help="Part of --eval-text to evaluate on: the last 10% (heldout) or all of it.")
 @click.option("--max-windows", default=None, type=int, help="Evaluate on at most this many windows (causal LMs).")
 @click.option("--out", required=True, metavar="DIR", help="New (or empty) directory for the pruned model.")
+@threads_option
 @click.option("--quiet", is_flag=True, help="No progress bars; print only the summary.")
 def prune(**opts: Any) -> None:
     """Prune a model in one shot and save it as a Hugging Face model directory with its masks and report.
@@ -137,7 +138,7 @@ def prune(**opts: Any) -> None:
                   if opts["eval_text"] else None)
     run = OneShotRun(method=method, out=opts["out"], model=opts["model_dir"], calibration=calibration,
                      evaluation=evaluation, device=opts["device"], dtype=opts["dtype"], stream=opts["stream"])
-    result = run_oneshot(run, progress=None if quiet else TerminalProgress(),
+    result = run_oneshot(run, progress=None if quiet else TerminalProgress(), threads=opts["threads"],
                          log=lambda text: _echo_err(quiet, text))
     from ..train.distributed import is_main_process
 
@@ -179,6 +180,7 @@ def _print_prune_summary(result: Any) -> None:
 @click.option("--batch-size", default=1, show_default=True, type=int, help="Windows (or sentences x32) per forward pass.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@threads_option
 def eval_(**opts: Any) -> None:
     """Perplexity of a causal LM, or sentence-embedding fidelity of an encoder to its dense reference.
 
@@ -198,6 +200,9 @@ def eval_(**opts: Any) -> None:
     text = read_text(opts["eval_text"]) if opts["eval_text"] else packaged_text()
     model_dir = Path(opts["model_dir"]) if opts["model_dir"] else default_model_path()
     loaded = load_pretrained(model_dir, device=opts["device"])
+    from ..threads import token_step_macs
+
+    apply_threads(opts["threads"], token_step_macs(loaded.model, opts["batch_size"] * (opts["seqlen"] or 128)))
     quiet = opts["as_json"]
     if loaded.kind == "causal":
         result = text_perplexity(loaded.model, loaded.tokenizer, text, seqlen=opts["seqlen"], part=opts["eval_part"],
@@ -244,8 +249,7 @@ def eval_(**opts: Any) -> None:
 @click.option("--vocab-size", default=2048, show_default=True, type=int, help="Byte-level BPE vocabulary size.")
 @click.option("--batch-size", default=16, show_default=True, type=int)
 @click.option("--lr", default=3e-3, show_default=True, type=float)
-@click.option("--threads", default=1, show_default=True, type=int,
-              help="CPU threads for training (1 keeps results independent of the machine and avoids oversubscription).")
+@threads_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_tiny(**opts: Any) -> None:
     """Train a small GPT-style causal LM on a text file (a few CPU minutes) and save it as a HF model."""
@@ -258,7 +262,9 @@ def train_tiny(**opts: Any) -> None:
                           intermediate=opts["intermediate"], context=opts["context"], vocab_size=opts["vocab_size"],
                           steps=opts["steps"] if opts["steps"] is not None else defaults.steps,
                           batch_size=opts["batch_size"], lr=opts["lr"], seed=opts["seed"])
-    validate.integer(opts["threads"], "--threads", low=1, high=4096)
+    from ..threads import resolve_threads
+
+    resolve_threads(opts["threads"], 0.0)   # a bad --threads fails before anything starts
     check_out_dir(opts["out"])
     text = read_text(opts["text"])
     _echo_err(opts["quiet"], f"ticketlab llm train-tiny: {config.arch}, {config.layers} layers x {config.hidden}, "

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..errors import TicketlabError
-from .common import TerminalProgress, split_list
+from .common import TerminalProgress, apply_threads, split_list, threads_option
 
 
 def _sweep(text: str | None) -> tuple[str, ...] | None:
@@ -36,9 +36,10 @@ def _sweep(text: str | None) -> tuple[str, ...] | None:
 @click.option("--out", default=None, type=click.Path(path_type=Path),
               help="Output directory (default: RUN_DIR/stability/seed-S-round-RR).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, or auto.")
+@threads_option
 @click.option("--quiet", is_flag=True, help="No progress bars and no table.")
 def stability(run_dir: Path, round_index: int, seed: int | None, points: int, rewind_sweep: str | None,
-              bn_examples: int, out: Path | None, device: str, quiet: bool) -> None:
+              bn_examples: int, out: Path | None, device: str, threads: str, quiet: bool) -> None:
     """Train two copies of a round from its rewind point with different data orders and report the
     error barrier on the straight line between them (Frankle et al. 2020).
 
@@ -50,9 +51,14 @@ def stability(run_dir: Path, round_index: int, seed: int | None, points: int, re
     config = StabilityConfig(run=str(run_dir), round_index=round_index, seed=seed, points=points,
                              rewind_sweep=_sweep(rewind_sweep), bn_examples=bn_examples, device=device)
     analysis = StabilityAnalysis.prepare(config, out=out)
+    from ..threads import step_macs
+
+    used = apply_threads(threads, step_macs(analysis.build(), analysis.data.input_shape,
+                                            analysis.run_dir.config.train.batch_size))
     if not quiet:
         click.echo(f"ticketlab stability: {run_dir}, seed {analysis.seed}, round {round_index}, rewind points "
-                   f"{[p.label for p in analysis.points]}, device {analysis.device}; writing to {analysis.out}",
+                   f"{[p.label for p in analysis.points]}, device {analysis.device}, {used} thread(s); "
+                   f"writing to {analysis.out}",
                    err=True)
     started = time.perf_counter()
     summary = analysis.run(None if quiet else TerminalProgress())

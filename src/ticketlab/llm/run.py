@@ -20,6 +20,7 @@ from .. import validate
 from ..devices import resolve_device
 from ..errors import TicketlabError
 from ..progress import Progress
+from ..threads import resolve_threads, set_threads, token_step_macs
 from ..memory import current_rss_bytes, peak_rss_bytes, return_freed_memory_promptly
 from .config import OneShotConfig
 from .report import PruningReport
@@ -130,9 +131,17 @@ def check_dtype(dtype: torch.dtype, device: torch.device) -> None:
                              "choose another --dtype.") from None
 
 
+def _set_threads(threads: str | int | None, step_macs: float) -> None:
+    if threads is not None:
+        set_threads(resolve_threads(threads, step_macs))
+
+
 def run_oneshot(run: OneShotRun, *, progress: Progress | None = None,
-                log: Callable[[str], None] | None = None) -> OneShotResult:
-    """Load, calibrate, evaluate, prune, evaluate and write ``run.out``; see the module docstring."""
+                log: Callable[[str], None] | None = None, threads: str | int | None = None) -> OneShotResult:
+    """Load, calibrate, evaluate, prune, evaluate and write ``run.out``; see the module docstring.
+
+    ``threads``: torch's CPU threads (``"auto"``: from the model's size and the calibration
+    tokens of one block call, `ticketlab.threads`; None: left as they are)."""
     from .engine import check_targets, prune_model
     from .evaluation import BeforeAfter
     from .io import check_out_dir, default_model_path, load_pretrained
@@ -151,11 +160,13 @@ def run_oneshot(run: OneShotRun, *, progress: Progress | None = None,
     model_dir = Path(run.model) if run.model else default_model_path()
     dtype = _dtype_of(model_dir, run.dtype)
     check_dtype(dtype, device)
-    if run.stream:
+    if run.stream:   # a model larger than memory: every core
+        _set_threads(threads, float("inf"))
         return _run_streaming(run, out, model_dir, dtype, device, calib_text, progress, say)
     loaded = load_pretrained(model_dir, dtype=dtype)
     check_targets(loaded.model, run.method)
     calibration = _calibration(run, loaded, calib_text)
+    _set_threads(threads, token_step_macs(loaded.model, calibration.seqlen * (run.calibration.batch_size or 8)))
     say(f"ticketlab llm prune: {run.method.describe()} of {model_dir} ({loaded.kind}, {_name(dtype)}, {device}); "
         f"calibration {calibration.nsamples} x {calibration.seqlen} tokens from {calib_text.describe()}, "
         f"seed {run.calibration.seed}")

@@ -10,10 +10,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
-from ticketlab.llm.io import save_pretrained  # noqa: E402
+def _transformers():
+    """transformers, or a skip naming it: importing this module never needs it, so a test module
+    that imports these helpers keeps its other tests when the [llm] extra is missing."""
+    return pytest.importorskip("transformers", reason="needs the [llm] extra (transformers)")
 
 SYLLABLES = ["ka", "lo", "mi", "ten", "ra", "su", "vel", "do", "an", "pri", "or", "el", "tha", "ne", "bu"]
 
@@ -33,6 +34,9 @@ def generated_text(n_sentences: int = 400, seed: int = 0) -> str:
 
 def make_tokenizer(text: str, vocab_size: int = 320):
     """A byte-level BPE tokenizer trained on ``text``, as a standard PreTrainedTokenizerFast."""
+    transformers = _transformers()
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
@@ -44,6 +48,7 @@ def make_tokenizer(text: str, vocab_size: int = 320):
 
 
 def make_llama(vocab_size: int, context: int = 64, seed: int = 0):
+    transformers = _transformers()
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
@@ -52,6 +57,7 @@ def make_llama(vocab_size: int, context: int = 64, seed: int = 0):
 
 
 def make_bert(vocab_size: int, context: int = 64, seed: int = 0):
+    transformers = _transformers()
     torch.manual_seed(seed)
     config = transformers.BertConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
                                      num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=context,
@@ -63,6 +69,9 @@ def make_bert(vocab_size: int, context: int = 64, seed: int = 0):
 @pytest.fixture(scope="session")
 def llm_assets(tmp_path_factory) -> SimpleNamespace:
     """A text file, its tokenizer, and saved tiny LLaMA and BERT model directories."""
+    _transformers()
+    from ticketlab.llm.io import save_pretrained
+
     root = tmp_path_factory.mktemp("llm_assets")
     text = generated_text()
     text_path = root / "words.txt"

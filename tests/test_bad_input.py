@@ -162,7 +162,6 @@ def test_damaged_scoring_json_is_one_sentence(tmp_path, capsys):
     _refused(argv, "scoring_time", capsys)
 
 
-transformers = pytest.importorskip("transformers")
 from llm_assets import llm_assets  # noqa: E402,F401
 
 

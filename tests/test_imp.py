@@ -122,10 +122,11 @@ def test_resume_after_interrupt_gives_same_summary(tmp_path, toy_splits):
 
 
 def test_different_config_is_refused_and_nothing_changes(tmp_path, toy_splits):
-    run_imp(_config(rounds=1, controls=()), tmp_path / "run", data=toy_splits)
+    """More rounds extend a run (tests/test_cli_generated.py); fewer are another configuration."""
+    run_imp(_config(rounds=2, controls=()), tmp_path / "run", data=toy_splits)
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     with pytest.raises(TicketlabError, match="different configuration.*rounds"):
-        IMPExperiment.prepare(_config(rounds=2, controls=()), tmp_path / "run", data=toy_splits)
+        IMPExperiment.prepare(_config(rounds=1, controls=()), tmp_path / "run", data=toy_splits)
     after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     assert before == after
 

@@ -13,6 +13,8 @@ from ticketlab.methods.sparsegpt import SparseGPT, block_prune_counts, inverse_h
 from ticketlab.methods.wanda import Wanda, wanda_mask, wanda_scores
 from ticketlab.select import NMPattern, select
 
+from conftest import requires
+
 
 def _layer_data(rows=24, cols=64, tokens=400, seed=0):
     """A weight and correlated calibration inputs with uneven feature scales (like LLM activations)."""
@@ -217,6 +219,7 @@ def test_sparsegpt_dead_inputs_are_zeroed():
     assert int((~keep).sum()) == 32
 
 
+@requires("transformers")  # its GPT-2 Conv1D layer
 def test_sparsegpt_object_linear_and_conv1d_agree():
     from transformers.pytorch_utils import Conv1D
 

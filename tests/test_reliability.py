@@ -266,7 +266,6 @@ def test_divergence_is_one_sentence_without_warnings(toy_splits, recwarn):
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
 
 
-transformers = pytest.importorskip("transformers")
 from llm_assets import llm_assets  # noqa: E402,F401
 
 KILL_AT_RENAME = """

@@ -106,7 +106,6 @@ def test_mask_with_an_empty_tensor_is_one_sentence(tmp_path, capsys):
     assert err.count("\n") == 1 and "empty tensor" in err
 
 
-transformers = pytest.importorskip("transformers")
 from llm_assets import llm_assets  # noqa: E402,F401
 
 
@@ -125,7 +124,7 @@ def test_a_model_directory_with_its_own_code_is_refused(llm_assets, tmp_path, ca
     data = json.loads((model / config_file).read_text())
     data["auto_map"] = {"AutoModel": "evil.EvilModel", "AutoConfig": "evil.EvilConfig"}
     (model / config_file).write_text(json.dumps(data))
-    code = main(["llm", "eval", "--model", str(model), "--text", str(llm_assets.text_path),
+    code = main(["llm", "eval", "--model", str(model), "--eval-text", str(llm_assets.text_path),
                  "--reference", str(llm_assets.bert_dir)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "never runs code" in err

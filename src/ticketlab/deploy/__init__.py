@@ -8,7 +8,8 @@
 """
 
 from .compact import CompactionReport, compact_model
+from .execute import execution_plan, sparsify
 from .export import export
 from .load import load
 
-__all__ = ["CompactionReport", "compact_model", "export", "load"]
+__all__ = ["CompactionReport", "compact_model", "execution_plan", "export", "load", "sparsify"]

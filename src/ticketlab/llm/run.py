@@ -161,7 +161,7 @@ def run_oneshot(run: OneShotRun, *, progress: Progress | None = None,
     dtype = _dtype_of(model_dir, run.dtype)
     check_dtype(dtype, device)
     if run.stream:   # a model larger than memory: every core
-        _set_threads(threads, float("inf"))
+        _set_threads(threads, 1e18)
         return _run_streaming(run, out, model_dir, dtype, device, calib_text, progress, say)
     loaded = load_pretrained(model_dir, dtype=dtype)
     check_targets(loaded.model, run.method)

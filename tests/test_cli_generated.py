@@ -172,3 +172,19 @@ def test_prune_init_trains_the_dense_baseline_unless_told_not_to(tmp_path):
     assert main([*base, "--no-dense", "--out", str(tmp_path / "without")]) == 0
     assert json.loads((tmp_path / "without" / "summary.json").read_text())["dense_test_accuracy"] is None
     assert not (tmp_path / "without" / "seed-0" / "dense").exists()
+
+
+def test_a_recipe_sets_the_defaults_and_typed_flags_win(tmp_path):
+    argv = ["imp", "--recipe", "lenet300-lth", "--data", "digits", "--steps", "10it", "--rounds", "1",
+            "--controls", "none", "--lr", "0.002", "--quiet", "--threads", "1", "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    config = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    assert (config["data"], config["train"]["steps"], config["train"]["lr"]) == ("digits", "10it", 0.002)  # typed
+    assert (config["rate"], config["layer_rates"], config["train"]["batch_size"]) == (0.2, [["output", 0.1]], 60)
+
+
+def test_a_recipe_for_another_command_is_one_sentence(tmp_path, capsys):
+    assert main(["prune-init", "--recipe", "lenet300-lth", "--density", "0.1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ticketlab: error: ") and err.count("\n") == 1 and "imp" in err
+    assert not (tmp_path / "r").exists()

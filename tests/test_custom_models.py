@@ -12,8 +12,9 @@ import torch
 from ticketlab.cli import main
 from ticketlab.data import DataSplits, load_dataset
 from ticketlab.errors import TicketlabError
-from ticketlab.models import _registry, create_model
-from ticketlab.models._registry import trust_user_code
+from ticketlab import user_code
+from ticketlab.models import create_model
+from ticketlab.user_code import trust_user_code
 from ticketlab.train.stacking import stack_networks
 
 MODELS = '''
@@ -64,7 +65,7 @@ IMP = ["imp", "--steps", "10it", "--rounds", "1", "--seeds", "1", "--quiet"]
 @pytest.fixture(autouse=True)
 def fresh_trust(monkeypatch):
     """Each test starts with no user code trusted and forgets the modules it imported."""
-    monkeypatch.setattr(_registry, "_TRUSTED", set())
+    monkeypatch.setattr(user_code, "_TRUSTED", set())
     before = set(sys.modules)
     yield
     for name in set(sys.modules) - before:
@@ -178,7 +179,7 @@ def test_export_of_a_custom_model_run_does_not_import_it(user_files, tmp_path, c
     models, _ = user_files
     out = tmp_path / "run"
     assert main(IMP + ["--model", f"{models}:tiny_mlp", "--data", "digits", "--out", str(out)]) == 0
-    monkeypatch.setattr(_registry, "_TRUSTED", set())  # a later command: only its own flags are trusted
+    monkeypatch.setattr(user_code, "_TRUSTED", set())  # a later command: only its own flags are trusted
     del sys.modules[models]
     code, err = _run(["export", str(out), "--out", str(tmp_path / "exported")], capsys)
     assert code == 2 and "never from a run directory's files" in err and models not in sys.modules

@@ -12,7 +12,8 @@ from ticketlab.experiments.compare import CompareConfig, run_compare
 from ticketlab.experiments.sparse import PruneInitConfig, run_sparse
 from ticketlab.lottery import IMPConfig, run_imp
 from ticketlab.plotting import tick_labels
-from ticketlab.report import format_overlay_table, load_run, load_summary, overlay_figure, unique_labels
+from ticketlab.overlay import format_overlay_table, load_run, overlay_figure, unique_labels
+from ticketlab.report import load_summary
 from ticketlab.train import TrainConfig
 from ticketlab.units.aggregate import aggregate, format_summary_csv, write_summary_files
 

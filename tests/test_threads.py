@@ -11,7 +11,7 @@ import torch
 from ticketlab import threads
 from ticketlab.errors import TicketlabError
 from ticketlab.models import create_model
-from ticketlab.models._registry import trust_user_code
+from ticketlab.user_code import trust_user_code
 from ticketlab.threads import (STEP_MACS_PER_THREAD, default_threads, resolve_threads, set_threads, step_macs,
                                token_step_macs)
 from ticketlab.units.workers import Part, WorkerSetting, run_parts
@@ -108,7 +108,7 @@ class ThreadProbe:
         return cls(out)
 
     def execute_seeds(self, seeds):
-        from ticketlab.models._registry import trusted_user_code
+        from ticketlab.user_code import trusted_user_code
 
         record = {"threads": torch.get_num_threads(), "pid": os.getpid(), "user_code": list(trusted_user_code())}
         (self.out / f"seed-{seeds[0]}.json").write_text(json.dumps(record))

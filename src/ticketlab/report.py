@@ -1,23 +1,20 @@
-"""Tables and plots from a run directory's ``summary.json``, and overlays of several runs.
+"""Tables and plots from a run directory's ``summary.json``.
 
 The library returns text and writes files; the command line decides what to print. Every spread
 shown is the sample standard deviation over seeds (ddof = 1): `load_summary` recomputes it from
 the per-seed records a summary holds, so runs written before the switch from the population
-formula read the same as new ones. Several runs of any kind (IMP, prune-init, sparse-train,
-compare) overlay as accuracy vs % of weights remaining: `load_run`, `format_overlay_table`,
-`plot_overlay`.
+formula read the same as new ones. Several runs overlaid: `ticketlab.overlay`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import TicketlabError
 from .files import read_json
-from .plotting import dense_line, legend_outside, line_with_spread, percent_axis, pyplot, save, spread_label, style
+from .plotting import dense_line, legend_outside, line_with_spread, percent_axis, pyplot, save, spread_label
 from .units.aggregate import sample_std
 
 
@@ -46,14 +43,14 @@ def _resample_spread(entry: dict[str, Any]) -> None:
         return
     for key in [k for k in entry if k.endswith("_std")]:
         values = [r.get(key[:-4]) for r in records.values()]
-        if all(_is_number(v) for v in values):
+        if all(is_number(v) for v in values):
             entry[key] = sample_std(values)
 
 
 _NUMBERS = ("density", "test_accuracy", "test_accuracy_std", "early_stop_iteration", "early_stop_iteration_std")
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -61,7 +58,7 @@ def _entry_problem(entry: Any, where: str) -> str | None:
     if not isinstance(entry, dict):
         return f"{where} is not an object"
     for field in _NUMBERS:
-        if not _is_number(entry.get(field)):
+        if not is_number(entry.get(field)):
             return f"{where} has no number {field!r}"
     if not isinstance(entry.get("collapsed_layers", []), list):
         return f"{where} has malformed 'collapsed_layers'"
@@ -86,7 +83,7 @@ def summary_problem(summary: Any) -> str | None:
         if problem is None and is_imp and not (isinstance(entry.get("winning_ticket"), bool)
                                                and isinstance(entry.get("round"), int)):
             problem = f"{where} has no 'round' number or 'winning_ticket'"
-        if problem is None and not is_imp and not _is_number(entry.get("target_density")):
+        if problem is None and not is_imp and not is_number(entry.get("target_density")):
             problem = f"{where} has no number 'target_density'"
         if problem is None and not isinstance(entry.get("controls", {}), dict):
             problem = f"{where} has malformed 'controls'"
@@ -95,12 +92,12 @@ def summary_problem(summary: Any) -> str | None:
         if problem is not None:
             return problem
     dense = summary.get("dense_test_accuracy")
-    if dense is not None and not _is_number(dense):
+    if dense is not None and not is_number(dense):
         return "'dense_test_accuracy' is not a number"
     return None
 
 
-def _pm(mean: float, std: float, seeds: int) -> str:
+def plus_minus(mean: float, std: float, seeds: int) -> str:
     return f"{mean:6.2f} ± {std:4.2f}" if seeds > 1 else f"{mean:6.2f}"
 
 
@@ -108,13 +105,13 @@ def _cost_cell(entry: dict[str, Any]) -> str:
     """What the ticket of this round cost so far, in dense trainings ("-" for summaries without it)."""
     cost = entry.get("cost")
     value = cost.get("cumulative_dense_trainings") if isinstance(cost, dict) else None
-    return f"{value:.2f}" if _is_number(value) else "-"
+    return f"{value:.2f}" if is_number(value) else "-"
 
 
 def _cost_note(summary: dict[str, Any]) -> list[str]:
     """A line on what the cost column counts, and where early-bird masks were drawn (IMP only)."""
     cost, notes = summary.get("cost"), []
-    if isinstance(cost, dict) and _is_number(cost.get("dense_iterations")) and _is_number(cost.get("control_iterations")):
+    if isinstance(cost, dict) and is_number(cost.get("dense_iterations")) and is_number(cost.get("control_iterations")):
         notes.append(f"cost: the ticket line's training up to that round, in dense trainings of "
                      f"{cost['dense_iterations']:.0f} iterations; controls and the dense reference cost "
                      f"{(cost['control_iterations'] + cost.get('reference_iterations', 0)) / cost['dense_iterations']:.2f} more")
@@ -140,11 +137,11 @@ def format_table(summary: dict[str, Any]) -> str:
     for entry in summary["rounds"]:
         first = str(entry["round"]) if is_imp else f"{100 * entry['target_density']:g}%"
         last = ("yes" if entry["winning_ticket"] else "no") if is_imp else str(len(entry.get("collapsed_layers", [])))
-        row = [first, f"{100 * entry['density']:.2f}", _pm(entry["test_accuracy"], entry["test_accuracy_std"], n_seeds),
+        row = [first, f"{100 * entry['density']:.2f}", plus_minus(entry["test_accuracy"], entry["test_accuracy_std"], n_seeds),
                f"{entry['early_stop_iteration']:.0f}", last] + ([_cost_cell(entry)] if costed else [])
         for c in controls:
             ctl = entry.get("controls", {}).get(c)
-            row.append(_pm(ctl["test_accuracy"], ctl["test_accuracy_std"], n_seeds) if ctl else "-")
+            row.append(plus_minus(ctl["test_accuracy"], ctl["test_accuracy_std"], n_seeds) if ctl else "-")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
@@ -217,176 +214,3 @@ def _run_overlap(summary: dict[str, Any], run_dir: str | os.PathLike | None) -> 
     from .analysis.mask_files import imp_run_overlap
 
     return imp_run_overlap(run_dir)
-
-
-# --- several runs: curves of accuracy vs % of weights remaining ---------------------------------
-@dataclass(frozen=True)
-class Curve:
-    """One method (or control) of a run: mean test accuracy and its sample std at each % remaining."""
-
-    name: str
-    percents: tuple[float, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        if not (len(self.percents) == len(self.mean) == len(self.std)) or not self.percents:
-            raise TicketlabError(f"Curve {self.name!r} needs as many means and spreads as points (at least one).")
-
-
-@dataclass(frozen=True)
-class RunCurves:
-    """What one run directory contributes to an overlay: its curves, dense accuracy, and names."""
-
-    label: str
-    kind: str
-    model: str
-    data: str
-    seeds: int
-    dense: float | None
-    curves: tuple[Curve, ...]
-
-
-def load_run(run_dir: str | os.PathLike, label: str | None = None) -> RunCurves:
-    """The curves of a run directory of any kind (IMP, prune-init, sparse-train or compare).
-
-    ``label`` names the run in tables and legends (default: the directory's name). Anything that is
-    not a run directory, or a run with nothing finished yet, is one `TicketlabError` sentence.
-    """
-    root = Path(run_dir)
-    label = label or root.resolve().name
-    if not root.is_dir():
-        raise TicketlabError(f"Run directory {str(run_dir)!r} does not exist.")
-    if (root / "summary.json").exists():
-        return _summary_curves(load_summary(root), label)
-    if (root / "compare.json").exists():
-        return _compare_curves(root, label)
-    if not (root / "config.json").exists():
-        raise TicketlabError(f"{str(run_dir)!r} is not a ticketlab run directory (it has no summary.json, "
-                             "compare.json or config.json).")
-    config = read_json(root / "config.json")
-    if isinstance(config, dict) and config.get("kind") == "compare":
-        raise TicketlabError(f"{str(run_dir)!r} is a comparison that has not finished yet (no compare.json).")
-    return _summary_curves(load_summary(root), label)  # raises: no round has finished there
-
-
-def _summary_curves(summary: dict[str, Any], label: str) -> RunCurves:
-    kind = summary.get("kind", "imp")
-    main = "imp" if kind == "imp" else str(summary.get("method"))
-    curves = []
-    for name in [main, *summary.get("controls", [])]:
-        points = [(e, e if name == main else (e.get("controls") or {}).get(name)) for e in summary["rounds"]]
-        points = [(e, s) for e, s in points if s is not None]
-        if points:
-            curves.append(Curve(name if name == main else f"{main} {name}",
-                                tuple(100 * e["density"] for e, _ in points),
-                                tuple(s["test_accuracy"] for _, s in points),
-                                tuple(s["test_accuracy_std"] for _, s in points)))
-    if not curves:
-        raise TicketlabError(f"Run {label!r} has no finished round to show.")
-    return RunCurves(label, kind, str(summary.get("model")), str(summary.get("data")),
-                     len(summary.get("seeds", [0])), summary.get("dense_test_accuracy"), tuple(curves))
-
-
-def _compare_curves(root: Path, label: str) -> RunCurves:
-    """A comparison's curves from ``compare.json``'s rows, each spread re-read from its method's
-    ``summary.json`` (so it is the sample std whatever formula wrote ``compare.json``)."""
-    record = read_json(root / "compare.json")
-    rows, config = (record.get("rows"), record.get("config")) if isinstance(record, dict) else (None, None)
-    if not isinstance(rows, list) or not isinstance(config, dict) or not all(
-            isinstance(r, dict) and isinstance(r.get("method"), str) and _is_number(r.get("density"))
-            and _is_number(r.get("test_accuracy")) for r in rows):
-        raise TicketlabError(f"{str(root / 'compare.json')!r} is not a ticketlab comparison table.")
-    by_method: dict[str, list[tuple[float, float, float]]] = {}
-    for row in rows:
-        by_method.setdefault(row["method"], []).append(
-            (100 * row["density"], row["test_accuracy"], _compare_spread(root, row)))
-    dense = by_method.pop("dense", None)
-    curves = tuple(Curve(m, *(tuple(v) for v in zip(*sorted(points, reverse=True)))) for m, points in by_method.items())
-    if not curves:
-        raise TicketlabError(f"Comparison {label!r} has no method rows to show.")
-    return RunCurves(label, "compare", str(config.get("model")), str(config.get("data")),
-                     len(config.get("seeds", [0])), dense[0][1] if dense else None, curves)
-
-
-def _compare_spread(root: Path, row: dict[str, Any]) -> float:
-    """The sample std of one comparison row, from its method's run directory (the row's own value
-    when that directory or entry is missing)."""
-    method = "imp" if row["method"] in ("imp", "dense") else row["method"]
-    try:
-        rounds = load_summary(root / method)["rounds"]
-    except TicketlabError:
-        rounds = []
-    if row["method"] == "dense":
-        matches = rounds[:1]
-    elif row["method"] == "imp":
-        matches = [e for e in rounds if e.get("round") == row.get("imp_round")]
-    else:
-        matches = [e for e in rounds if e.get("target_density") == row.get("target_density")]
-    return matches[0]["test_accuracy_std"] if matches else float(row.get("test_accuracy_std", 0.0))
-
-
-def unique_labels(run_dirs: list[str | os.PathLike]) -> list[str]:
-    """Each run's directory name, or its path as given where two runs share a name."""
-    names = [Path(d).resolve().name for d in run_dirs]
-    return [name if names.count(name) == 1 else str(d) for name, d in zip(names, run_dirs)]
-
-
-def format_overlay_table(runs: list[RunCurves]) -> str:
-    """One table for several runs: a row per (run, method, point), the run's label in the first column."""
-    header = ["run", "kind", "model", "data", "method", "% left", "test acc", "seeds"]
-    rows = [header]
-    for run in runs:
-        first = [run.label, run.kind, run.model, run.data]
-        if run.dense is not None:
-            rows.append(first + ["dense", "100.00", f"{run.dense:6.2f}", str(run.seeds)])
-        for curve in run.curves:
-            for x, m, s in zip(curve.percents, curve.mean, curve.std):
-                rows.append(first + [curve.name, f"{x:.2f}", _pm(m, s, run.seeds), str(run.seeds)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) if i >= 5 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    title = (f"{len(runs)} run(s): test accuracy (%) at the end of training, "
-             f"{spread_label([r.seeds for r in runs])}")
-    return "\n".join([title, *lines])
-
-
-def overlay_title(runs: list[RunCurves]) -> str:
-    """Method(s), model(s) and data of an overlay, for its title."""
-    methods = list(dict.fromkeys(c.name for r in runs for c in r.curves))
-    models = " / ".join(dict.fromkeys(r.model for r in runs))
-    data = " / ".join(dict.fromkeys(r.data for r in runs))
-    return f"{', '.join(methods)}: {models} on {data} ({spread_label([r.seeds for r in runs])})"
-
-
-def overlay_figure(runs: list[RunCurves]) -> Any:
-    """Test accuracy vs % of weights remaining for every curve of every run, on one log axis
-    (ticked in percentages, dense on the left); each run's dense accuracy as a dashed line.
-
-    Curves are labelled ``run: method`` when more than one run is drawn; each gets its own colour,
-    marker and line style, and a band of ± the sample std.
-    """
-    if not runs:
-        raise TicketlabError("Nothing to overlay: give at least one run directory.")
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(10, 5.2))
-    several, index = len(runs) > 1, 0
-    for run in runs:
-        if run.dense is not None:
-            dense_line(ax, run.dense, label=f"{run.label}: dense" if several else "dense",
-                       color=style(index)["color"] if several else None)
-        for curve in run.curves:
-            line_with_spread(ax, curve.percents, curve.mean, curve.std,
-                             f"{run.label}: {curve.name}" if several else curve.name, index)
-            index += 1
-    percent_axis(ax, [x for r in runs for c in r.curves for x in c.percents] + [100.0])
-    ax.set_ylabel("test accuracy (%)")
-    legend_outside(ax)
-    ax.set_title(overlay_title(runs), fontsize=10)
-    return fig
-
-
-def plot_overlay(runs: list[RunCurves], path: str | os.PathLike) -> Path:
-    """Write `overlay_figure` as a PNG at ``path``."""
-    return save(overlay_figure(runs), path)

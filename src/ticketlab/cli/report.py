@@ -19,8 +19,8 @@ def report(run_dirs: tuple[Path, ...], png: Path | None) -> None:
     comparison, or several runs of any kinds: one table (a row per run, method and density) and one
     plot of test accuracy vs % of weights remaining with every run overlaid.
     """
-    from ..report import (format_overlay_table, format_table, load_run, load_summary, plot_overlay, plot_report,
-                          unique_labels)
+    from ..overlay import format_overlay_table, load_run, plot_overlay, unique_labels
+    from ..report import format_table, load_summary, plot_report
 
     if len(run_dirs) == 1 and (run_dirs[0] / "summary.json").exists():
         summary = load_summary(run_dirs[0])

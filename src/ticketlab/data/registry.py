@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from ..errors import TicketlabError
-from ..models._registry import call_user_function, import_user_function, is_user_code
+from ..user_code import call_user_function, import_user_function, is_user_code
 from .cifar10 import load_cifar10
 from .digits import load_digits
 from .mnist import load_mnist
@@ -53,7 +53,7 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, val_fracti
     the directory for datasets read from disk (``mnist``, ``cifar10``) and ignored by the others.
 
     ``name`` may also be ``module:function``, user code the command line has allowed
-    (`ticketlab.models._registry.trust_user_code`): ``function()`` returns the finished
+    (`ticketlab.user_code.trust_user_code`): ``function()`` returns the finished
     `DataSplits` (its own split: ``root``, ``val_fraction`` and ``split_seed`` do not apply), checked
     by `check_user_splits`. Raises `TicketlabError` for an unknown name, bad arguments, missing
     files or packages, or user data that breaks the contract.

@@ -26,6 +26,7 @@ from . import mlp  # noqa: F401,I001
 from . import conv  # noqa: F401
 from . import resnet  # noqa: F401
 from . import vgg  # noqa: F401
-from ._registry import Builder, ModelInfo, create_model, list_models, register_model, trust_user_code
+from ._registry import Builder, ModelInfo, create_model, list_models, register_model
+from ..user_code import trust_user_code
 
 __all__ = ["Builder", "ModelInfo", "create_model", "list_models", "register_model", "trust_user_code"]

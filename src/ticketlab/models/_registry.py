@@ -6,17 +6,15 @@ import `register_model` without a circular import.
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
-import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import torch
 from torch import nn
 
 from ..errors import TicketlabError
+from ..user_code import call_user_function, first_line, import_user_function, is_user_code
 
 #: A builder takes ``(input_shape, num_classes)`` — and ``width=`` when a width multiplier other
 #: than 1 is asked for — and returns a freshly initialised module. It draws its random numbers from
@@ -129,104 +127,7 @@ def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-# --- user code: --model module:function ---------------------------------------------------------
-# ``--model mymodels:tiny_mlp`` imports ``mymodels`` and calls ``tiny_mlp(input_shape, num_classes)``
-# (``--data module:function`` likewise, in `ticketlab.data.registry`). Importing runs the user's
-# code, so it happens only for specs the user named on this very command line: the command line
-# calls `trust_user_code` with its own --model / --data values, and a spec found anywhere else (a
-# run directory's config.json or model.json, read by report, export or stability) is refused.
-# Resuming a run is the same command line again, so it trusts the spec again.
-
-_TRUSTED: set[str] = set()
-
-
-def is_user_code(name: Any) -> bool:
-    """Whether ``name`` is a ``module:function`` spec rather than a registered name."""
-    return isinstance(name, str) and ":" in name
-
-
-def trust_user_code(*specs: str | None) -> None:
-    """Let `create_model` / `load_dataset` import these ``module:function`` specs in this process.
-
-    The command line calls it with its own ``--model`` and ``--data`` values (registered names and
-    None are ignored); Python users call it for a spec they pass themselves, or register a builder
-    with `register_model` instead. Nothing is imported or checked yet (that happens on use, in a
-    sentence naming the flag).
-    """
-    for spec in specs:
-        if is_user_code(spec):
-            _TRUSTED.add(spec.strip())
-
-
-def trusted_user_code() -> tuple[str, ...]:
-    """The specs `trust_user_code` allowed in this process (handed on to worker processes)."""
-    return tuple(sorted(_TRUSTED))
-
-
-def _split_spec(spec: str, flag: str) -> tuple[str, str]:
-    module, _, function = spec.strip().partition(":")
-    if not all(part.isidentifier() for part in module.split(".")) or not function.isidentifier():
-        raise TicketlabError(f"Cannot read {flag} {spec!r}: write module:function, e.g. mymodels:tiny_mlp "
-                             "for the function tiny_mlp in mymodels.py.")
-    return module, function
-
-
-def import_user_function(spec: str, flag: str) -> Callable[..., Any]:
-    """The function a trusted ``module:function`` ``spec`` names, imported from the working
-    directory or ``sys.path``; one sentence naming ``flag`` for every way this can fail."""
-    spec = spec.strip()
-    module_name, function_name = _split_spec(spec, flag)
-    if spec not in _TRUSTED:
-        raise TicketlabError(f"ticketlab imports user code such as {spec!r} only when this command's own {flag} "
-                             f"names it (from Python: after trust_user_code({spec!r})), never from a run "
-                             "directory's files.")
-    module = _import_module(module_name, spec, flag)
-    function = getattr(module, function_name, None)
-    if function is None:
-        raise TicketlabError(f"Module {module_name!r} ({getattr(module, '__file__', None) or 'no file'}) has no "
-                             f"function {function_name!r} for {flag} {spec}.")
-    if not callable(function):
-        raise TicketlabError(f"{flag} {spec} names a {type(function).__name__}, not a function.")
-    return function
-
-
-def _import_module(module_name: str, spec: str, flag: str):
-    """``import module_name`` with the working directory on ``sys.path`` for this import only
-    (when it is not there already: a console script puts its own directory there instead)."""
-    cwd = os.getcwd()
-    added = "" not in sys.path and cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name and module_name.startswith(err.name):
-            raise TicketlabError(f"Cannot import module {module_name!r} for {flag} {spec}: it is neither in the "
-                                 f"working directory ({cwd}) nor on PYTHONPATH.") from None
-        raise TicketlabError(f"Importing module {module_name!r} for {flag} {spec} failed: {_first_line(err)}.") from None
-    except Exception as err:  # noqa: BLE001 - the user's module may raise anything while it loads
-        raise TicketlabError(f"Importing module {module_name!r} for {flag} {spec} raised "
-                             f"{type(err).__name__}: {_first_line(err)}.") from None
-    finally:
-        if added:
-            sys.path.remove(cwd)
-
-
-def call_user_function(function: Callable[..., Any], spec: str, *args: Any) -> Any:
-    """``function(*args)``; an exception it raises becomes one sentence (a TicketlabError keeps its own)."""
-    try:
-        return function(*args)
-    except TicketlabError:
-        raise
-    except Exception as err:  # noqa: BLE001 - user code
-        shown = ", ".join(repr(a) for a in args)
-        raise TicketlabError(f"{spec}({shown}) raised {type(err).__name__}: {_first_line(err)}.") from None
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0][:200].rstrip(".") if lines else "no details"
-
+# --- user code: --model module:function (the import rules live in `ticketlab.user_code`) ----------
 
 def _create_user_model(spec: str, shape: tuple[int, ...], num_classes: int, seed: int, width: float) -> nn.Module:
     """`create_model` for ``--model module:function``: the user's builder, seeded like a registered
@@ -261,7 +162,7 @@ def _check_user_model(model: nn.Module, spec: str, shape: tuple[int, ...], num_c
         out = model(batch)
     except Exception as err:  # noqa: BLE001 - user code
         raise TicketlabError(f"--model {spec}'s network fails on a batch of shape {tuple(batch.shape)} "
-                             f"({type(err).__name__}: {_first_line(err)}).") from None
+                             f"({type(err).__name__}: {first_line(err)}).") from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):

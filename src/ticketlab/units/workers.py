@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import validate
 from ..errors import TicketlabError
-from ..models._registry import trust_user_code, trusted_user_code
+from ..user_code import trust_user_code, trusted_user_code
 from ..runs import FileLock
 from ..threads import check_threads, set_threads
 from ..threads import worker_threads as divided_threads

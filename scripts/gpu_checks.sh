@@ -41,7 +41,8 @@ step llm.txt "selection speed" 45 python benchmarks/selection_speed.py --device 
 # 4. the CUDA tests of the suite (they skip themselves without CUDA), the stacked trainer's included
 step tests.txt "CUDA tests" 90 python -m pytest -q -k "cuda or gpu" tests/
 # 5. (issue 9) 2:4 execution against dense on LLaMA-7B layer shapes, and what sparsify chooses
-step deploy.txt "2:4 vs dense" 60 python benchmarks/gpu_semi_structured.py --repeats 15
+step deploy.txt "2:4 vs dense" 60 python benchmarks/gpu_semi_structured.py --repeats 15 --tokens 16,1024,4096,16384,32768
+step deploy.txt "2:4 variants" 60 python benchmarks/gpu_24_variants.py
 step deploy.txt "deployed ticket on the GPU" 30 python - <<'PY'
 import torch
 from ticketlab.deploy.execute import sparsify, execution_plan

@@ -188,3 +188,11 @@ def test_a_recipe_for_another_command_is_one_sentence(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("ticketlab: error: ") and err.count("\n") == 1 and "imp" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_augmenting_data_that_is_no_image_is_refused_before_the_run_directory(tmp_path, capsys):
+    pytest.importorskip("mnist1d", reason="needs the [data] extra (mnist1d)")
+    argv = ["imp", "--data", "mnist1d", "--model", "mlp1d", "--augment", "crop-flip", "--steps", "5it",
+            "--rounds", "0", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert "needs image data" in capsys.readouterr().err and not (tmp_path / "r").exists()

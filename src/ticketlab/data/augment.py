@@ -56,6 +56,14 @@ def resolve_augment(value: str, data_name: str) -> str:
     return check_augment(value)
 
 
+def check_augment_fits(kind: str, input_shape: tuple[int, ...], data_name: str) -> None:
+    """Refuse an augmentation the data cannot take (crop and flip need images, (C, H, W)), before a
+    run directory is claimed."""
+    if kind != "none" and len(tuple(input_shape)) != 3:
+        raise TicketlabError(f"--augment {kind} needs image data (channels, height, width), but {data_name} has "
+                             f"examples of shape {tuple(input_shape)}; use --augment none.")
+
+
 def draw_crop_flip(seed: int, iteration: int, count: int, padding: int = PADDING) -> tuple[torch.Tensor, ...]:
     """Row offsets, column offsets (int64 in ``[0, 2*padding]``) and flips (bool), each ``(count,)``,
     for the batch of ``iteration`` of the network with data seed ``seed``; on the CPU."""
@@ -121,5 +129,5 @@ def augment_stacked(x: torch.Tensor, kind: str, seeds: Sequence[int], iteration:
     return crop_flip(x.reshape(-1, *x.shape[2:]), rows, cols, flips).view(x.shape)
 
 
-__all__ = ["AUGMENTATIONS", "AUTO_AUGMENTED", "PADDING", "augment_batch", "augment_stacked", "check_augment",
+__all__ = ["check_augment_fits", "AUGMENTATIONS", "AUTO_AUGMENTED", "PADDING", "augment_batch", "augment_stacked", "check_augment",
            "crop_flip", "draw_crop_flip", "resolve_augment"]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..data import DataSplits, load_dataset
+from ..data.augment import check_augment_fits
 from ..models import create_model
 from ..errors import TicketlabError
 from ..files import write_json
@@ -113,6 +114,7 @@ class Experiment:
         data = data or load_dataset(config.data, root=config.data_dir, val_fraction=config.val_fraction,
                                     split_seed=config.split_seed)
         cls.check(config, data)
+        check_augment_fits(config.train.augment, data.input_shape, config.data)
         check_worker_count(workers, cls.independent_units(config), cls.unit_name)
         check_reachable(workers)
         used = cls.set_threads(config, data, threads, workers, torch.device(device))

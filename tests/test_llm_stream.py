@@ -145,7 +145,7 @@ def test_a_model_larger_than_the_memory_limit_is_pruned_under_it(llm_assets, tmp
     assert model_bytes > 1.3 * MEMORY_LIMIT
     argv = ["llm", "prune", "--model", str(model), "--method", "wanda", "--sparsity", "0.5",
             "--calib", str(llm_assets.text_path), "--nsamples", "2", "--seqlen", "32", "--calib-batch-size", "2",
-            "--device", "cpu", "--quiet"]
+            "--device", "cpu", "--quiet", "--threads", "1"]   # the same threads in both paths
     limited = subprocess.run([sys.executable, "-c", LIMITED_RUNNER, str(MEMORY_LIMIT), *argv, "--stream",
                               "--out", str(tmp_path / "stream")], capture_output=True, text=True, timeout=600,
                              env=dict(os.environ, OMP_NUM_THREADS="1"))  # the same threads as this process

@@ -136,6 +136,12 @@ def _set_threads(threads: str | int | None, step_macs: float) -> None:
         set_threads(resolve_threads(threads, step_macs))
 
 
+def _calibration_step_macs(model: Any, run: OneShotRun, calibration: Any) -> float:
+    """The multiply-accumulates of one calibration forward of a batch (``--threads auto``'s size;
+    the weights may be on the meta device: only their shapes count)."""
+    return token_step_macs(model, calibration.seqlen * (run.calibration.batch_size or 8))
+
+
 def run_oneshot(run: OneShotRun, *, progress: Progress | None = None,
                 log: Callable[[str], None] | None = None, threads: str | int | None = None) -> OneShotResult:
     """Load, calibrate, evaluate, prune, evaluate and write ``run.out``; see the module docstring.
@@ -160,13 +166,12 @@ def run_oneshot(run: OneShotRun, *, progress: Progress | None = None,
     model_dir = Path(run.model) if run.model else default_model_path()
     dtype = _dtype_of(model_dir, run.dtype)
     check_dtype(dtype, device)
-    if run.stream:   # a model larger than memory: every core
-        _set_threads(threads, 1e18)
-        return _run_streaming(run, out, model_dir, dtype, device, calib_text, progress, say)
+    if run.stream:
+        return _run_streaming(run, out, model_dir, dtype, device, calib_text, progress, say, threads)
     loaded = load_pretrained(model_dir, dtype=dtype)
     check_targets(loaded.model, run.method)
     calibration = _calibration(run, loaded, calib_text)
-    _set_threads(threads, token_step_macs(loaded.model, calibration.seqlen * (run.calibration.batch_size or 8)))
+    _set_threads(threads, _calibration_step_macs(loaded.model, run, calibration))
     say(f"ticketlab llm prune: {run.method.describe()} of {model_dir} ({loaded.kind}, {_name(dtype)}, {device}); "
         f"calibration {calibration.nsamples} x {calibration.seqlen} tokens from {calib_text.describe()}, "
         f"seed {run.calibration.seed}")
@@ -188,7 +193,8 @@ def run_oneshot(run: OneShotRun, *, progress: Progress | None = None,
 
 
 def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dtype, device: torch.device,
-                   calib_text: Any, progress: Any, say: Callable[[str], None]) -> OneShotResult:
+                   calib_text: Any, progress: Any, say: Callable[[str], None],
+                   threads: str | int | None = None) -> OneShotResult:
     """The streaming path (`ticketlab.llm.stream`): the model never sits in memory whole."""
     from ..files import atomic_directory, write_json
     from .adapters import find_blocks, find_targets
@@ -206,6 +212,7 @@ def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dty
     loaded = LoadedModel(model=model, tokenizer=load_tokenizer(model_dir), kind=kind, path=model_dir)
     check_targets(model, run.method)
     calibration = _calibration(run, loaded, calib_text)
+    _set_threads(threads, _calibration_step_macs(model, run, calibration))   # as the in-memory path would
     blocks_path, blocks = find_blocks(model)
     largest_block = check_room_for_blocks(index, [f"{blocks_path}.{i}." for i in range(len(blocks))], dtype)
     last = max(t.block for t in find_targets(model, blocks_path, blocks, run.method.targets, run.method.exclude))

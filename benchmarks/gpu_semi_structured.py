@@ -14,10 +14,13 @@ bucket (dense expected for small token counts, 2:4 for large ones). Without CUDA
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_24_variants import timed  # noqa: E402 - the alternating, synchronised timing loop
 
 
 def main() -> None:
@@ -53,16 +56,8 @@ def main() -> None:
         for tokens in (int(t) for t in args.tokens.split(",")):
             x = torch.randn(tokens, in_features, device=device, dtype=dtype)
             runners = {"dense": lambda: torch.nn.functional.linear(x, weight), "2:4": lambda: backend.run(packed, x)}
-            times = {n: [] for n in runners}
-            for round_index in range(args.repeats + 3):
-                for name, run in runners.items():
-                    torch.cuda.synchronize()
-                    started = time.perf_counter()
-                    run()
-                    torch.cuda.synchronize()
-                    if round_index >= 3:
-                        times[name].append(time.perf_counter() - started)
-            dense, sparse = (statistics.median(times[n]) for n in ("dense", "2:4"))
+            medians = timed(runners, args.repeats)
+            dense, sparse = medians["dense"], medians["2:4"]
             error = float((runners["dense"]() - runners["2:4"]()).abs().max())
             print(f"{shape} tokens {tokens:>6}: dense {1e3 * dense:8.3f} ms  2:4 {1e3 * sparse:8.3f} ms  "
                   f"ratio {dense / sparse:5.2f}x  max|diff| {error:.2e}  sparsify chooses {sparse_layer.plan_for(tokens)}")

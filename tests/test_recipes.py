@@ -6,7 +6,12 @@ from click.testing import CliRunner
 from torch import nn
 
 from ticketlab.cli import cli
-from ticketlab.cli.recipes import recipe_default_map, recipes
+from ticketlab.cli.common import recipe_values
+from ticketlab.cli.recipes import recipes
+from ticketlab.experiments.sparse import PruneInitConfig, SparseTrainConfig
+from ticketlab.lottery import IMPConfig
+
+CONFIGS = {"imp": IMPConfig, "prune-init": PruneInitConfig, "sparse-train": SparseTrainConfig}
 from ticketlab.data import list_datasets
 from ticketlab.data.augment import AUGMENTATIONS
 from ticketlab.errors import TicketlabError
@@ -33,11 +38,11 @@ def test_every_value_is_a_flag_its_command_parses(name):
     options = {opt[2:] for param in command.params for opt in param.opts if opt.startswith("--")}
     assert set(recipe.values) <= options, sorted(set(recipe.values) - options)
     context = command.make_context(recipe.command, _argv(recipe.values))   # click converts every value
-    default_map = recipe_default_map(command, name, recipe.command)
-    assert set(default_map) <= set(context.params)
+    values = recipe_values(name, recipe.command, CONFIGS[recipe.command])   # what --recipe applies
+    assert set(values) <= set(context.params)
     for param in command.params:
-        if param.name in default_map and not param.multiple:
-            assert context.params[param.name] == param.type_cast_value(context, default_map[param.name])
+        if param.name in values and not param.multiple:
+            assert context.params[param.name] == param.type_cast_value(context, values[param.name])
 
 
 @pytest.mark.parametrize("name", NAMES)

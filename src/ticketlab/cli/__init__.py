@@ -13,6 +13,7 @@ import sys
 import click
 
 from ..errors import TicketlabError
+from ..user_code import first_line
 from . import deploy, llm, lottery, masks, recipes, report, sparse, stability
 
 EXIT_USAGE = 2
@@ -54,11 +55,6 @@ cli.add_command(masks.masks)
 cli.add_command(stability.stability)
 
 
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else "no details"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one sentence and exit code 2.
 
@@ -84,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if _debug["on"]:
             raise
         where = f" ({err.filename})" if err.filename else ""
-        click.echo(f"ticketlab: error: {err.strerror or _first_line(err)}{where}.", err=True)
+        click.echo(f"ticketlab: error: {err.strerror or first_line(err)}{where}.", err=True)
         return EXIT_USAGE
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("ticketlab: interrupted; run the same command again to resume.", err=True)
@@ -92,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the last line of defence: one sentence, never a traceback
         if _debug["on"]:
             raise
-        click.echo(f"ticketlab: error: unexpected {type(err).__name__}: {_first_line(err)}; "
+        click.echo(f"ticketlab: error: unexpected {type(err).__name__}: {first_line(err)}; "
                    "rerun with ticketlab --debug ... for the traceback.", err=True)
         return EXIT_UNEXPECTED
     return 0

@@ -53,9 +53,10 @@ class TerminalProgress:
     no bars but one line per finished unit on stderr; every evaluation also to TensorBoard with
     ``log_dir``."""
 
-    def __init__(self, log_dir: str | None = None, stream: Any = None):
+    def __init__(self, log_dir: str | None = None, stream: Any = None, quiet: bool = False):
         self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.quiet = quiet   # only the TensorBoard log (--quiet --log-dir)
+        self.tty = not quiet and bool(getattr(self.stream, "isatty", lambda: False)())
         self.board = TensorBoardLog(log_dir) if log_dir else None
 
     def __call__(self, description: str, total: int, initial: int = 0):
@@ -65,7 +66,7 @@ class TerminalProgress:
                     dynamic_ncols=True, file=self.stream)
 
     def finished(self, event: Finished) -> None:
-        if not self.tty:
+        if not self.tty and not self.quiet:
             print(f"ticketlab: {finished_line(event)}", file=self.stream, flush=True)
 
     def metrics(self, record: Mapping[str, Any]) -> None:
@@ -101,11 +102,7 @@ def progress_from(opts: Mapping[str, Any]) -> TerminalProgress | None:
     """The progress display the run options ask for (None with --quiet and no --log-dir)."""
     if opts.get("quiet") and not opts.get("log_dir"):
         return None
-    progress = TerminalProgress(opts.get("log_dir"))
-    if opts.get("quiet"):
-        progress.tty = False
-        progress.finished = lambda event: None  # type: ignore[method-assign]
-    return progress
+    return TerminalProgress(opts.get("log_dir"), quiet=bool(opts.get("quiet")))
 
 
 threads_option = click.option(

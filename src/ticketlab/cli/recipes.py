@@ -6,8 +6,7 @@ from typing import Any
 
 import click
 
-from ..errors import TicketlabError
-from ..recipes import list_recipes, recipe_defaults
+from ..recipes import list_recipes
 
 
 def _flags(values: dict[str, Any]) -> str:
@@ -35,20 +34,4 @@ def recipes(show_flags: bool) -> None:
             click.echo(f"    {_flags(dict(recipe.values))}")
 
 
-def recipe_default_map(command: click.Command, name: str, command_name: str) -> dict[str, Any]:
-    """Recipe ``name``'s values keyed by ``command``'s parameter names (a click ``default_map``).
-
-    Refuses a recipe made for another command, and a recipe value whose option ``command`` lacks
-    (a recipe out of step with the CLI) with one sentence.
-    """
-    by_option = {opt.lstrip("-"): param for param in command.params for opt in param.opts if opt.startswith("--")}
-    out: dict[str, Any] = {}
-    for key, value in recipe_defaults(name, command_name).items():
-        param = by_option.get(key)
-        if param is None:
-            raise TicketlabError(f"Recipe {name!r} sets --{key}, which `ticketlab {command_name}` does not take.")
-        out[param.name] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
-__all__ = ["recipe_default_map", "recipes"]
+__all__ = ["recipes"]

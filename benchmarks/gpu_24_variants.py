@@ -8,7 +8,7 @@ alternating timed calls after a warm-up:
   dense       ``F.linear(x, W)``
   subclass    ``F.linear(x, to_sparse_semi_structured(W))`` (torch's tensor subclass)
   cslt        ``torch._cslt_sparse_mm(compressed W, xᵀ, transpose_result=True)`` (cuSPARSELt directly)
-  cslt-tuned  the same with the algorithm ``torch._cslt_sparse_mm_search`` picks for the shape
+  cslt-tuned  the same with the algorithm cuSPARSELt's search picks for the shape (as deploy does)
 Ratios are dense time / variant time (above 1: faster than dense); max|diff| is against dense.
 Measured on an H200 (torch 2.11, bf16): the tuned variant 1.21-1.31x on the MLP shapes at
 16384-32768 tokens, the others below 1.17x; what `ticketlab.deploy.kernels.Packed24` now uses.
@@ -22,6 +22,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from ticketlab.deploy.kernels import cusparselt_algorithm
 
 
 def timed(runners: dict, repeats: int) -> dict[str, float]:
@@ -45,7 +47,7 @@ def variants(weight: torch.Tensor, x: torch.Tensor) -> dict:
     runners = {"dense": lambda: F.linear(x, weight), "subclass": lambda: F.linear(x, subclass),
                "cslt": lambda: torch._cslt_sparse_mm(compressed, x.t(), transpose_result=True)}
     try:
-        alg = torch._cslt_sparse_mm_search(compressed, x.t(), transpose_result=True)
+        alg = cusparselt_algorithm(compressed, x.t())
         runners[f"cslt-tuned(alg {alg})"] = lambda: torch._cslt_sparse_mm(compressed, x.t(), transpose_result=True,
                                                                          alg_id=alg)
     except Exception as error:  # noqa: BLE001 - a probe: report and go on

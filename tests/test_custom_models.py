@@ -167,8 +167,9 @@ def test_width_is_refused_for_a_custom_model(user_files, tmp_path, capsys):
 def test_a_spec_not_named_on_the_command_line_is_never_imported(tmp_path, monkeypatch):
     (tmp_path / "cm_evil.py").write_text("open('IMPORTED', 'w').close()\ndef fn(s, c):\n    pass\n")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(TicketlabError, match=r"only when this command's own --model names it \(from Python: after "
-                                             r"trust_user_code\('cm_evil:fn'\)\), never from a run directory's files\.$"):
+    with pytest.raises(TicketlabError, match=r"only when this command's own --model names it \(type --model cm_evil:fn; "
+                                             r"from Python, call trust_user_code\('cm_evil:fn'\) first\), never from a "
+                                             r"run directory's files\.$"):
         create_model("cm_evil:fn", (1, 8, 8), 10, seed=0)  # as `export` would, from a run's model.json
     with pytest.raises(TicketlabError, match="--data names it"):
         load_dataset("cm_evil:fn")
@@ -183,6 +184,32 @@ def test_export_of_a_custom_model_run_does_not_import_it(user_files, tmp_path, c
     del sys.modules[models]
     code, err = _run(["export", str(out), "--out", str(tmp_path / "exported")], capsys)
     assert code == 2 and "never from a run directory's files" in err and models not in sys.modules
+    assert f"type --model {models}:tiny_mlp" in err
+    assert not (tmp_path / "exported").exists()
+
+
+def test_export_bench_and_stability_of_a_custom_run_when_the_spec_is_typed_again(user_files, tmp_path, capsys):
+    models, data = user_files
+    spec, data_spec, out, exported = f"{models}:tiny_mlp", f"{data}:blobs", tmp_path / "run", tmp_path / "exported"
+    assert main(IMP + ["--model", spec, "--data", data_spec, "--out", str(out)]) == 0
+    user_code._TRUSTED.clear()  # each later command trusts its own flags only
+    assert main(["export", str(out), "--out", str(exported), "--model", spec]) == 0
+    assert json.loads((exported / "ticketlab.json").read_text())["spec"]["model"] == spec
+    user_code._TRUSTED.clear()
+    assert main(["bench", str(exported), "--model", spec, "--repeats", "3", "--batch-sizes", "1"]) == 0
+    assert json.loads((exported / "bench.json").read_text())["peak_memory_bytes"]["deployed"] > 0  # child process too
+    user_code._TRUSTED.clear()
+    code, err = _run(["stability", str(out), "--round", "1", "--points", "3", "--quiet", "--model", spec], capsys)
+    assert code == 2 and f"type --data {data_spec}" in err   # the data is user code too
+    assert main(["stability", str(out), "--round", "1", "--points", "3", "--quiet", "--model", spec,
+                 "--data", data_spec]) == 0
+
+
+@pytest.mark.parametrize("command", ["export", "bench", "stability"])
+def test_a_registered_name_typed_to_trust_is_one_sentence(tmp_path, capsys, command):
+    code, err = _run([command, str(tmp_path), "--model", "lenet300", "--out", str(tmp_path / "x")]
+                     + (["--round", "1"] if command == "stability" else []), capsys)
+    assert code == 2 and "--model here only names user code (module:function" in err
 
 
 def test_a_custom_model_is_seeded_like_a_registered_one_and_stacks(user_files):

@@ -4,6 +4,8 @@ Tolerance (stated in `ticketlab.train.stacked`): weights within 1e-5 relative of
 run, evaluations within 1e-4; pruned weights exactly +0.0; stacked runs bit-for-bit repeatable.
 """
 
+import warnings
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from ticketlab.models import create_model
 from ticketlab.runs import MetricsLog
 from ticketlab.targets import prunable_parameters
 from ticketlab.train import TrainConfig, train
+from ticketlab.train.cuda_graph import graph_obstacle, portable_optimizer_state
 from ticketlab.train.stacked import StackedJob, resume_iteration, train_stacked
 from ticketlab.units import StackSetting, UnitJob, group_size, train_units
 from ticketlab.units.group import CPU_STACK_MAX_STEP_MACS, MAX_GROUP
@@ -245,13 +248,77 @@ def test_a_network_ends_with_the_same_bits_in_any_group():
                 assert torch.equal(tensor, chosen[position].model.state_dict()[name]), (subset, index, name)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_stacked_training_on_cuda_matches_sequential_on_cuda():
-    data, config = make_splits(), RECIPES["adam-wd"]
+def test_graph_obstacles_are_named_and_checkpoints_hold_a_plain_optimizer_state():
+    mlp, cuda = tiny_mlp(0), torch.device("cuda")
+    assert graph_obstacle(cuda, "none", mlp) is None
+    assert "CUDA device" in graph_obstacle(torch.device("cpu"), "none", mlp)
+    assert "host" in graph_obstacle(cuda, "crop-flip", mlp)
+    cumulative = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2, momentum=None))
+    assert "'1' keeps a cumulative average" in graph_obstacle(cuda, "none", cumulative)
+    assert graph_obstacle(cuda, "none", torch.nn.Sequential(torch.nn.BatchNorm2d(2))) is None
+    param = torch.nn.Parameter(torch.ones(3))
+    adam = torch.optim.Adam([param], lr=torch.tensor(0.25), capturable=True)
+    group = portable_optimizer_state(adam.state_dict())["param_groups"][0]
+    assert type(group["lr"]) is float and group["lr"] == 0.25 and group["capturable"] is False
+    assert adam.param_groups[0]["capturable"] is True and isinstance(adam.param_groups[0]["lr"], torch.Tensor)
+    sgd = torch.optim.SGD([param], lr=0.5, momentum=0.9)
+    assert portable_optimizer_state(sgd.state_dict())["param_groups"] == sgd.state_dict()["param_groups"]
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_stacked_training_on_cuda_matches_sequential_on_cuda(recipe):
+    """The default CUDA path (a replayed CUDA graph, no shadow network) trains what `train` does."""
+    data, config = make_splits(), RECIPES[recipe]
     stacked_jobs, single_jobs = _jobs(tiny_mlp, 3), _jobs(tiny_mlp, 3)
-    results = train_stacked(stacked_jobs, data, config, device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a failed capture warns
+        results = train_stacked(stacked_jobs, data, config, device="cuda")
     for s_job, job, result in zip(stacked_jobs, single_jobs, results):
         train(job.model, data, config, data_seed=job.data_seed, mask=job.mask, device="cuda")
         _assert_close_states(s_job.model.state_dict(), {k: v.cpu() for k, v in job.model.state_dict().items()},
                              rtol=1e-4, atol=1e-5)
         assert [e["iteration"] for e in result.evals] == [0, 10, 20, 30]
+        params = dict(s_job.model.named_parameters())
+        for name, keep in s_job.mask.items():
+            assert torch.equal(params[name][~keep], torch.zeros_like(params[name][~keep]))
+
+
+@needs_cuda
+def test_cuda_graph_steps_equal_eager_steps_and_follow_the_schedule():
+    """Warm-up (3 eager steps), capture and replays with a learning rate that changes every step
+    (warm-up schedule) and drops once: the same weights as eager steps on the same device."""
+    data = make_splits()
+    config = TrainConfig(optimizer="adam", lr=3e-3, weight_decay=1e-3, batch_size=16, steps="30it",
+                         eval_every="10it", warmup="12it", lr_drops=("20it",), lr_gamma=0.1)
+    graphed, eager = _jobs(tiny_mlp, 2), _jobs(tiny_mlp, 2)
+    train_stacked(graphed, data, config, device="cuda")
+    train_stacked(eager, data, config, device="cuda", graphs=False)
+    for a, b in zip(graphed, eager):
+        _assert_close_states(a.model.state_dict(), b.model.state_dict(), rtol=1e-6, atol=1e-7)
+
+
+@needs_cuda
+def test_a_cuda_graphed_run_resumes_and_its_checkpoints_resume_on_the_cpu(tmp_path):
+    data, config = make_splits(), RECIPES["adam-wd"]
+    jobs = _jobs(tiny_mlp, 2)
+    for i, job in enumerate(jobs):
+        job.checkpoint_path = tmp_path / f"ckpt-{i}.safetensors"
+    with pytest.raises(Interrupt):
+        train_stacked(jobs, data, config, device="cuda", on_step=interrupt_at(25))
+    cpu_copy = tmp_path / "cpu.safetensors"
+    cpu_copy.write_bytes((tmp_path / "ckpt-1.safetensors").read_bytes())
+    resumed = _jobs(tiny_mlp, 2)
+    for i, job in enumerate(resumed):
+        job.checkpoint_path = tmp_path / f"ckpt-{i}.safetensors"
+    train_stacked(resumed, data, config, device="cuda")
+    whole = _jobs(tiny_mlp, 2)
+    train_stacked(whole, data, config, device="cuda")
+    for a, b in zip(resumed, whole):
+        _assert_close_states(a.model.state_dict(), b.model.state_dict(), rtol=1e-5, atol=1e-6)
+    alone = _jobs(tiny_mlp, 2)[1]   # the graphed checkpoint holds a plain optimiser state
+    train(alone.model, data, config, data_seed=alone.data_seed, mask=alone.mask, checkpoint_path=cpu_copy)
+    _assert_close_states(alone.model.state_dict(), whole[1].model.state_dict(), rtol=1e-4, atol=1e-5)

@@ -58,8 +58,8 @@ def import_user_function(spec: str, flag: str) -> Callable[..., Any]:
     module_name, function_name = _split_spec(spec, flag)
     if spec not in _TRUSTED:
         raise TicketlabError(f"ticketlab imports user code such as {spec!r} only when this command's own {flag} "
-                             f"names it (from Python: after trust_user_code({spec!r})), never from a run "
-                             "directory's files.")
+                             f"names it (type {flag} {spec}; from Python, call trust_user_code({spec!r}) first), "
+                             "never from a run directory's files.")
     module = _import_module(module_name, spec, flag)
     function = getattr(module, function_name, None)
     if function is None:

@@ -111,6 +111,36 @@ threads_option = click.option(
          "batch 60 and the tiny LM; at most the cores, divided among --workers) or a number.")
 
 
+def user_code_options(*flags: str) -> Callable[[Callable], Callable]:
+    """``--model`` and/or ``--data module:function`` (``flags``) for commands that rebuild what a
+    run was trained with (export, bench, stability): a run's own files never make ticketlab import
+    code, so a run trained on user code needs its spec typed again here (`trust_typed_code`). The
+    command receives them as ``user_model`` / ``user_data`` (None when not typed)."""
+    helps = {"--model": "The module:function that built the run's model, typed again to allow importing it "
+                        "(only for runs trained with --model module:function).",
+             "--data": "The module:function that loaded the run's data, typed again to allow importing it "
+                       "(only for runs trained with --data module:function)."}
+
+    def decorate(func: Callable) -> Callable:
+        for flag in reversed(flags):
+            func = click.option(flag, f"user_{flag[2:]}", default=None, metavar="MODULE:FUNCTION",
+                                help=helps[flag])(func)
+        return func
+    return decorate
+
+
+def trust_typed_code(model: str | None, data: str | None = None) -> None:
+    """Allow importing the ``--model`` / ``--data`` specs of `user_code_options`; anything else
+    than ``module:function`` is one sentence (a registered name comes from the run itself)."""
+    from ..user_code import is_user_code, trust_user_code
+
+    for flag, spec in (("--model", model), ("--data", data)):
+        if spec is not None and not is_user_code(spec):
+            raise TicketlabError(f"{flag} here only names user code (module:function, as the run was trained "
+                                 f"with); {spec!r} is not, and a registered name is read from the run itself.")
+    trust_user_code(model, data)
+
+
 def apply_threads(value: str | int, step_macs: float) -> int:
     """Set torch's threads for ``--threads value`` and a step of ``step_macs``; the count set."""
     from ..threads import resolve_threads, set_threads

@@ -8,7 +8,7 @@ import click
 
 from .. import validate
 from ..errors import TicketlabError
-from .common import split_list
+from .common import split_list, trust_typed_code, user_code_options
 
 
 def _format_bytes(n: float) -> str:
@@ -30,7 +30,9 @@ def _format_bytes(n: float) -> str:
               help="compact: bitmask / N:M encoded weights for ticketlab.deploy.load; hf: a plain Hugging Face "
                    "directory that transformers and sentence-transformers load alone.")
 @click.option("--no-compaction", is_flag=True, help="Keep every hidden unit (vision models).")
-def export(src: Path, out: str, seed: int | None, round_index: int | None, fmt: str, no_compaction: bool) -> None:
+@user_code_options("--model")
+def export(src: Path, out: str, seed: int | None, round_index: int | None, fmt: str, no_compaction: bool,
+           user_model: str | None) -> None:
     """Export a ticket (a round of a run, or a run directory) or a pruned HF model as a smaller directory.
 
     SRC is runs/X/seed-0/round-10, a run directory (with --seed / --round), or a directory written by
@@ -38,6 +40,7 @@ def export(src: Path, out: str, seed: int | None, round_index: int | None, fmt: 
     """
     from ..deploy import export as export_model
 
+    trust_typed_code(user_model)
     if seed is not None:
         validate.seed(seed, "--seed")
     if round_index is not None:
@@ -72,13 +75,15 @@ def export(src: Path, out: str, seed: int | None, round_index: int | None, fmt: 
 @click.option("--seqlen", default=64, show_default=True, type=int, help="Tokens per sequence (transformers).")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-memory measurement (two child processes).")
 @click.option("--out", default=None, metavar="DIR", help="Where bench.json and bench.png go (default: MODEL_DIR).")
+@user_code_options("--model")
 def bench(model_dir: Path, device: str, batch_sizes: str, threads: int | None, repeats: int, seqlen: int,
-          no_memory: bool, out: str | None) -> None:
+          no_memory: bool, out: str | None, user_model: str | None) -> None:
     """Time an exported model, dense against deployed, on this machine; write bench.json and bench.png."""
     from ..deploy.bench import bench as run_bench, check_batch_sizes, format_bench, write_outputs
     from ..deploy.kernels import kernel_status
     from ..devices import resolve_device
 
+    trust_typed_code(user_model)
     resolve_device(device, allow_auto=False)
     try:
         values = [int(v) for v in split_list(batch_sizes)]

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..errors import TicketlabError
-from .common import TerminalProgress, apply_threads, split_list, threads_option
+from .common import TerminalProgress, apply_threads, split_list, threads_option, trust_typed_code, user_code_options
 
 
 def _sweep(text: str | None) -> tuple[str, ...] | None:
@@ -38,8 +38,10 @@ def _sweep(text: str | None) -> tuple[str, ...] | None:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, or auto.")
 @threads_option
 @click.option("--quiet", is_flag=True, help="No progress bars and no table.")
+@user_code_options("--model", "--data")
 def stability(run_dir: Path, round_index: int, seed: int | None, points: int, rewind_sweep: str | None,
-              bn_examples: int, out: Path | None, device: str, threads: str, quiet: bool) -> None:
+              bn_examples: int, out: Path | None, device: str, threads: str, quiet: bool,
+              user_model: str | None, user_data: str | None) -> None:
     """Train two copies of a round from its rewind point with different data orders and report the
     error barrier on the straight line between them (Frankle et al. 2020).
 
@@ -48,6 +50,7 @@ def stability(run_dir: Path, round_index: int, seed: int | None, points: int, re
     from ..analysis.stability import StabilityAnalysis, StabilityConfig
     from ..analysis.stability_report import format_stability_table
 
+    trust_typed_code(user_model, user_data)
     config = StabilityConfig(run=str(run_dir), round_index=round_index, seed=seed, points=points,
                              rewind_sweep=_sweep(rewind_sweep), bn_examples=bn_examples, device=device)
     analysis = StabilityAnalysis.prepare(config, out=out)

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import TicketlabError
 from ..files import write_json
+from ..user_code import trusted_user_code
 from .conv import SparseConv2d
 from .execute import FusedSparseMLP, SparseLinear, execution_plan
 from .export import example_batch
@@ -119,15 +120,17 @@ def _layer_rows(model: nn.Module, inputs: dict[str, torch.Tensor], batch: int, r
 
 
 def peak_memory(directory: Path, batch: int, seqlen: int, *, sparse: bool, threads: int) -> int | None:
-    """Peak RSS (bytes) of a fresh process that loads ``directory`` and runs one batch (Linux/macOS)."""
+    """Peak RSS (bytes) of a fresh process that loads ``directory`` and runs one batch (Linux/macOS);
+    the process trusts the user code this one trusts (`ticketlab.user_code`)."""
     code = ("import sys,torch;torch.set_num_threads(int(sys.argv[4]))\n"
+            "from ticketlab.user_code import trust_user_code;trust_user_code(*sys.argv[6:])\n"
             "from ticketlab.deploy.bench import run_once\n"
             "from ticketlab.memory import peak_rss_bytes\n"
             "run_once(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[5] == '1')\n"
             "print(peak_rss_bytes())")
     try:
         done = subprocess.run([sys.executable, "-c", code, str(directory), str(batch), str(seqlen), str(threads),
-                               "1" if sparse else "0"], capture_output=True, text=True, timeout=600,
+                               "1" if sparse else "0", *trusted_user_code()], capture_output=True, text=True, timeout=600,
                               env=dict(os.environ))
         return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):

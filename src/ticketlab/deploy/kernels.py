@@ -239,8 +239,8 @@ class Packed24:
         bucket = 1 << (xt.shape[1] - 1).bit_length()
         if bucket not in self.algorithms:
             try:
-                self.algorithms[bucket] = int(torch._cslt_sparse_mm_search(self.matrix, xt, transpose_result=True))
-            except RuntimeError:
+                self.algorithms[bucket] = cusparselt_algorithm(self.matrix, xt)
+            except (RuntimeError, TypeError):
                 self.algorithms[bucket] = 0
         return self.algorithms[bucket]
 
@@ -249,6 +249,16 @@ class Packed24:
         xt = x.t()
         y = torch._cslt_sparse_mm(self.matrix, xt, transpose_result=True, alg_id=self.algorithm_for(xt))
         return y if self.bias is None else y + self.bias
+
+
+def cusparselt_algorithm(matrix: torch.Tensor, xt: torch.Tensor) -> int:
+    """cuSPARSELt's fastest algorithm id for ``matrix @ xt`` (transposed result), through
+    ``torch._C._cusparselt.mm_search`` where this torch has it (``_cslt_sparse_mm_search`` is
+    deprecated since torch 2.11) and the older entry point elsewhere."""
+    search = getattr(getattr(torch._C, "_cusparselt", None), "mm_search", None)
+    if search is not None:
+        return int(search(matrix, xt, None, None, None, True)[0])
+    return int(torch._cslt_sparse_mm_search(matrix, xt, transpose_result=True))
 
 
 class Cuda24(Backend):

@@ -41,6 +41,49 @@ def test_every_config_field_is_a_flag_of_its_command(command):
     assert unflagged == ({"scope"} if command == "sparse-train" else set())   # DST is layer-wise by definition
 
 
+LLM_COMMANDS = {"prune": ("OneShotRun", "OneShotConfig", "CalibrationConfig", "EvaluationConfig"),
+                "eval": ("ModelEvalConfig",), "train-tiny": ("TinyLMConfig",)}
+
+
+@pytest.mark.parametrize("command", LLM_COMMANDS)
+def test_every_llm_config_field_is_a_flag_of_its_command(command):
+    """The llm commands' options are generated from their configs too (each parsed into its own key)."""
+    from ticketlab.llm.config import OneShotConfig
+    from ticketlab.llm.model_eval import ModelEvalConfig
+    from ticketlab.llm.run import CalibrationConfig, EvaluationConfig, OneShotRun
+    from ticketlab.llm.tiny import TinyLMConfig
+
+    classes = {c.__name__: c for c in (OneShotConfig, ModelEvalConfig, CalibrationConfig, EvaluationConfig,
+                                       OneShotRun, TinyLMConfig)}
+    params = {p.name: p for p in cli.commands["llm"].commands[command].params}
+    keys = [flag.key(f.name) for name in LLM_COMMANDS[command] for f, flag in flagged_fields(classes[name])]
+    assert len(keys) == len(set(keys)) and set(keys) <= set(params), set(keys) - set(params)
+    unflagged = {f"{name}.{f.name}" for name in LLM_COMMANDS[command] for f in dataclasses.fields(classes[name])
+                 if f.metadata.get("flag") is None}
+    assert unflagged == {"prune": {"OneShotRun.method", "OneShotRun.calibration", "OneShotRun.evaluation"},
+                         "eval": set(),
+                         "train-tiny": {f"TinyLMConfig.{n}" for n in ("min_lr_ratio", "warmup", "weight_decay",
+                                                                      "grad_clip")}}[command]
+
+
+def test_llm_prune_flags_build_the_run_the_python_api_builds():
+    from ticketlab.cli.options import config_from
+    from ticketlab.llm import CalibrationConfig, EvaluationConfig, OneShotConfig, OneShotRun
+
+    command = cli.commands["llm"].commands["prune"]
+    args = ["--method", "sparsegpt", "--pattern", "2:4", "--targets", "q_proj,k_proj", "--targets", "o_proj",
+            "--calib-part", "all", "--nsamples", "16", "--seed", "3", "--eval-text", "t.txt", "--eval-part", "all",
+            "--out", "o", "--dtype", "bfloat16", "--layer-sparsity", "uniform"]
+    with command.make_context("prune", args) as ctx:
+        opts = ctx.params
+        run = config_from(OneShotRun, opts, method=config_from(OneShotConfig, opts),
+                          calibration=config_from(CalibrationConfig, opts),
+                          evaluation=config_from(EvaluationConfig, opts))
+    assert run == OneShotRun(method=OneShotConfig(method="sparsegpt", pattern="2:4", targets=("q_proj", "k_proj", "o_proj")),
+                             out="o", calibration=CalibrationConfig(part="all", nsamples=16, seed=3),
+                             evaluation=EvaluationConfig(text="t.txt", part="all"), dtype="bfloat16")
+
+
 @pytest.mark.parametrize("command, name, registry", [
     ("prune-init", "method", PAI_METHODS), ("sparse-train", "method", DST_METHODS),
     ("prune-init", "distribution", DISTRIBUTIONS), ("sparse-train", "distribution", DISTRIBUTIONS),

@@ -25,7 +25,9 @@ class Flag:
 
     ``parse`` turns the flag's value (text, or a tuple of texts for ``multiple``) into the field's
     value; ``shown`` is the default as the flag would be written (None: derived from the field's default); ``choices``
-    returns the registered names the flag accepts; ``name`` overrides ``--field-name``.
+    returns the registered names the flag accepts; ``name`` overrides ``--field-name``; ``dest`` the
+    parsed option's key (default: the field's name; needed where two configs of one command share a
+    field name); ``required`` makes the command refuse to run without it.
     """
 
     help: str
@@ -38,9 +40,15 @@ class Flag:
     is_flag: bool = False
     type: Any = None
     omit: Callable[[Any], bool] | None = None   # leave the field out of config.json when this holds
+    dest: str | None = None
+    required: bool = False
 
     def flag_name(self, field_name: str) -> str:
         return self.name or "--" + field_name.replace("_", "-")
+
+    def key(self, field_name: str) -> str:
+        """The parsed option's key for the field ``field_name``."""
+        return self.dest or field_name
 
 
 def setting(default: Any = _MISSING, *, default_factory: Any = _MISSING, **flag: Any) -> Any:

@@ -9,25 +9,17 @@ fails in seconds and leaves nothing behind.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
-from .. import validate
-from ..devices import resolve_device
 from ..errors import TicketlabError
-from ..llm.run import DEFAULT_NSAMPLES
-from ..methods.oneshot import ONE_SHOT_METHODS
-from .common import TerminalProgress, apply_threads, split_list, threads_option
-
-#: The most calibration windows, evaluation windows or sentences a command accepts.
-MAX_NSAMPLES = 1 << 20
-
-
-def _patterns(values: tuple[str, ...]) -> tuple[str, ...]:
-    """Repeatable flags that also accept comma lists: ``--targets q_proj,k_proj --targets o_proj``."""
-    return tuple(p for value in values for p in split_list(value))
+from ..llm.config import ONE_SHOT_METHODS, OneShotConfig
+from ..llm.model_eval import ModelEvalConfig
+from ..llm.run import CalibrationConfig, EvaluationConfig, OneShotRun
+from ..llm.tiny import TinyLMConfig
+from .common import TerminalProgress, threads_option
+from .options import config_from, config_options
 
 
 def _echo_err(quiet: bool, text: str) -> None:
@@ -73,46 +65,7 @@ def llm() -> None:
 
 
 @llm.command("prune")
-@click.option("--model", "model_dir", default=None, metavar="DIR",
-              help="Hugging Face model directory (default: the embedded all-MiniLM-L6-v2).")
-@click.option("--method", default=None, type=click.Choice(list(ONE_SHOT_METHODS)),
-              help=f"One-shot method (required): {', '.join(ONE_SHOT_METHODS)}.")
-@click.option("--sparsity", default=None, type=float, help="Fraction of each target layer's weights to zero, e.g. 0.5.")
-@click.option("--pattern", default=None, metavar="N:M", help="Semi-structured pattern, e.g. 2:4 or 4:8.")
-@click.option("--calib", default=None, metavar="PATH",
-              help="Calibration text: a file or a directory of .txt files (default: the packaged English text).")
-@click.option("--calib-part", default="train", show_default=True, type=click.Choice(["train", "all"]),
-              help="Draw windows from the first 90% of the text (train) or from all of it.")
-@click.option("--nsamples", default=None, type=int,
-              help=f"Number of calibration windows [default: {DEFAULT_NSAMPLES}, or fewer when the text is too short to fill them without reuse].")
-@click.option("--seqlen", default=None, type=int, help="Tokens per window [default: min(2048, model context)].")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the calibration window offsets.")
-@click.option("--calib-batch-size", default=None, type=int,
-              help="Calibration samples per block call [default: as many as a quarter of the free memory holds].")
-@click.option("--targets", multiple=True, metavar="PATTERNS",
-              help="Modules to prune (exact name, suffix or regex; comma list, repeatable). Default: every linear layer in the blocks.")
-@click.option("--exclude", multiple=True, metavar="PATTERNS", help="Modules to leave dense (same syntax).")
-@click.option("--magnitude-scope", default="layer", show_default=True, type=click.Choice(["layer", "row"]),
-              help="Comparison group of magnitude pruning.")
-@click.option("--layer-sparsity", default="uniform", show_default=True, type=click.Choice(["uniform", "owl"]),
-              help="Every block at --sparsity, or OWL's outlier-weighted block sparsities (same mean).")
-@click.option("--owl-threshold", default=5.0, show_default=True, type=float,
-              help="OWL: a score is an outlier above this many times its block's mean score (M).")
-@click.option("--owl-lambda", default=0.08, show_default=True, type=float,
-              help="OWL: block sparsities span [S - lambda, S + lambda] before centring.")
-@click.option("--blocksize", default=128, show_default=True, type=int, help="SparseGPT column block size.")
-@click.option("--percdamp", default=0.01, show_default=True, type=float, help="SparseGPT dampening (fraction of mean diag H).")
-@click.option("--device", default="auto", show_default=True, help="Where the blocks are processed: auto, cpu, cuda, cuda:N.")
-@click.option("--dtype", default=None, type=click.Choice(["float32", "bfloat16", "float16"]),
-              help="Model dtype [default: the checkpoint's own]; statistics are always float32.")
-@click.option("--stream", is_flag=True,
-              help="Stream the weights block by block from the safetensors shards (models larger than memory).")
-@click.option("--eval-text", default=None, metavar="PATH",
-              help="Measure perplexity (causal LM) or embedding fidelity (encoder) before and after pruning on this text.")
-@click.option("--eval-part", default="heldout", show_default=True, type=click.Choice(["heldout", "all"]),
-              help="Part of --eval-text to evaluate on: the last 10% (heldout) or all of it.")
-@click.option("--max-windows", default=None, type=int, help="Evaluate on at most this many windows (causal LMs).")
-@click.option("--out", required=True, metavar="DIR", help="New (or empty) directory for the pruned model.")
+@config_options(OneShotRun, OneShotConfig, CalibrationConfig, EvaluationConfig)
 @threads_option
 @click.option("--quiet", is_flag=True, help="No progress bars; print only the summary.")
 def prune(**opts: Any) -> None:
@@ -121,23 +74,14 @@ def prune(**opts: Any) -> None:
     OUT loads with plain transformers (AutoModelForCausalLM / AutoModel.from_pretrained) and also holds
     masks.safetensors and pruning_report.json. The same job in Python: ticketlab.llm.run_oneshot.
     """
-    from ..llm import OneShotConfig
-    from ..llm.run import CalibrationConfig, EvaluationConfig, OneShotRun, run_oneshot
+    from ..llm.run import run_oneshot
 
     quiet = opts["quiet"]
     if opts["method"] is None:  # checked here: click's own message for a missing choice spans several lines
         raise TicketlabError(f"Give --method {', '.join(ONE_SHOT_METHODS)}.")
-    method = OneShotConfig(method=opts["method"], sparsity=opts["sparsity"], pattern=opts["pattern"],
-                           targets=_patterns(opts["targets"]), exclude=_patterns(opts["exclude"]),
-                           magnitude_scope=opts["magnitude_scope"], blocksize=opts["blocksize"],
-                           percdamp=opts["percdamp"], layer_sparsity=opts["layer_sparsity"],
-                           owl_threshold=opts["owl_threshold"], owl_lambda=opts["owl_lambda"])
-    calibration = CalibrationConfig(text=opts["calib"], part=opts["calib_part"], nsamples=opts["nsamples"],
-                                    seqlen=opts["seqlen"], seed=opts["seed"], batch_size=opts["calib_batch_size"])
-    evaluation = (EvaluationConfig(text=opts["eval_text"], part=opts["eval_part"], max_windows=opts["max_windows"])
-                  if opts["eval_text"] else None)
-    run = OneShotRun(method=method, out=opts["out"], model=opts["model_dir"], calibration=calibration,
-                     evaluation=evaluation, device=opts["device"], dtype=opts["dtype"], stream=opts["stream"])
+    evaluation = config_from(EvaluationConfig, opts) if opts["eval_text"] else None
+    run = config_from(OneShotRun, opts, method=config_from(OneShotConfig, opts),
+                      calibration=config_from(CalibrationConfig, opts), evaluation=evaluation)
     result = run_oneshot(run, progress=None if quiet else TerminalProgress(), threads=opts["threads"],
                          log=lambda text: _echo_err(quiet, text))
     from ..train.distributed import is_main_process
@@ -166,19 +110,7 @@ def _print_prune_summary(result: Any) -> None:
 
 
 @llm.command("eval")
-@click.option("--model", "model_dir", default=None, metavar="DIR",
-              help="Hugging Face model directory (default: the embedded all-MiniLM-L6-v2).")
-@click.option("--eval-text", default=None, metavar="PATH",
-              help="Evaluation text: a file or a directory of .txt files (default: the packaged English text).")
-@click.option("--eval-part", default="heldout", show_default=True, type=click.Choice(["heldout", "all"]),
-              help="Evaluate on the last 10% of the text (never used by train-tiny or prune's calibration) or all of it.")
-@click.option("--seqlen", default=None, type=int, help="Window length for perplexity [default: min(2048, model context)].")
-@click.option("--max-windows", default=None, type=int, help="Use at most this many windows (a quick estimate).")
-@click.option("--reference", default=None, metavar="DIR",
-              help="Encoders: the dense model to compare embeddings with (default: the embedded all-MiniLM-L6-v2).")
-@click.option("--max-sentences", default=None, type=int, help="Encoders: use at most this many sentences.")
-@click.option("--batch-size", default=1, show_default=True, type=int, help="Windows (or sentences x32) per forward pass.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@config_options(ModelEvalConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @threads_option
 def eval_(**opts: Any) -> None:
@@ -187,83 +119,48 @@ def eval_(**opts: Any) -> None:
     Perplexity is exp(mean token NLL) over non-overlapping windows of --seqlen tokens, each scored
     from an empty context; the output names the context length, windows, tokens and the text's hash.
     """
-    from ..llm.fidelity import check_same_vocabulary, text_fidelity
-    from ..llm.io import default_model_path, load_pretrained
-    from ..llm.perplexity import text_perplexity
-    from ..llm import context_length
-    from ..llm.text import packaged_text, read_text
+    from ..llm.model_eval import evaluate_model
 
-    for flag in ("max_windows", "max_sentences", "batch_size"):
-        if opts[flag] is not None:
-            validate.integer(opts[flag], f"--{flag.replace('_', '-')}", low=1, high=MAX_NSAMPLES)
-    resolve_device(opts["device"], allow_auto=False)
-    text = read_text(opts["eval_text"]) if opts["eval_text"] else packaged_text()
-    model_dir = Path(opts["model_dir"]) if opts["model_dir"] else default_model_path()
-    loaded = load_pretrained(model_dir, device=opts["device"])
-    from ..threads import token_step_macs
+    config = config_from(ModelEvalConfig, opts)
+    evaluation = evaluate_model(config, progress=None if opts["as_json"] else TerminalProgress(),
+                                threads=opts["threads"])
+    click.echo(json.dumps(evaluation.record, indent=2) if opts["as_json"] else _evaluation_lines(config, evaluation))
 
-    apply_threads(opts["threads"], token_step_macs(loaded.model, opts["batch_size"] * (opts["seqlen"] or 128)))
-    quiet = opts["as_json"]
-    if loaded.kind == "causal":
-        result = text_perplexity(loaded.model, loaded.tokenizer, text, seqlen=opts["seqlen"], part=opts["eval_part"],
-                                 max_windows=opts["max_windows"], batch_size=opts["batch_size"],
-                                 progress=None if quiet else TerminalProgress())
-        record = {"model": str(model_dir), "kind": "causal", "metric": "perplexity", **result.to_json()}
-        lines = [f"model:          {model_dir} (causal LM, context length {result.context_length})",
-                 f"text:           {text.describe()}, part {opts['eval_part']}",
-                 f"windows:        {result.windows} non-overlapping windows of {result.seqlen} tokens "
-                 f"({result.dropped_tokens} trailing tokens dropped)",
-                 f"tokens:         {result.tokens:,} predicted",
-                 f"mean NLL:       {result.mean_nll:.4f} nats/token",
-                 f"perplexity:     {result.perplexity:.3f}"]
+
+def _evaluation_lines(config: Any, evaluation: Any) -> str:
+    r = evaluation.record
+    if r["kind"] == "causal":
+        lines = [f"model:          {r['model']} (causal LM, context length {r['context_length']})",
+                 f"text:           {evaluation.text}, part {config.part}",
+                 f"windows:        {r['windows']} non-overlapping windows of {r['seqlen']} tokens "
+                 f"({r['dropped_tokens']} trailing tokens dropped)",
+                 f"tokens:         {r['tokens']:,} predicted",
+                 f"mean NLL:       {r['mean_nll']:.4f} nats/token",
+                 f"perplexity:     {r['perplexity']:.3f}"]
     else:
-        if opts["seqlen"] is not None:
-            raise TicketlabError("--seqlen applies to causal LMs; an encoder is evaluated on whole sentences.")
-        reference_dir = Path(opts["reference"]) if opts["reference"] else default_model_path()
-        reference = load_pretrained(reference_dir, kind="encoder", device=opts["device"])
-        check_same_vocabulary(loaded.model, reference.model, model_dir, reference_dir)
-        result = text_fidelity(loaded.model, reference.model, loaded.tokenizer, text, part=opts["eval_part"],
-                               max_sentences=opts["max_sentences"], batch_size=32 * opts["batch_size"])
-        record = {"model": str(model_dir), "kind": "encoder", "metric": "embedding_fidelity",
-                  "reference": str(reference_dir), **result.to_json()}
-        lines = [f"model:          {model_dir} (encoder, context length {context_length(loaded.model)})",
-                 f"reference:      {reference_dir}",
-                 f"text:           {text.describe()}, part {opts['eval_part']}",
-                 f"sentences:      {result.sentences} (truncated to {result.max_length} tokens)",
-                 f"fidelity:       mean cosine {result.mean_cosine:.4f}, min {result.min_cosine:.4f} "
+        lines = [f"model:          {r['model']} (encoder, context length {evaluation.context_length})",
+                 f"reference:      {r['reference']}",
+                 f"text:           {evaluation.text}, part {config.part}",
+                 f"sentences:      {r['sentences']} (truncated to {r['max_length']} tokens)",
+                 f"fidelity:       mean cosine {r['mean_cosine']:.4f}, min {r['min_cosine']:.4f} "
                  "(mean-pooled, L2-normalised embeddings)"]
-    click.echo(json.dumps(record, indent=2) if opts["as_json"] else "\n".join(lines))
+    return "\n".join(lines)
 
 
 @llm.command("train-tiny")
 @click.option("--text", required=True, metavar="PATH", help="Training text (file or directory of .txt); its last 10% is held out.")
 @click.option("--out", required=True, metavar="DIR", help="New (or empty) directory for the model.")
-@click.option("--steps", default=None, type=int, help="Training steps [default: 600].")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--arch", default="llama", show_default=True, type=click.Choice(["llama", "gpt2"]))
-@click.option("--layers", default=4, show_default=True, type=int)
-@click.option("--hidden", default=128, show_default=True, type=int)
-@click.option("--heads", default=4, show_default=True, type=int)
-@click.option("--intermediate", default=None, type=int, help="MLP width [default: 3x hidden (llama), 4x (gpt2)].")
-@click.option("--context", default=128, show_default=True, type=int, help="Context length (tokens).")
-@click.option("--vocab-size", default=2048, show_default=True, type=int, help="Byte-level BPE vocabulary size.")
-@click.option("--batch-size", default=16, show_default=True, type=int)
-@click.option("--lr", default=3e-3, show_default=True, type=float)
+@config_options(TinyLMConfig)
 @threads_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_tiny(**opts: Any) -> None:
     """Train a small GPT-style causal LM on a text file (a few CPU minutes) and save it as a HF model."""
-    from ..llm.tiny import TinyLMConfig, train_tiny_lm
+    from ..llm.tiny import train_tiny_lm
     from ..llm.io import check_out_dir
     from ..llm.text import read_text
-
-    defaults = TinyLMConfig()
-    config = TinyLMConfig(arch=opts["arch"], layers=opts["layers"], hidden=opts["hidden"], heads=opts["heads"],
-                          intermediate=opts["intermediate"], context=opts["context"], vocab_size=opts["vocab_size"],
-                          steps=opts["steps"] if opts["steps"] is not None else defaults.steps,
-                          batch_size=opts["batch_size"], lr=opts["lr"], seed=opts["seed"])
     from ..threads import resolve_threads
 
+    config = config_from(TinyLMConfig, opts)
     resolve_threads(opts["threads"], 0.0)   # a bad --threads fails before anything starts
     check_out_dir(opts["out"])
     text = read_text(opts["text"])

@@ -54,7 +54,9 @@ def _option(f: dataclasses.Field, flag: Flag) -> Callable:
             kwargs["type"] = click.Choice(list(flag.choices()))
         elif flag.type is not None:
             kwargs["type"] = flag.type
-    return click.option(flag.flag_name(f.name), f.name, **kwargs)
+    if flag.required:
+        kwargs["required"] = True
+    return click.option(flag.flag_name(f.name), flag.key(f.name), **kwargs)
 
 
 def flagged_fields(cls: type) -> list[tuple[dataclasses.Field, Flag]]:
@@ -65,10 +67,11 @@ def flagged_fields(cls: type) -> list[tuple[dataclasses.Field, Flag]]:
     return out  # type: ignore[return-value]
 
 
-def config_options(cls: type, skip: Iterable[str] = ()) -> Callable[[Callable], Callable]:
-    """A decorator adding one click option per flag field of ``cls`` (see `flagged_fields`)."""
+def config_options(*classes: type, skip: Iterable[str] = ()) -> Callable[[Callable], Callable]:
+    """A decorator adding one click option per flag field of each of ``classes`` (see
+    `flagged_fields`), in their order; ``skip`` names fields to leave out."""
     skipped = set(skip)
-    options = [_option(f, flag) for f, flag in flagged_fields(cls) if f.name not in skipped]
+    options = [_option(f, flag) for cls in classes for f, flag in flagged_fields(cls) if f.name not in skipped]
 
     def decorate(func: Callable) -> Callable:
         for option in reversed(options):
@@ -91,10 +94,10 @@ def _values(cls: type, opts: Mapping[str, Any], defaults: Mapping[str, Any]) -> 
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         flag = flag_of(f)
-        if flag is None or f.name not in opts:
+        if flag is None or flag.key(f.name) not in opts:
             continue
-        raw = opts[f.name]
-        if f.name in defaults and not given_on_command_line(f.name):
+        raw = opts[flag.key(f.name)]
+        if f.name in defaults and not given_on_command_line(flag.key(f.name)):
             raw = defaults[f.name]
         if raw is None or (flag.multiple and raw == () and f.name not in defaults):
             continue

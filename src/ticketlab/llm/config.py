@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from .. import validate
 from ..errors import TicketlabError
+from ..flags import setting, split_list
 from ..methods.oneshot import ONE_SHOT_METHODS as _REGISTRY
 from ..select import NMPattern
 
@@ -19,6 +21,13 @@ from ..select import NMPattern
 ONE_SHOT_METHODS: tuple[str, ...] = tuple(_REGISTRY)
 MAGNITUDE_SCOPES: tuple[str, ...] = ("layer", "row")
 LAYER_SPARSITIES: tuple[str, ...] = ("uniform", "owl")
+
+
+def _patterns(values: Any) -> tuple[str, ...]:
+    """Repeated ``--targets`` / ``--exclude`` values, each a comma list, as one tuple of patterns."""
+    if isinstance(values, str):
+        values = (values,)
+    return tuple(part for value in values for part in split_list(value))
 
 
 @dataclass(frozen=True)
@@ -44,17 +53,26 @@ class OneShotConfig:
             block's mean score) and spread λ (block sparsities span [S − λ, S + λ] before centring).
     """
 
-    method: str
-    sparsity: float | None = None
-    pattern: str | None = None
-    targets: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    magnitude_scope: str = "layer"
-    blocksize: int = 128
-    percdamp: float = 0.01
-    layer_sparsity: str = "uniform"
-    owl_threshold: float = 5.0
-    owl_lambda: float = 0.08
+    method: str = setting(choices=lambda: ONE_SHOT_METHODS,
+                          help=f"One-shot method (required): {', '.join(ONE_SHOT_METHODS)}.")
+    sparsity: float | None = setting(None, type=float, help="Fraction of each target layer's weights to zero, e.g. 0.5.")
+    pattern: str | None = setting(None, metavar="N:M", help="Semi-structured pattern, e.g. 2:4 or 4:8.")
+    targets: tuple[str, ...] = setting(default_factory=tuple, multiple=True, metavar="PATTERNS", parse=_patterns,
+                                       help="Modules to prune (exact name, suffix or regex; comma list, repeatable). "
+                                            "Default: every linear layer in the blocks.")
+    exclude: tuple[str, ...] = setting(default_factory=tuple, multiple=True, metavar="PATTERNS", parse=_patterns,
+                                       help="Modules to leave dense (same syntax).")
+    magnitude_scope: str = setting("layer", choices=lambda: MAGNITUDE_SCOPES,
+                                   help="Comparison group of magnitude pruning.")
+    blocksize: int = setting(128, type=int, help="SparseGPT column block size.")
+    percdamp: float = setting(0.01, type=float, help="SparseGPT dampening (fraction of mean diag H).")
+    layer_sparsity: str = setting("uniform", choices=lambda: LAYER_SPARSITIES,
+                                  help="Every block at --sparsity, or OWL's outlier-weighted block sparsities "
+                                       "(same mean).")
+    owl_threshold: float = setting(5.0, type=float,
+                                   help="OWL: a score is an outlier above this many times its block's mean score (M).")
+    owl_lambda: float = setting(0.08, type=float,
+                                help="OWL: block sparsities span [S - lambda, S + lambda] before centring.")
 
     def __post_init__(self) -> None:
         # Lists from a CLI or JSON config are accepted and frozen into tuples.

@@ -19,6 +19,7 @@ import torch
 from .. import validate
 from ..devices import resolve_device
 from ..errors import TicketlabError
+from ..flags import setting
 from ..progress import Progress
 from ..threads import resolve_threads, set_threads, token_step_macs
 from ..memory import current_rss_bytes, peak_rss_bytes, return_freed_memory_promptly
@@ -38,12 +39,19 @@ class CalibrationConfig:
     of ``seqlen`` tokens (None: min(2048, context)), drawn with ``seed``; ``batch_size`` samples per
     block call (None: chosen from free memory)."""
 
-    text: str | None = None
-    part: str = "train"
-    nsamples: int | None = None
-    seqlen: int | None = None
-    seed: int = 0
-    batch_size: int | None = None
+    text: str | None = setting(None, name="--calib", dest="calib", metavar="PATH",
+                               help="Calibration text: a file or a directory of .txt files (default: the packaged "
+                                    "English text).")
+    part: str = setting("train", name="--calib-part", dest="calib_part", choices=lambda: ("train", "all"),
+                        help="Draw windows from the first 90% of the text (train) or from all of it.")
+    nsamples: int | None = setting(None, type=int,
+                                   help=f"Number of calibration windows [default: {DEFAULT_NSAMPLES}, or fewer when "
+                                        "the text is too short to fill them without reuse].")
+    seqlen: int | None = setting(None, type=int, help="Tokens per window [default: min(2048, model context)].")
+    seed: int = setting(0, type=int, help="Seed of the calibration window offsets.")
+    batch_size: int | None = setting(None, name="--calib-batch-size", dest="calib_batch_size", type=int,
+                                     help="Calibration samples per block call [default: as many as a quarter of the "
+                                          "free memory holds].")
 
     def __post_init__(self) -> None:
         if self.part not in ("train", "all"):
@@ -62,9 +70,12 @@ class EvaluationConfig:
     """Measure before and after pruning on ``text``'s ``part`` (``heldout``: the last 10%, or ``all``):
     perplexity for a causal LM (at most ``max_windows`` windows), embedding fidelity for an encoder."""
 
-    text: str
-    part: str = "heldout"
-    max_windows: int | None = None
+    text: str = setting(name="--eval-text", dest="eval_text", metavar="PATH",
+                        help="Measure perplexity (causal LM) or embedding fidelity (encoder) before and after "
+                             "pruning on this text.")
+    part: str = setting("heldout", name="--eval-part", dest="eval_part", choices=lambda: ("heldout", "all"),
+                        help="Part of --eval-text to evaluate on: the last 10% (heldout) or all of it.")
+    max_windows: int | None = setting(None, type=int, help="Evaluate on at most this many windows (causal LMs).")
 
     def __post_init__(self) -> None:
         if self.part not in ("heldout", "all"):
@@ -84,13 +95,16 @@ class OneShotRun:
     """
 
     method: OneShotConfig
-    out: str
-    model: str | None = None
+    out: str = setting(metavar="DIR", required=True, help="New (or empty) directory for the pruned model.")
+    model: str | None = setting(None, metavar="DIR",
+                                help="Hugging Face model directory (default: the embedded all-MiniLM-L6-v2).")
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     evaluation: EvaluationConfig | None = None
-    device: str = "auto"
-    dtype: str | None = None
-    stream: bool = False
+    device: str = setting("auto", help="Where the blocks are processed: auto, cpu, cuda, cuda:N.")
+    dtype: str | None = setting(None, choices=lambda: tuple(DTYPES),
+                                help="Model dtype [default: the checkpoint's own]; statistics are always float32.")
+    stream: bool = setting(False, is_flag=True, help="Stream the weights block by block from the safetensors shards "
+                                                     "(models larger than memory).")
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, OneShotConfig):

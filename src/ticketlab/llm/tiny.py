@@ -25,6 +25,7 @@ import torch
 
 from .. import validate
 from ..errors import TicketlabError
+from ..flags import setting
 from ..progress import Progress, Silent
 from ..threads import resolve_threads, set_threads, token_step_macs
 from ..files import atomic_directory
@@ -41,21 +42,21 @@ TinyArch = Literal["llama", "gpt2"]
 class TinyLMConfig:
     """Architecture and training recipe of the tiny LM (defaults: ~1.3M parameters, a few CPU minutes)."""
 
-    arch: TinyArch = "llama"
-    layers: int = 4
-    hidden: int = 128
-    heads: int = 4
-    intermediate: int | None = None  # default 4 * hidden (gpt2) or 3 * hidden (llama's gated MLP)
-    context: int = 128
-    vocab_size: int = 2048
-    steps: int = 600
-    batch_size: int = 16
-    lr: float = 3e-3
+    arch: TinyArch = setting("llama", choices=lambda: ("llama", "gpt2"), help="Architecture.")
+    layers: int = setting(4, type=int, help="Transformer blocks.")
+    hidden: int = setting(128, type=int, help="Hidden size.")
+    heads: int = setting(4, type=int, help="Attention heads.")
+    intermediate: int | None = setting(None, type=int, help="MLP width [default: 3x hidden (llama), 4x (gpt2)].")
+    context: int = setting(128, type=int, help="Context length (tokens).")
+    vocab_size: int = setting(2048, type=int, help="Byte-level BPE vocabulary size.")
+    steps: int = setting(600, type=int, help="Training steps.")
+    batch_size: int = setting(16, type=int, help="Windows per training step.")
+    lr: float = setting(3e-3, type=float, help="Peak learning rate (AdamW, warm-up then cosine decay).")
     min_lr_ratio: float = 0.1
     warmup: int = 60
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    seed: int = 0
+    seed: int = setting(0, type=int, help="Seed of the initial weights and the window order.")
 
     def __post_init__(self) -> None:
         if self.arch not in ("llama", "gpt2"):

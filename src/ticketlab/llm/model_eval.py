@@ -1,0 +1,114 @@
+"""`evaluate_model`: ``ticketlab llm eval`` as a library call — the perplexity of a causal LM, or
+the sentence-embedding fidelity of an encoder to its dense reference, on a text's part.
+
+`ModelEvalConfig` is frozen and validated: every value a user can get wrong is refused in one
+sentence before a model is loaded. The command line builds it from its flags and prints what
+`evaluate_model` returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import validate
+from ..devices import resolve_device
+from ..errors import TicketlabError
+from ..flags import setting
+from ..progress import Progress
+from .run import MAX_NSAMPLES
+
+
+@dataclass(frozen=True)
+class ModelEvalConfig:
+    """What to evaluate: ``model`` (None: the embedded all-MiniLM-L6-v2) on ``text`` (None: the
+    packaged English text), its ``part``; causal LMs in windows of ``seqlen`` tokens (None:
+    min(2048, context)), at most ``max_windows``; encoders against ``reference`` (None: the
+    embedded MiniLM) on at most ``max_sentences`` sentences; ``batch_size`` windows (or 32 ×
+    sentences) per forward pass on ``device``."""
+
+    model: str | None = setting(None, metavar="DIR",
+                                help="Hugging Face model directory (default: the embedded all-MiniLM-L6-v2).")
+    text: str | None = setting(None, name="--eval-text", dest="eval_text", metavar="PATH",
+                               help="Evaluation text: a file or a directory of .txt files (default: the packaged "
+                                    "English text).")
+    part: str = setting("heldout", name="--eval-part", dest="eval_part", choices=lambda: ("heldout", "all"),
+                        help="Evaluate on the last 10% of the text (never used by train-tiny or prune's "
+                             "calibration) or all of it.")
+    seqlen: int | None = setting(None, type=int, help="Window length for perplexity [default: min(2048, model context)].")
+    max_windows: int | None = setting(None, type=int, help="Use at most this many windows (a quick estimate).")
+    reference: str | None = setting(None, metavar="DIR",
+                                    help="Encoders: the dense model to compare embeddings with (default: the embedded "
+                                         "all-MiniLM-L6-v2).")
+    max_sentences: int | None = setting(None, type=int, help="Encoders: use at most this many sentences.")
+    batch_size: int = setting(1, type=int, help="Windows (or sentences x32) per forward pass.")
+    device: str = setting("cpu", help="cpu, cuda or cuda:N.")
+
+    def __post_init__(self) -> None:
+        if self.part not in ("heldout", "all"):
+            raise TicketlabError(f"The evaluation part must be heldout or all, not {self.part!r}.")
+        for name in ("max_windows", "max_sentences", "batch_size"):
+            if getattr(self, name) is not None:
+                validate.integer(getattr(self, name), f"--{name.replace('_', '-')}", low=1, high=MAX_NSAMPLES)
+        if self.seqlen is not None:
+            validate.integer(self.seqlen, "--seqlen", low=2, high=1 << 20)
+        resolve_device(self.device, allow_auto=False)
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    """What `evaluate_model` measured: ``record`` (the JSON the command prints with --json: model,
+    kind, metric and the measurement's fields), the text's description and the model's context
+    length."""
+
+    record: dict[str, Any]
+    text: str
+    context_length: int
+
+
+def evaluate_model(config: ModelEvalConfig, progress: Progress | None = None,
+                   threads: str | int = "auto") -> ModelEvaluation:
+    """Load ``config.model`` and measure it (see `ModelEvalConfig`); torch threads from ``threads``
+    (``auto``: from the model's size, `ticketlab.threads`)."""
+    from ..threads import resolve_threads, set_threads, token_step_macs
+    from . import context_length
+    from .io import default_model_path, load_pretrained
+    from .text import packaged_text, read_text
+
+    resolve_threads(threads, 0.0)   # a bad --threads fails before the model loads
+    text = read_text(config.text) if config.text else packaged_text()
+    model_dir = Path(config.model) if config.model else default_model_path()
+    loaded = load_pretrained(model_dir, device=config.device)
+    set_threads(resolve_threads(threads, token_step_macs(loaded.model, config.batch_size * (config.seqlen or 128))))
+    if loaded.kind == "causal":
+        record = _perplexity_record(config, loaded, text, progress)
+    else:
+        record = _fidelity_record(config, loaded, text, model_dir)
+    return ModelEvaluation(record={"model": str(model_dir), **record}, text=text.describe(),
+                           context_length=context_length(loaded.model))
+
+
+def _perplexity_record(config: ModelEvalConfig, loaded: Any, text: Any, progress: Progress | None) -> dict[str, Any]:
+    from .perplexity import text_perplexity
+
+    result = text_perplexity(loaded.model, loaded.tokenizer, text, seqlen=config.seqlen, part=config.part,
+                             max_windows=config.max_windows, batch_size=config.batch_size, progress=progress)
+    return {"kind": "causal", "metric": "perplexity", **result.to_json()}
+
+
+def _fidelity_record(config: ModelEvalConfig, loaded: Any, text: Any, model_dir: Path) -> dict[str, Any]:
+    from .fidelity import check_same_vocabulary, text_fidelity
+    from .io import default_model_path, load_pretrained
+
+    if config.seqlen is not None:
+        raise TicketlabError("--seqlen applies to causal LMs; an encoder is evaluated on whole sentences.")
+    reference_dir = Path(config.reference) if config.reference else default_model_path()
+    reference = load_pretrained(reference_dir, kind="encoder", device=config.device)
+    check_same_vocabulary(loaded.model, reference.model, model_dir, reference_dir)
+    result = text_fidelity(loaded.model, reference.model, loaded.tokenizer, text, part=config.part,
+                           max_sentences=config.max_sentences, batch_size=32 * config.batch_size)
+    return {"kind": "encoder", "metric": "embedding_fidelity", "reference": str(reference_dir), **result.to_json()}
+
+
+__all__ = ["ModelEvalConfig", "ModelEvaluation", "evaluate_model"]

@@ -11,8 +11,13 @@ import click
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--png", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the plot (default: RUN_DIR/report.png for one run, "
-                   "./report-overlay.png for several).")
-def report(run_dirs: tuple[Path, ...], png: Path | None) -> None:
+                   "./report-overlay.png for several, ./report-kept.png with --at-kept).")
+@click.option("--at-kept", default=None, metavar="COUNTS",
+              help="Compare IMP, prune-init or sparse-train runs at these numbers of kept weights (comma list, "
+                   "e.g. 20000,5000): accuracy interpolated in log(kept weights) between rounds, the ticket's gap "
+                   "over each control paired by seed, and a plot against kept weights (for networks of "
+                   "different sizes, e.g. --width).")
+def report(run_dirs: tuple[Path, ...], png: Path | None, at_kept: str | None) -> None:
     """Print the results table of RUN_DIRS and write their plot.
 
     One IMP, prune-init or sparse-train run: its table and report.png (IMP: with mask overlap). One
@@ -22,6 +27,14 @@ def report(run_dirs: tuple[Path, ...], png: Path | None) -> None:
     from ..overlay import format_overlay_table, load_run, plot_overlay, unique_labels
     from ..report import format_table, load_summary, plot_report
 
+    if at_kept is not None:
+        from ..kept import format_at_kept, load_kept_run, plot_kept
+
+        counts = _counts(at_kept)
+        runs = [load_kept_run(d, label) for d, label in zip(run_dirs, unique_labels(list(run_dirs)))]
+        click.echo(format_at_kept(runs, counts))
+        click.echo(f"\nWrote {plot_kept(runs, png or Path('report-kept.png'))}.")
+        return
     if len(run_dirs) == 1 and (run_dirs[0] / "summary.json").exists():
         summary = load_summary(run_dirs[0])
         click.echo(format_table(summary))
@@ -32,3 +45,17 @@ def report(run_dirs: tuple[Path, ...], png: Path | None) -> None:
         default = run_dirs[0] / "report.png" if len(run_dirs) == 1 else Path("report-overlay.png")
         path = plot_overlay(runs, png or default)
     click.echo(f"\nWrote {path}.")
+
+
+def _counts(text: str) -> list[float]:
+    """``--at-kept 20000,5000`` -> [20000.0, 5000.0]; anything else is one sentence."""
+    from ..errors import TicketlabError
+    from ..flags import split_list
+
+    try:
+        counts = [float(part.replace("_", "")) for part in split_list(text)]
+    except ValueError:
+        counts = []
+    if not counts or not all(c >= 1 and c == c and c != float("inf") for c in counts):
+        raise TicketlabError(f"Cannot read --at-kept {text!r}: give numbers of kept weights like 20000,5000.")
+    return counts

@@ -11,7 +11,7 @@ its step as a CUDA graph (the default there); a third side, stacked without grap
 stacking alone gives.
 
     python benchmarks/stacked_training.py [--data digits] [--model lenet300] [--networks 8]
-        [--steps 200it] [--repeats 3] [--device cpu] [--threads N]
+        [--steps 200it] [--repeats 3] [--device cpu] [--threads N] [--augment crop-flip]
 
 Ends with ``throughput ratio (stacked / sequential): X`` (network-iterations per second).
 """
@@ -87,18 +87,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--augment", default="none", help="none or crop-flip (image data)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_dataset(args.data)
-    config = TrainConfig(optimizer="adam", lr=1.2e-3, batch_size=60, steps=args.steps)
+    config = TrainConfig(optimizer="adam", lr=1.2e-3, batch_size=60, steps=args.steps, augment=args.augment)
     iterations = config.steps.iterations(max(1, len(data.train_y) // 60))
-    print(f"{args.networks} x {args.model} on {args.data}, {iterations} iterations each, device {args.device}, "
-          f"{torch.get_num_threads()} threads")
+    print(f"{args.networks} x {args.model} on {args.data}, {iterations} iterations each, augment {args.augment}, "
+          f"device {args.device}, {torch.get_num_threads()} threads")
     sides = {"sequential": lambda c: run_sequential(args, data, c), "stacked": lambda c: run_stacked(args, data, c)}
     if torch.device(args.device).type == "cuda":  # the default stacked step is a CUDA graph there
         sides["stacked, no CUDA graphs"] = lambda c: run_stacked(args, data, c, graphs=False)
-    warm_up = TrainConfig(optimizer="adam", batch_size=60, steps="8it")
+    warm_up = TrainConfig(optimizer="adam", batch_size=60, steps="8it", augment=args.augment)
     for run in sides.values():
         run(warm_up)
     times = {name: [] for name in sides}

@@ -116,6 +116,24 @@ def augment_batch(x: torch.Tensor, kind: str, seed: int, iteration: int, *, firs
     return crop_flip(x, rows, cols, flips)
 
 
+def draw_stacked(kind: str, seeds: Sequence[int], iteration: int, count: int) -> tuple[torch.Tensor, ...] | None:
+    """The draws of `augment_stacked` for ``len(seeds)`` networks' batches of ``count`` examples at
+    ``iteration``: row offsets, column offsets and flips, each ``(N·count,)``, network after network
+    (None for ``none``). Apart from `apply_stacked`, so a recorded step (`ticketlab.train.cuda_graph`)
+    can take them as inputs."""
+    if check_augment(kind) == "none":
+        return None
+    draws = [draw_crop_flip(seed, iteration, count) for seed in seeds]
+    return tuple(torch.cat(parts) for parts in zip(*draws))
+
+
+def apply_stacked(x: torch.Tensor, draws: Sequence[torch.Tensor] | None) -> torch.Tensor:
+    """``x`` ``(N, B, C, H, W)`` cropped and flipped by ``draws`` (`draw_stacked`; None: unchanged)."""
+    if draws is None:
+        return x
+    return crop_flip(x.reshape(-1, *x.shape[2:]), *draws).view(x.shape)
+
+
 def augment_stacked(x: torch.Tensor, kind: str, seeds: Sequence[int], iteration: int) -> torch.Tensor:
     """``x`` ``(N, B, C, H, W)``: network ``n``'s batch augmented with its own data seed
     ``seeds[n]``, exactly as `augment_batch` augments it when that network trains alone."""
@@ -124,10 +142,9 @@ def augment_stacked(x: torch.Tensor, kind: str, seeds: Sequence[int], iteration:
     _check_images(x, kind, 2)
     if len(seeds) != len(x):
         raise TicketlabError(f"Stacked augmentation got {len(seeds)} seeds for {len(x)} networks.")
-    draws = [draw_crop_flip(seed, iteration, x.shape[1]) for seed in seeds]
-    rows, cols, flips = (torch.cat(parts) for parts in zip(*draws))
-    return crop_flip(x.reshape(-1, *x.shape[2:]), rows, cols, flips).view(x.shape)
+    return apply_stacked(x, draw_stacked(kind, seeds, iteration, x.shape[1]))
 
 
-__all__ = ["check_augment_fits", "AUGMENTATIONS", "AUTO_AUGMENTED", "PADDING", "augment_batch", "augment_stacked", "check_augment",
+__all__ = ["check_augment_fits", "AUGMENTATIONS", "AUTO_AUGMENTED", "PADDING", "apply_stacked", "augment_batch",
+           "augment_stacked", "check_augment", "draw_stacked",
            "crop_flip", "draw_crop_flip", "resolve_augment"]

@@ -6,8 +6,9 @@ host has to launch through Python, autograd and the dispatcher. A CUDA graph rec
 once and replays them with one call, so the host cost of a step no longer grows with its kernel
 count (`torch.cuda.CUDAGraph`, "whole-network capture" in the PyTorch CUDA-semantics notes).
 
-What the recorded step reads must live at fixed addresses: the batch's example indices are copied
-into one static ``(N, b)`` tensor, and the learning rate becomes a one-element tensor on the device
+What the recorded step reads must live at fixed addresses: the step's inputs (the batch's example
+indices ``(N, b)``, and with augmentation the crop offsets and flips drawn on the host) are copied
+into static tensors on the device, and the learning rate becomes a one-element tensor on the device
 (filled only when the schedule changes it) with the optimiser's ``capturable`` flag set, as
 PyTorch's optimisers require for a captured ``step()``. The first `WARMUP_STEPS` steps run eagerly on
 a side stream (lazy initialisation: optimiser state, cuBLAS workspaces), then the step is captured;
@@ -34,47 +35,49 @@ WARMUP_STEPS = 3
 
 
 class CudaGraphStep:
-    """One training step ``body(index (N, b) long) -> losses (N,)``, run eagerly for the first
+    """One training step ``body(*inputs) -> losses (N,)``, run eagerly for the first
     `WARMUP_STEPS` calls and replayed from a CUDA graph after that.
 
     ``body`` must do the whole step (zero the gradients, forward, backward, optimiser step) with
     nothing but device work: no host reads of device values, no shapes that change between calls.
+    ``inputs`` are tensors of fixed shapes (on the host or the device); a replay copies them into
+    the graph's own.
     """
 
-    def __init__(self, body: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+    def __init__(self, body: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer,
                  device: torch.device):
         self.body, self.optimizer, self.device = body, optimizer, device
         self.eager_steps = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.fallback: str | None = None
         self.side = torch.cuda.Stream(device)
-        self.static_index: torch.Tensor | None = None
+        self.static_inputs: tuple[torch.Tensor, ...] = ()
         self.static_losses: torch.Tensor | None = None
         self.lr_tensor: torch.Tensor | None = None
         self.lr_value: float | None = None
 
-    def __call__(self, index: torch.Tensor, lr: float) -> torch.Tensor:
-        """One step on examples ``index`` ``(N, b)`` at learning rate ``lr``; returns the losses
-        ``(N,)`` (a graphed step's are overwritten by the next step: read them before)."""
-        if self.graph is not None and index.shape == self.static_index.shape:
-            return self._replay(index, lr)
-        losses = self._eager(index, lr)
+    def __call__(self, inputs: tuple[torch.Tensor, ...], lr: float) -> torch.Tensor:
+        """One step on ``inputs`` at learning rate ``lr``; returns the losses ``(N,)`` (a graphed
+        step's are overwritten by the next step: read them before)."""
+        if self.graph is not None and [t.shape for t in inputs] == [t.shape for t in self.static_inputs]:
+            return self._replay(inputs, lr)
+        losses = self._eager(inputs, lr)
         if self.graph is None and self.fallback is None and self.eager_steps >= WARMUP_STEPS:
-            self._capture(index, lr)
+            self._capture(inputs, lr)
         return losses
 
-    def _eager(self, index: torch.Tensor, lr: float) -> torch.Tensor:
+    def _eager(self, inputs: tuple[torch.Tensor, ...], lr: float) -> torch.Tensor:
         self._set_groups(lr, capturable=False)
         current = torch.cuda.current_stream(self.device)
         self.side.wait_stream(current)
         with torch.cuda.stream(self.side):
-            losses = self.body(index)
+            losses = self.body(*inputs)
         current.wait_stream(self.side)
         self.eager_steps += 1
         return losses
 
-    def _capture(self, index: torch.Tensor, lr: float) -> None:
-        self.static_index = index.clone()
+    def _capture(self, inputs: tuple[torch.Tensor, ...], lr: float) -> None:
+        self.static_inputs = tuple(t.to(self.device, copy=True) for t in inputs)
         self.lr_tensor = torch.tensor(float(lr), dtype=torch.float32, device=self.device)
         self.lr_value = float(lr)
         self._set_groups(self.lr_tensor, capturable=True)
@@ -82,18 +85,19 @@ class CudaGraphStep:
         torch.cuda.synchronize(self.device)
         try:
             with torch.cuda.graph(graph):
-                self.static_losses = self.body(self.static_index)
+                self.static_losses = self.body(*self.static_inputs)
         except (RuntimeError, TypeError, ValueError) as error:
             self.fallback = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            self.static_index = self.static_losses = self.lr_tensor = None
+            self.static_inputs, self.static_losses, self.lr_tensor = (), None, None
             self._set_groups(lr, capturable=False)
             warnings.warn(f"CUDA graph capture of the stacked training step failed ({self.fallback}); "
                           "the group goes on without graphs.", RuntimeWarning, stacklevel=3)
             return
         self.graph = graph
 
-    def _replay(self, index: torch.Tensor, lr: float) -> torch.Tensor:
-        self.static_index.copy_(index)
+    def _replay(self, inputs: tuple[torch.Tensor, ...], lr: float) -> torch.Tensor:
+        for static, given in zip(self.static_inputs, inputs):
+            static.copy_(given)
         if float(lr) != self.lr_value:
             self.lr_tensor.fill_(float(lr))
             self.lr_value = float(lr)
@@ -121,17 +125,14 @@ def portable_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
     return {**state, "param_groups": groups}
 
 
-def graph_obstacle(device: torch.device, augment: str, model: nn.Module) -> str | None:
+def graph_obstacle(device: torch.device, model: nn.Module) -> str | None:
     """Why the steps of ``model`` on ``device`` cannot be one recorded graph (None: they can).
 
-    Off the GPU there is nothing to record; augmentation draws its crops on the host from the
-    iteration; a BatchNorm with a cumulative average (``momentum=None``) reads its batch count on
-    the host.
+    Off the GPU there is nothing to record; a BatchNorm with a cumulative average (``momentum=None``)
+    reads its batch count on the host. (Augmentation is recorded: its draws are step inputs.)
     """
     if device.type != "cuda":
         return f"CUDA graphs need a CUDA device, not {device.type}"
-    if augment != "none":
-        return "augmented batches are drawn on the host every step"
     for name, module in model.named_modules():
         if getattr(module, "track_running_stats", False) and getattr(module, "momentum", 0.1) is None:
             return f"BatchNorm {name!r} keeps a cumulative average"

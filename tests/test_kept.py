@@ -82,3 +82,15 @@ def test_a_control_gap_pairs_seeds():
     table = format_at_kept([KeptRun("r", 100, (ticket, control))], [10.0])
     gap_line = [line for line in table.splitlines() if line.lstrip().startswith("10")][-1]
     assert "+7.00 ± 4.24" in gap_line           # seed gaps 10 and 4: mean 7, sample std 4.243
+
+
+def test_a_prune_init_run_reads_its_method_and_dense_baseline(tmp_path):
+    out = tmp_path / "pi"
+    assert main(["prune-init", "--data", "digits", "--method", "snip", "--density", "0.2,0.05", "--steps", "10it",
+                 "--seeds", "2", "--quiet", "--threads", "1", "--out", str(out)]) == 0
+    run = load_kept_run(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [c.name for c in run.curves] == ["snip"] and run.prunable == 50_200
+    assert sorted(k for k, _ in run.curves[0].points[0]) == pytest.approx(sorted(
+        e["density"] * 50_200 for e in summary["rounds"]))
+    assert f"{summary['dense_test_accuracy']:.2f} (50,200)" in format_at_kept([run], [5000])

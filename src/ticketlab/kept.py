@@ -43,6 +43,7 @@ class KeptRun:
     label: str
     prunable: int
     curves: tuple[SeedCurve, ...]
+    dense: float | None = None   # the summary's dense accuracy (a run without a round 0)
 
     @property
     def seeds(self) -> int:
@@ -70,7 +71,8 @@ def load_kept_run(run_dir: str | os.PathLike, label: str | None = None) -> KeptR
     names = [main, *summary.get("controls", [])]
     curves = [SeedCurve(name, _seed_points(summary["rounds"], None if name == main else name, prunable))
               for name in names]
-    return KeptRun(label or root.resolve().name, prunable, tuple(c for c in curves if c.points))
+    return KeptRun(label or root.resolve().name, prunable, tuple(c for c in curves if c.points),
+                   summary.get("dense_test_accuracy"))
 
 
 def _seed_points(rounds: list[dict[str, Any]], control: str | None,
@@ -138,8 +140,11 @@ def format_at_kept(runs: list[KeptRun], counts: list[float]) -> str:
 
 
 def _dense_cell(run: KeptRun) -> str:
-    """The dense network's accuracy (an IMP run's round 0) and its weight count."""
+    """The dense network's accuracy (per seed from an IMP run's round 0, else the summary's mean)
+    and its weight count."""
     dense = [points[0][1] for points in run.curves[0].points.values() if points[0][0] == run.prunable]
+    if not dense and run.dense is not None:
+        return f"{run.dense:.2f} ({run.prunable:,})"
     return f"{_cell(dense)} ({run.prunable:,})"
 
 

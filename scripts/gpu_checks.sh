@@ -34,6 +34,8 @@ if wants stacked && has_cuda; then
       python benchmarks/stacked_training.py --device cuda --networks 32 --repeats 3
   step stacked.txt "stacked training, 8 networks, 1000 iterations" 120 \
       python benchmarks/stacked_training.py --device cuda --networks 8 --repeats 3 --steps 1000it
+  step stacked.txt "stacked training, 8 conv2, crop-and-flip" 90 \
+      python benchmarks/stacked_training.py --device cuda --networks 8 --repeats 3 --model conv2 --augment crop-flip
 else
   echo "skipped: no CUDA or not asked for (on CPU run: python benchmarks/stacked_training.py)" > "$OUT/stacked.txt"
 fi

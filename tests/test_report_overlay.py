@@ -84,8 +84,10 @@ def test_overlay_of_an_imp_and_a_prune_init_run(two_runs, tmp_path, capsys):
     assert runs[1].curves[0].percents == (20.0, 5.0)
     table = format_overlay_table(runs).splitlines()
     assert table[0] == "2 run(s): test accuracy (%) at the end of training, mean ± sample std (2 seeds)"
-    # dense, the ticket at rounds 0-2, its reinit control at rounds 1-2, snip at two densities
-    assert [line.split()[:2] for line in table[3:]] == [["imp", "imp"]] * 6 + [["snip", "prune-init"]] * 2
+    # the ticket at rounds 0-2 (round 0 is the dense network: no separate dense row), its reinit
+    # control at rounds 1-2, snip at two densities
+    assert [line.split()[:2] for line in table[3:]] == [["imp", "imp"]] * 5 + [["snip", "prune-init"]] * 2
+    assert not any(line.split()[4] == "dense" for line in table[3:])
     fig = overlay_figure(runs)
     assert tick_labels(fig.axes[0]) == ["100", "50", "20", "10", "5"]
     assert [line.get_label() for line in fig.axes[0].lines] == [f"imp: dense ({runs[0].dense:.2f})", "imp: imp", "imp: imp reinit",

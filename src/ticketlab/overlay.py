@@ -132,12 +132,13 @@ def unique_labels(run_dirs: list[str | os.PathLike]) -> list[str]:
 
 
 def format_overlay_table(runs: list[RunCurves]) -> str:
-    """One table for several runs: a row per (run, method, point), the run's label in the first column."""
+    """One table for several runs: a row per (run, method, point), the run's label in the first column;
+    a dense row where no curve holds the dense network already (an IMP run's round 0 does)."""
     header = ["run", "kind", "model", "data", "method", "% left", "test acc", "seeds"]
     rows = [header]
     for run in runs:
         first = [run.label, run.kind, run.model, run.data]
-        if run.dense is not None:
+        if run.dense is not None and not any(x >= 100.0 for curve in run.curves for x in curve.percents):
             rows.append(first + ["dense", "100.00", f"{run.dense:6.2f}", str(run.seeds)])
         for curve in run.curves:
             for x, m, s in zip(curve.percents, curve.mean, curve.std):

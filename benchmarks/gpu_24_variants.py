@@ -8,7 +8,7 @@ alternating timed calls after a warm-up:
   dense       ``F.linear(x, W)``
   subclass    ``F.linear(x, to_sparse_semi_structured(W))`` (torch's tensor subclass)
   cslt        ``torch._cslt_sparse_mm(compressed W, xᵀ, transpose_result=True)`` (cuSPARSELt directly)
-  cslt-tuned  the same with the algorithm cuSPARSELt's search picks for the shape (as deploy does)
+  cslt-tuned  the same with the algorithm and split-K cuSPARSELt's search picks for the shape (as deploy does)
 Ratios are dense time / variant time (above 1: faster than dense); max|diff| is against dense.
 Measured on an H200 (torch 2.11, bf16): the tuned variant 1.21-1.31x on the MLP shapes at
 16384-32768 tokens, the others below 1.17x; what `ticketlab.deploy.kernels.Packed24` now uses.
@@ -48,8 +48,8 @@ def variants(weight: torch.Tensor, x: torch.Tensor) -> dict:
                "cslt": lambda: torch._cslt_sparse_mm(compressed, x.t(), transpose_result=True)}
     try:
         alg = cusparselt_algorithm(compressed, x.t())
-        runners[f"cslt-tuned(alg {alg})"] = lambda: torch._cslt_sparse_mm(compressed, x.t(), transpose_result=True,
-                                                                         alg_id=alg)
+        runners[f"cslt-tuned(alg {alg.alg_id}, split {alg.split_k}/{alg.split_k_mode})"] = (
+            lambda: torch._cslt_sparse_mm(compressed, x.t(), transpose_result=True, **alg.keywords()))
     except Exception as error:  # noqa: BLE001 - a probe: report and go on
         print(f"    (no algorithm search: {str(error).splitlines()[0][:100]})")
     return runners

@@ -1,9 +1,14 @@
 """Shared fixtures: tiny synthetic splits and small models, so the suite stays fast."""
 
+import dataclasses
+import sys
+from collections.abc import Mapping
+
 import pytest
 import torch
 from torch import nn
 
+from ticketlab import user_code
 from ticketlab.data import DataSplits
 
 # The suite's networks are tiny: one thread is faster than two, and far steadier on a busy machine.
@@ -23,6 +28,24 @@ def make_splits(n_train=240, n_eval=60, features=12, classes=3, seed=0) -> DataS
     (tx, ty), (vx, vy), (sx, sy) = part(n_train), part(n_eval), part(n_eval)
     return DataSplits(name="toy", train_x=tx, train_y=ty, val_x=vx, val_y=vy, test_x=sx, test_y=sy,
                       input_shape=(features,), num_classes=classes, source="generated in tests")
+
+
+def image_splits(channels: int, classes: int = 4, side: int = 8, n_train: int = 96, n_eval: int = 32) -> DataSplits:
+    """`make_splits` reshaped to images of shape ``(channels, side, side)``: convnets, stacked
+    convolutions and crop-and-flip need (B, C, H, W) data, and the toy problem stays separable."""
+    shape = (channels, side, side)
+    data = make_splits(n_train=n_train, n_eval=n_eval, features=channels * side * side, classes=classes)
+    images = {k: getattr(data, k).view(-1, *shape) for k in ("train_x", "val_x", "test_x")}
+    return dataclasses.replace(data, input_shape=shape, **images)
+
+
+def assert_close_states(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], rtol: float = 1e-5,
+                        atol: float = 1e-6) -> None:
+    """Two state dicts hold the same names and close tensors; a failure names the tensor that differs
+    (networks trained two ways end within a tolerance, not bit for bit)."""
+    assert set(a) == set(b), set(a) ^ set(b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda text, name=name: f"{name}: {text}")
 
 
 def strip_times(node):
@@ -53,6 +76,23 @@ def toy_splits() -> DataSplits:
     return make_splits()
 
 
+#: Prefix of the user-code modules tests write (``cm_models_3.py``): `fresh_trust` forgets them.
+USER_MODULE_PREFIX = "cm_"
+
+
+@pytest.fixture
+def fresh_trust(monkeypatch):
+    """The test starts with no user code trusted and leaves none trusted after it (trust is
+    process-wide, so a spec trusted by one test would let a later one import it); modules named
+    ``cm_*`` that it imported are forgotten, so the next test imports its own files afresh."""
+    monkeypatch.setattr(user_code, "_TRUSTED", set())
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.startswith(USER_MODULE_PREFIX):
+            del sys.modules[name]
+
+
 def tiny_mlp(seed=0, features=12, classes=3) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(features, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, classes))
@@ -70,7 +110,6 @@ def missing_extra(module: str) -> str | None:
     Honours ``sys.modules[module] = None`` (how a test simulates a missing package), and does not
     import the module (transformers alone takes seconds)."""
     import importlib.util
-    import sys
 
     if module in sys.modules:
         present = sys.modules[module] is not None
@@ -84,6 +123,10 @@ def missing_extra(module: str) -> str | None:
     extra = EXTRAS.get(module)
     hint = f" (pip install -e '.[{extra}]')" if extra else ""
     return f"needs the optional package {module}{hint}"
+
+
+#: Skips a test that needs a CUDA device when none is visible.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def requires(*modules: str) -> pytest.MarkDecorator:

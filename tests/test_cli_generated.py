@@ -12,7 +12,8 @@ import click
 import pytest
 
 from ticketlab.cli import cli, main
-from ticketlab.cli.options import flagged_fields
+from ticketlab.cli.common import recipe_values
+from ticketlab.cli.options import config_from, flagged_fields
 from ticketlab.data import list_datasets
 from ticketlab.data.augment import AUGMENTATIONS
 from ticketlab.densities import DISTRIBUTIONS
@@ -22,6 +23,8 @@ from ticketlab.lottery import IMPConfig
 from ticketlab.models import list_models
 from ticketlab.train import TrainConfig
 from ticketlab.train.config import OPTIMIZERS
+
+from conftest import requires
 
 COMMANDS = {"imp": IMPConfig, "prune-init": PruneInitConfig, "sparse-train": SparseTrainConfig,
             "compare": CompareConfig}
@@ -67,7 +70,6 @@ def test_every_llm_config_field_is_a_flag_of_its_command(command):
 
 
 def test_llm_prune_flags_build_the_run_the_python_api_builds():
-    from ticketlab.cli.options import config_from
     from ticketlab.llm import CalibrationConfig, EvaluationConfig, OneShotConfig, OneShotRun
 
     command = cli.commands["llm"].commands["prune"]
@@ -95,8 +97,6 @@ def test_choices_come_from_the_registries(command, name, registry):
 
 
 def test_every_registered_name_is_accepted_by_the_cli():
-    from ticketlab.cli.options import config_from
-
     def build(cls, **opts):
         ctx = click.Context(cli.commands["imp"])
         with ctx:
@@ -113,18 +113,18 @@ def test_every_registered_name_is_accepted_by_the_cli():
         assert build(SparseTrainConfig, method=method, densities="0.1").method == method
 
 
-def test_flags_build_the_config_the_python_api_builds(tmp_path):
-    argv = ["imp", "--data", "digits", "--rounds", "3", "--rate", "0.5,0.2", "--layer-rate", "output=0.1",
+def test_flags_build_the_config_the_python_api_builds():
+    """Parsed as the imp command parses them (src/ticketlab/cli/lottery.py), without training."""
+    argv = ["--data", "digits", "--rounds", "3", "--rate", "0.5,0.2", "--layer-rate", "output=0.1",
             "--seeds", "0,4", "--rewind", "5it", "--controls", "reinit,random", "--steps", "40it", "--lr", "0.01",
-            "--optimizer", "sgd", "--momentum", "0.9", "--lr-drops", "10it,20it", "--out", str(tmp_path / "r"),
-            "--quiet", "--threads", "1"]
-    assert main(argv) == 0
-    stored = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+            "--optimizer", "sgd", "--momentum", "0.9", "--lr-drops", "10it,20it", "--quiet", "--threads", "1"]
+    with cli.commands["imp"].make_context("imp", argv) as ctx:
+        config = config_from(IMPConfig, ctx.params, recipe_values(ctx.params["recipe"], "imp", IMPConfig))
     expected = IMPConfig(data="digits", rounds=3, rate=(0.5, 0.2), layer_rates=(("output", 0.1),), seeds=(0, 4),
                          rewind="5it", controls=("reinit", "random"),
                          train=TrainConfig(steps="40it", lr=0.01, optimizer="sgd", momentum=0.9,
                                            lr_drops=("10it", "20it")))
-    assert stored == expected.to_json()
+    assert config == expected and config.to_json() == expected.to_json()
 
 
 def _weights(run: Path) -> dict[str, bytes]:
@@ -144,8 +144,7 @@ def test_more_rounds_and_seeds_extend_a_finished_run_with_the_bits_of_a_fresh_on
     assert summary["seeds"] == [0, 1] and len(summary["rounds"]) == 3
 
 
-@pytest.mark.parametrize("change, fragment", [
-    (["--rounds", "1", "--seeds", "1"], "differs in: rounds"),      # fewer rounds
+@pytest.mark.parametrize("change, fragment", [   # fewer rounds: tests/test_imp.py
     (["--rounds", "2", "--seeds", "1"], "differs in: seeds"),      # seed 1 dropped
     (["--rounds", "2", "--seeds", "2", "--lr", "0.1"], "differs in: train"),
 ])
@@ -179,8 +178,8 @@ def test_without_a_terminal_each_finished_unit_is_one_line_on_stderr(tmp_path, c
     assert "ETA" in lines[1] and "ETA" not in lines[2] and "[2/2]" in lines[2]
 
 
+@requires("tensorboard")
 def test_log_dir_writes_tensorboard_scalars_equal_to_the_metrics_log(tmp_path):
-    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     argv = ["imp", *TINY, "--rounds", "0", "--out", str(tmp_path / "run"), "--log-dir", str(tmp_path / "tb")]
@@ -233,8 +232,8 @@ def test_a_recipe_for_another_command_is_one_sentence(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@requires("mnist1d")
 def test_augmenting_data_that_is_no_image_is_refused_before_the_run_directory(tmp_path, capsys):
-    pytest.importorskip("mnist1d", reason="needs the [data] extra (mnist1d)")
     argv = ["imp", "--data", "mnist1d", "--model", "mlp1d", "--augment", "crop-flip", "--steps", "5it",
             "--rounds", "0", "--out", str(tmp_path / "r")]
     assert main(argv) == 2

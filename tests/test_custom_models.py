@@ -17,6 +17,8 @@ from ticketlab.models import create_model
 from ticketlab.user_code import trust_user_code
 from ticketlab.train.stacking import stack_networks
 
+from conftest import strip_times
+
 MODELS = '''
 import math
 from torch import nn
@@ -61,16 +63,8 @@ def a_dict():
 _NUMBERS = itertools.count()
 IMP = ["imp", "--steps", "10it", "--rounds", "1", "--seeds", "1", "--quiet"]
 
-
-@pytest.fixture(autouse=True)
-def fresh_trust(monkeypatch):
-    """Each test starts with no user code trusted and forgets the modules it imported."""
-    monkeypatch.setattr(user_code, "_TRUSTED", set())
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name.startswith("cm_"):
-            del sys.modules[name]
+# Each test starts with no user code trusted and forgets the cm_* modules it imported (conftest.py).
+pytestmark = pytest.mark.usefixtures("fresh_trust")
 
 
 @pytest.fixture
@@ -90,10 +84,21 @@ def _run(args, capsys):
     return code, capsys.readouterr().err
 
 
+def _custom_model_args(models: str, out, *extra: str) -> list[str]:
+    """The tiny IMP command line training ``models``'s tiny_mlp on digits into ``out``."""
+    return [*IMP, *extra, "--model", f"{models}:tiny_mlp", "--data", "digits", "--out", str(out)]
+
+
+def _train_custom_model(models: str, out, *extra: str) -> list[str]:
+    """Runs `_custom_model_args` (it must succeed) and returns the command line, to run again."""
+    args = _custom_model_args(models, out, *extra)
+    assert main(args) == 0
+    return args
+
+
 def test_imp_trains_a_custom_model_and_resumes_it(user_files, tmp_path, capsys):
     models, _ = user_files
-    args = IMP + ["--model", f"{models}:tiny_mlp", "--data", "digits", "--out", str(tmp_path / "run")]
-    assert main(args) == 0
+    args = _train_custom_model(models, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["model"] == f"{models}:tiny_mlp"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert main(args) == 0  # the same command line again: resumes, finds everything done
@@ -103,8 +108,7 @@ def test_imp_trains_a_custom_model_and_resumes_it(user_files, tmp_path, capsys):
 
 def test_resuming_where_the_module_cannot_be_imported_is_one_sentence(user_files, tmp_path, capsys, monkeypatch):
     models, _ = user_files
-    args = IMP + ["--model", f"{models}:tiny_mlp", "--data", "digits", "--out", str(tmp_path / "run")]
-    assert main(args) == 0
+    args = _train_custom_model(models, tmp_path / "run")
     del sys.modules[models]  # as in a new process
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
@@ -122,11 +126,13 @@ def test_imp_trains_on_custom_data(user_files, tmp_path):
 
 
 def test_custom_model_in_worker_processes(user_files, tmp_path):
+    """Two worker processes import the module too, and train what one process trains."""
     models, _ = user_files
-    out = tmp_path / "run"
-    args = ["imp", "--steps", "10it", "--rounds", "1", "--seeds", "2", "--workers", "2", "--quiet",
-            "--model", f"{models}:tiny_mlp", "--data", "digits", "--out", str(out)]
-    assert main(args) == 0
+    _train_custom_model(models, tmp_path / "workers", "--seeds", "2", "--workers", "2")
+    _train_custom_model(models, tmp_path / "alone", "--seeds", "2", "--workers", "1")
+    summary = json.loads((tmp_path / "workers" / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1]
+    assert strip_times(summary) == strip_times(json.loads((tmp_path / "alone" / "summary.json").read_text()))
 
 
 @pytest.mark.parametrize("flag, spec, message", [
@@ -159,8 +165,7 @@ def test_each_mistake_is_one_sentence_and_exit_code_2(user_files, tmp_path, caps
 
 def test_width_is_refused_for_a_custom_model(user_files, tmp_path, capsys):
     models, _ = user_files
-    code, err = _run(IMP + ["--model", f"{models}:tiny_mlp", "--width", "2", "--data", "digits",
-                            "--out", str(tmp_path / "run")], capsys)
+    code, err = _run(_custom_model_args(models, tmp_path / "run", "--width", "2"), capsys)
     assert code == 2 and f"--width scales the registered models only; {models}:tiny_mlp builds its own" in err
 
 
@@ -179,7 +184,7 @@ def test_a_spec_not_named_on_the_command_line_is_never_imported(tmp_path, monkey
 def test_export_of_a_custom_model_run_does_not_import_it(user_files, tmp_path, capsys, monkeypatch):
     models, _ = user_files
     out = tmp_path / "run"
-    assert main(IMP + ["--model", f"{models}:tiny_mlp", "--data", "digits", "--out", str(out)]) == 0
+    _train_custom_model(models, out)
     monkeypatch.setattr(user_code, "_TRUSTED", set())  # a later command: only its own flags are trusted
     del sys.modules[models]
     code, err = _run(["export", str(out), "--out", str(tmp_path / "exported")], capsys)
@@ -222,7 +227,8 @@ def test_a_custom_model_is_seeded_like_a_registered_one_and_stacks(user_files):
     assert not torch.equal(a[1].weight, c[1].weight)
     assert (a.input_shape, a.num_classes, a.width) == ((1, 8, 8), 10, 1.0)
     stacked = stack_networks([a, c])  # Linear / ReLU / Flatten: stacked training applies
-    assert stacked is not None
+    x = torch.randn(2, 5, 1, 8, 8)       # network n sees x[n]
+    torch.testing.assert_close(stacked(x), torch.stack([a(x[0]), c(x[1])]))
 
 
 def test_custom_data_is_checked_and_returned_as_splits(user_files):

@@ -13,6 +13,7 @@ from torch import nn
 from ticketlab.deploy import execute
 from ticketlab.deploy.execute import FusedSparseMLP, SparseLinear, execution_plan, pick, sparsify
 from ticketlab.deploy.kernels import BACKENDS, csr16_parts, kernel_status
+from conftest import needs_cuda
 
 SHAPES = [(1, 1), (7, 5), (64, 300), (300, 784), (33, 70000)]
 DENSITIES = [0.0, 0.02, 0.3, 0.5, 1.0]
@@ -78,7 +79,7 @@ def test_buckets_reach_long_prefills_only_on_cuda():
     assert execute.bucket_of(10**6, "cuda") == 32768
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_cuda_24_equals_dense_with_and_without_bias():
     dtype = torch.bfloat16
     from ticketlab.select import NMPattern, select
@@ -133,8 +134,8 @@ def test_when_dense_is_faster_the_choice_is_dense(monkeypatch):
         layer.weight.mul_(torch.rand(layer.weight.shape) < 0.5)
     real = execute._median_times
 
-    def rigged(runners, repeats):  # every sparse backend made slow on purpose
-        medians = real(runners, 1)
+    def rigged(runners, repeats, device=None):  # every sparse backend made slow on purpose
+        medians = real(runners, 1, device)
         return {n: (t if n == "dense" else 10 * t + 1.0) for n, t in medians.items()}
 
     monkeypatch.setattr(execute, "_median_times", rigged)
@@ -148,7 +149,7 @@ def test_plans_are_cached_in_memory_and_on_disk(tmp_path, monkeypatch):
         layer.weight.mul_(torch.rand(layer.weight.shape) < 0.05)
     first = SparseLinear(layer).plan_for(8)
     calls = []
-    monkeypatch.setattr(execute, "_median_times", lambda runners, repeats: calls.append(1) or {"dense": 1.0})
+    monkeypatch.setattr(execute, "_median_times", lambda runners, repeats, device=None: calls.append(1) or {"dense": 1.0})
     assert SparseLinear(layer).plan_for(8) == first                 # same signature: memory cache
     monkeypatch.setattr(execute, "_memory_cache", {})
     assert SparseLinear(layer).plan_for(8) == first and not calls   # a new process: disk cache

@@ -1,17 +1,20 @@
 """Pruning at init, dynamic sparse training and the comparison, end to end on a toy problem."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
 import ticketlab.units.unit as unit_module
+from ticketlab import runs, user_code
 from ticketlab.cli import main
 from ticketlab.errors import TicketlabError
-from ticketlab.experiments.compare import CompareConfig, imp_round_densities, nearest_round, run_compare
+from ticketlab.experiments.compare import (CompareConfig, CompareExperiment, imp_round_densities, nearest_round,
+                                           run_compare)
 from ticketlab.experiments.sparse import PruneInitConfig, SparseConfig, SparseExperiment, SparseTrainConfig, run_sparse
 from ticketlab.masks import Mask
-from ticketlab.models import create_model
+from ticketlab.models import _registry, create_model, trust_user_code
 from ticketlab.report import format_table
 from ticketlab.select import density_to_count
 from ticketlab.train import TrainConfig
@@ -168,3 +171,146 @@ def test_experiment_refuses_other_config(tmp_path, toy_splits):
     run_sparse(_pai(densities=(0.5,), controls=()), tmp_path / "run", data=toy_splits)
     with pytest.raises(TicketlabError, match="different configuration.*method"):
         SparseExperiment.prepare(_pai(densities=(0.5,), controls=(), method="grasp"), tmp_path / "run", data=toy_splits)
+
+
+# --- extending a finished run: keys that appear (Experiment.appearing_keys) ----------------------
+
+def _trained_units(monkeypatch) -> list[dict]:
+    """The metrics keys of the units `train_unit` trains from now on (run with stack="off")."""
+    trained, real = [], unit_module.train
+    monkeypatch.setattr(unit_module, "train", lambda *a, **kw: trained.append(kw["metrics_key"]) or real(*a, **kw))
+    return trained
+
+
+def test_prune_init_gains_its_dense_baseline_training_only_the_dense_units(tmp_path, toy_splits, monkeypatch):
+    without = _pai(densities=(0.5,), controls=(), seeds=(0, 1))
+    run_sparse(without, tmp_path / "run", data=toy_splits, stack="off")
+    ticket = (tmp_path / "run/seed-0/density-0.5/result.json").read_text()
+    trained = _trained_units(monkeypatch)
+    summary = run_sparse(_pai(densities=(0.5,), controls=(), seeds=(0, 1), dense=True), tmp_path / "run",
+                         data=toy_splits, stack="off")
+    assert trained == [{"seed": s, "density": 1.0, "run": "dense"} for s in (0, 1)]  # the tickets stay done
+    assert (tmp_path / "run/seed-0/density-0.5/result.json").read_text() == ticket
+    dense = json.loads((tmp_path / "run/seed-1/dense/result.json").read_text())
+    assert dense["density"] == 1.0 and dense["method"] == "dense" and summary["dense_test_accuracy"] is not None
+    assert json.loads((tmp_path / "run/config.json").read_text())["config"]["dense"] is True
+    with pytest.raises(TicketlabError, match=r"different configuration \(differs in: dense\)"):
+        SparseExperiment.prepare(without, tmp_path / "run", data=toy_splits)   # the baseline cannot disappear
+
+
+def test_appearing_keys_may_appear_but_never_disappear_or_change():
+    old = _pai(densities=(0.5,)).to_json()
+    assert "dense" not in old and SparseExperiment.extends(old, _pai(densities=(0.5, 0.1), dense=True).to_json())
+    assert not SparseExperiment.extends(_pai(densities=(0.5,), dense=True).to_json(), old)
+    assert not SparseExperiment.extends(old, {**old, "score_batches": 2})   # not an appearing key
+    assert not SparseExperiment.extends(old, {**old, "dense": True, "method": "grasp"})
+    pai = CompareConfig(methods=("imp", "snip"), densities=(0.2,)).to_json()
+    dst = CompareConfig(methods=("imp", "snip", "set"), densities=(0.2,)).to_json()
+    assert not {"update_every", "alpha", "end_fraction"} & set(pai)
+    assert CompareExperiment.extends(pai, dst)                         # the DST settings appear with SET
+    assert not CompareExperiment.extends(dst, pai)                     # and cannot disappear
+    assert not CompareExperiment.extends(dst, {k: v for k, v in dst.items() if k != "alpha"})
+    assert not CompareExperiment.extends(dst, {**dst, "alpha": 0.5})   # nor change once stored
+    assert CompareExperiment.extends(pai, {**dst, "alpha": 0.5})       # appearing with any value
+
+
+def test_compare_gains_a_dst_method_training_only_its_cells(tmp_path, toy_splits, monkeypatch):
+    first = CompareConfig(methods=("snip",), densities=(0.5,), model="lenet300", data="toy", train=FAST)
+    run_compare(first, tmp_path / "cmp", data=toy_splits, stack="off")
+    trained = _trained_units(monkeypatch)
+    grown = CompareConfig(methods=("snip", "set"), densities=(0.5,), model="lenet300", data="toy", train=FAST,
+                          update_every="2it")
+    rows = run_compare(grown, tmp_path / "cmp", data=toy_splits, stack="off")["rows"]
+    assert trained == [{"seed": 0, "density": 0.5, "run": "ticket"}]   # SET's one cell: snip's stays done
+    assert sorted(r["method"] for r in rows) == ["set", "snip"]
+    assert json.loads((tmp_path / "cmp/config.json").read_text())["config"]["update_every"] == "2it"
+    with pytest.raises(TicketlabError, match="different configuration.*alpha"):
+        CompareExperiment.prepare(dataclasses.replace(grown, alpha=0.5), tmp_path / "cmp", data=toy_splits)
+
+
+# --- run directories: one state per look (ticketlab.runs) -----------------------------------------
+
+def test_claim_reads_the_state_once_before_and_once_under_the_lock(tmp_path, monkeypatch):
+    calls = []
+
+    def extends(old, new):
+        calls.append((old, new))
+        return new["seeds"][: len(old["seeds"])] == old["seeds"]
+
+    out = tmp_path / "run"
+    _, lock = runs.claim_run_directory(out, {"seeds": [0]}, kind="toy", extends=extends)
+    lock.release()
+    written = (out / "config.json").stat().st_mtime_ns
+    _, lock = runs.claim_run_directory(out, {"seeds": [0]}, kind="toy", extends=extends)   # the same run
+    lock.release()
+    assert calls == [] and (out / "config.json").stat().st_mtime_ns == written
+    _, lock = runs.claim_run_directory(out, {"seeds": [0, 1]}, kind="toy", extends=extends)
+    lock.release()
+    assert calls == [({"seeds": [0]}, {"seeds": [0, 1]})] * 2   # before the lock, and under it
+    assert json.loads((out / "config.json").read_text()) == {"kind": "toy", "config": {"seeds": [0, 1]}}
+    assert runs.check_run_directory(out, {"seeds": [0, 1]}, kind="toy") is True
+    assert runs.check_run_directory(tmp_path / "free", {"seeds": [0]}, kind="toy") is False
+    foreign = tmp_path / "hf"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(TicketlabError, match="not a ticketlab run's"):
+        runs.claim_run_directory(foreign, {"seeds": [0]}, kind="toy")
+    assert sorted(p.name for p in foreign.iterdir()) == ["config.json"]   # refused untouched: no lock file
+
+
+# --- the seed-0 probe and user models: built and checked once ------------------------------------
+
+def test_prepare_builds_the_seed_0_probe_once_for_check_and_threads(tmp_path, toy_splits, monkeypatch):
+    saved = torch.get_num_threads()
+    built, (info, builder) = [], _registry._REGISTRY["lenet300"]   # every build of lenet300, whoever asks
+    counting = (info, lambda *a, **kw: built.append(a) or builder(*a, **kw))
+    monkeypatch.setattr(_registry, "_REGISTRY", {**_registry._REGISTRY, "lenet300": counting})
+    config = CompareConfig(methods=("imp", "snip", "set"), densities=(0.5,), model="lenet300", data="toy",
+                           train=FAST, update_every="2it")
+    try:
+        experiment = CompareExperiment.prepare(config, tmp_path / "cmp", data=toy_splits, threads=1)
+        experiment.release()
+    finally:
+        torch.set_num_threads(saved)
+    assert built == [((12,), 3)] and experiment.threads == 1   # three methods' checks and --threads share one probe
+
+
+CHECKED_MODEL = '''
+from torch import nn
+
+FORWARDS = []
+
+
+class Counting(nn.Sequential):
+    def forward(self, x):
+        FORWARDS.append(tuple(x.shape))
+        return super().forward(x.flatten(1))
+
+
+def tiny(input_shape, num_classes):
+    return Counting(nn.Linear(input_shape[-1], 4), nn.ReLU(), nn.Linear(4, num_classes))
+
+
+def bad(input_shape, num_classes):
+    return Counting(nn.Linear(input_shape[-1], 4), nn.ReLU(), nn.Linear(4, num_classes + 1))
+'''
+
+
+def test_a_user_model_is_checked_once_per_shape_and_classes(tmp_path, monkeypatch, fresh_trust):
+    (tmp_path / "cm_checked_once.py").write_text(CHECKED_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    trust_user_code("cm_checked_once:tiny", "cm_checked_once:bad")
+    import cm_checked_once
+
+    for seed in range(4):
+        create_model("cm_checked_once:tiny", (6,), 3, seed=seed)
+    assert cm_checked_once.FORWARDS == [(2, 6)]                 # one check forward for four builds
+    create_model("cm_checked_once:tiny", (6,), 5, seed=0)
+    create_model("cm_checked_once:tiny", (7,), 3, seed=0)
+    assert cm_checked_once.FORWARDS == [(2, 6), (2, 6), (2, 7)]  # a new (shape, classes) is checked again
+    for _ in range(2):   # a failing check is not remembered: refused every time
+        with pytest.raises(TicketlabError, match=r"to \(2, 4\), not to logits of shape \(2, 3\)"):
+            create_model("cm_checked_once:bad", (6,), 3, seed=0)
+    monkeypatch.setattr(user_code, "_TRUSTED", set())
+    with pytest.raises(TicketlabError, match="only when this command's own --model names it"):
+        create_model("cm_checked_once:tiny", (6,), 3, seed=0)   # checked before, still not trusted now

@@ -15,6 +15,7 @@ from ticketlab.llm import OneShotConfig, context_length, find_blocks, prune_mode
 from ticketlab.llm.adapters import find_targets, is_conv1d
 from ticketlab.llm.capture import capture_block_inputs, visiting
 from ticketlab.methods.wanda import wanda_mask
+from conftest import needs_cuda
 
 VOCAB = 96
 
@@ -288,7 +289,7 @@ def test_unknown_family_uses_generic_discovery_or_fails_clearly():
         find_blocks(NoBlocks())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_cuda_device_matches_cpu():
     cpu_model, gpu_model = _tiny("llama"), _tiny("llama")
     calib = _calib()
@@ -316,7 +317,7 @@ def test_visiting_the_device_a_block_is_on_changes_nothing():
     assert all(after[n] is before[n] for n in before) and block[0].weight.abs().sum() == 0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_visiting_cuda_copies_back_into_the_home_tensors():
     block = _block_with_buffer()
     homes = {n: t.data_ptr() for n, t in block.state_dict().items()}

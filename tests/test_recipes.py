@@ -1,6 +1,8 @@
 """Named recipes: their flags exist on their command, their models and data are registered, their
 layer patterns name the layers the paper names, and two recipes hold the papers' values."""
 
+import math
+
 import pytest
 from click.testing import CliRunner
 from torch import nn
@@ -20,6 +22,8 @@ from ticketlab.recipes import LMC, LTH, Recipe, get_recipe, list_recipes, recipe
 from ticketlab.targets import prunable_parameters, resolve_patterns
 
 SHAPES = {"cifar10": (3, 32, 32), "mnist": (1, 28, 28)}
+#: OpenLTH's CIFAR-10 epoch: 50,000 training images in batches of 128, the last one partial.
+STEPS_PER_EPOCH = math.ceil(50_000 / 128)
 NAMES = [recipe.name for recipe in list_recipes()]
 
 
@@ -79,9 +83,9 @@ def test_golden_conv6_and_resnet20_recipes():
     assert resnet.citation == LMC
     assert dict(resnet.values) == {
         "model": "resnet20", "data": "cifar10", "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight-decay": 1e-4,
-        "batch-size": 128, "steps": "62560it", "lr-drops": "31280it,46920it", "lr-gamma": 0.1, "scope": "global",
+        "batch-size": 128, "steps": f"{160 * STEPS_PER_EPOCH}it",   # OpenLTH: 160 epochs, drops at 80 and 120
+        "lr-drops": f"{80 * STEPS_PER_EPOCH}it,{120 * STEPS_PER_EPOCH}it", "lr-gamma": 0.1, "scope": "global",
         "rate": "0.2", "augment": "crop-flip", "rewind": "2000it"}
-    assert 160 * 391 == 62560 and 80 * 391 == 31280 and 120 * 391 == 46920   # OpenLTH's epochs, 50,000 / 128
 
 
 def test_unknown_recipe_and_wrong_command_are_one_sentence():

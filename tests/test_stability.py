@@ -271,3 +271,20 @@ def test_config_validation():
     with pytest.raises(TicketlabError, match="at least one"):
         StabilityConfig(run="r", round_index=0, rewind_sweep=())
     assert StabilityConfig(run="r", round_index=0, rewind_sweep=("0", "2ep")).rewind_sweep[1].unit == "ep"
+
+
+def test_prepare_sizes_threads_with_the_network_it_built(digits_run, tmp_path, monkeypatch):
+    """``threads`` is sized by LeNet-300-100's step on digits: 60 x (64*300 + 300*100 + 100*10)
+    MACs; no threads leaves torch's setting alone; a bad count is one sentence."""
+    from ticketlab.analysis.stability import StabilityAnalysis
+
+    seen = []
+    monkeypatch.setattr(stability_module, "use_threads", lambda value, macs: seen.append((value, macs)) or 1)
+    config = StabilityConfig(run=str(digits_run), round_index=1)
+    analysis = StabilityAnalysis.prepare(config, out=tmp_path / "out", threads="auto")
+    assert seen == [("auto", 60 * (64 * 300 + 300 * 100 + 100 * 10))] and analysis.threads == 1
+    assert StabilityAnalysis.prepare(config, out=tmp_path / "out").threads is None and len(seen) == 1
+    monkeypatch.undo()
+    with pytest.raises(TicketlabError, match="--threads"):
+        StabilityAnalysis.prepare(config, out=tmp_path / "out", threads="many")
+    assert not (tmp_path / "out").exists()

@@ -5,6 +5,7 @@ run, evaluations within 1e-4; pruned weights exactly +0.0; stacked runs bit-for-
 """
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from ticketlab.units import StackSetting, UnitJob, group_size, train_units
 from ticketlab.units.group import CPU_STACK_MAX_STEP_MACS, MAX_GROUP
 from ticketlab.flops import network_cost
 
-from conftest import Interrupt, interrupt_at, make_splits, tiny_mlp
+from conftest import Interrupt, assert_close_states, image_splits, interrupt_at, make_splits, needs_cuda, tiny_mlp
 
 RECIPES = {
     "sgd-momentum": TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=16, steps="30it", eval_every="10it"),
@@ -35,18 +36,17 @@ def _random_mask(model, density, seed):
     return Mask({n: torch.rand(params[n].shape, generator=g) < density for n in prunable_parameters(model)})
 
 
-def _jobs(build, count, densities=(0.5, 0.3, 1.0)):
+def _jobs(build, count, densities=(0.5, 0.3, 1.0), checkpoints: Path | None = None):
+    """``count`` masked jobs of ``build(i)``; with ``checkpoints``, job i checkpoints to
+    ``checkpoints / ckpt-<i>.safetensors`` (the same path for a fresh set of jobs: they resume)."""
     jobs = []
     for i in range(count):
         model = build(i)
         mask = _random_mask(model, densities[i % len(densities)], seed=100 + i)
         jobs.append(StackedJob(model=model, mask=mask, data_seed=7 + i, metrics_key={"net": i}))
+        if checkpoints is not None:
+            jobs[-1].checkpoint_path = checkpoints / f"ckpt-{i}.safetensors"
     return jobs
-
-
-def _assert_close_states(a, b, rtol=1e-5, atol=1e-6):
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda text, name=name: f"{name}: {text}")
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
@@ -56,7 +56,7 @@ def test_stacked_mlps_equal_sequential_and_keep_masks(recipe):
     stacked_results = train_stacked(stacked_jobs, data, config)
     for s_job, job, s_result in zip(stacked_jobs, single_jobs, stacked_results):
         result = train(job.model, data, config, data_seed=job.data_seed, mask=job.mask)
-        _assert_close_states(s_job.model.state_dict(), job.model.state_dict())
+        assert_close_states(s_job.model.state_dict(), job.model.state_dict())
         assert [e["iteration"] for e in s_result.evals] == [e["iteration"] for e in result.evals] == [0, 10, 20, 30]
         for mine, theirs in zip(s_result.evals, result.evals):
             assert mine["test_accuracy"] == pytest.approx(theirs["test_accuracy"], abs=1e-9 + 100 / 60)
@@ -67,24 +67,17 @@ def test_stacked_mlps_equal_sequential_and_keep_masks(recipe):
             assert torch.equal(pruned, torch.zeros_like(pruned)) and not torch.signbit(pruned).any()
 
 
-def _images():
-    """96 training and 32 evaluation examples of shape (1, 8, 8) in 4 classes."""
-    data = make_splits(n_train=96, n_eval=32, features=1 * 8 * 8, classes=4)
-    return data.__class__(**{**data.__dict__, "input_shape": (1, 8, 8),
-                             **{k: getattr(data, k).view(-1, 1, 8, 8) for k in ("train_x", "val_x", "test_x")}})
-
-
 @pytest.mark.parametrize("name", ["conv2", "resnet20"])
 def test_stacked_convnets_equal_sequential(name):
     """Grouped convolutions, pooling, BatchNorm (resnet20) and residual additions."""
-    data = _images()
+    data = image_splits(channels=1)
     build = lambda i: create_model(name, (1, 8, 8), 4, seed=i)  # noqa: E731
     config = TrainConfig(optimizer="sgd", lr=0.02, momentum=0.9, batch_size=16, steps="12it", eval_every="6it")
     stacked_jobs, single_jobs = _jobs(build, 2), _jobs(build, 2)
     train_stacked(stacked_jobs, data, config)
     for s_job, job in zip(stacked_jobs, single_jobs):
         train(job.model, data, config, data_seed=job.data_seed, mask=job.mask)
-        _assert_close_states(s_job.model.state_dict(), job.model.state_dict(), rtol=1e-4, atol=1e-5)
+        assert_close_states(s_job.model.state_dict(), job.model.state_dict(), rtol=1e-4, atol=1e-5)
 
 
 def test_stacked_training_is_bitwise_repeatable():
@@ -101,16 +94,12 @@ def test_stacked_resume_equals_uninterrupted(tmp_path):
     data, config = make_splits(), RECIPES["adam-wd"]
     whole = _jobs(tiny_mlp, 3)
     train_stacked(whole, data, config)
-    jobs = _jobs(tiny_mlp, 3)
-    for i, job in enumerate(jobs):
-        job.checkpoint_path = tmp_path / f"ckpt-{i}.safetensors"
+    jobs = _jobs(tiny_mlp, 3, checkpoints=tmp_path)
     metrics = MetricsLog(tmp_path / "metrics.jsonl")
     with pytest.raises(Interrupt):
         train_stacked(jobs, data, config, metrics=metrics, on_step=interrupt_at(15))
     assert [resume_iteration(job.checkpoint_path, 30) for job in jobs] == [10, 10, 10]
-    resumed = _jobs(tiny_mlp, 3)  # fresh models: everything must come from the checkpoints
-    for i, job in enumerate(resumed):
-        job.checkpoint_path = tmp_path / f"ckpt-{i}.safetensors"
+    resumed = _jobs(tiny_mlp, 3, checkpoints=tmp_path)  # fresh models: everything must come from the checkpoints
     results = train_stacked(resumed, data, config, metrics=metrics)
     for a, b in zip(whole, resumed):
         for name, tensor in a.model.state_dict().items():
@@ -123,16 +112,14 @@ def test_stacked_resume_equals_uninterrupted(tmp_path):
 def test_a_stacked_checkpoint_resumes_alone(tmp_path):
     """Network i's checkpoint from a stacked run is an ordinary checkpoint: `train` resumes it."""
     data, config = make_splits(), RECIPES["sgd-momentum"]
-    jobs = _jobs(tiny_mlp, 2)
-    for i, job in enumerate(jobs):
-        job.checkpoint_path = tmp_path / f"ckpt-{i}.safetensors"
+    jobs = _jobs(tiny_mlp, 2, checkpoints=tmp_path)
     with pytest.raises(Interrupt):
         train_stacked(jobs, data, config, on_step=interrupt_at(25))
     alone = _jobs(tiny_mlp, 2)[1]
     train(alone.model, data, config, data_seed=alone.data_seed, mask=alone.mask, checkpoint_path=tmp_path / "ckpt-1.safetensors")
     reference = _jobs(tiny_mlp, 2)[1]
     train(reference.model, data, config, data_seed=reference.data_seed, mask=reference.mask)
-    _assert_close_states(alone.model.state_dict(), reference.model.state_dict())
+    assert_close_states(alone.model.state_dict(), reference.model.state_dict())
 
 
 def test_capture_gives_each_network_its_own_weights():
@@ -147,7 +134,13 @@ def test_capture_gives_each_network_its_own_weights():
         train(alone.model, data, TrainConfig(**{**config.__dict__, "steps": "5it", "eval_every": "5it"}),
               data_seed=alone.data_seed, mask=alone.mask)
         captured = alone.model.state_dict()
-        _assert_close_states(seen[i], captured)
+        assert_close_states(seen[i], captured)
+
+
+def test_augmenting_data_that_is_no_image_is_one_sentence_before_training():
+    config = TrainConfig(optimizer="sgd", lr=0.05, batch_size=16, steps="4it", augment="crop-flip")
+    with pytest.raises(TicketlabError, match=r"--augment crop-flip needs image data .* use --augment none\.$"):
+        train_stacked(_jobs(tiny_mlp, 2), make_splits(), config)
 
 
 def test_divergence_names_the_network():
@@ -269,9 +262,6 @@ def test_graph_obstacles_are_named_and_checkpoints_hold_a_plain_optimizer_state(
     assert portable_optimizer_state(sgd.state_dict())["param_groups"] == sgd.state_dict()["param_groups"]
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
 @needs_cuda
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_stacked_training_on_cuda_matches_sequential_on_cuda(recipe):
@@ -283,7 +273,7 @@ def test_stacked_training_on_cuda_matches_sequential_on_cuda(recipe):
         results = train_stacked(stacked_jobs, data, config, device="cuda")
     for s_job, job, result in zip(stacked_jobs, single_jobs, results):
         train(job.model, data, config, data_seed=job.data_seed, mask=job.mask, device="cuda")
-        _assert_close_states(s_job.model.state_dict(), {k: v.cpu() for k, v in job.model.state_dict().items()},
+        assert_close_states(s_job.model.state_dict(), {k: v.cpu() for k, v in job.model.state_dict().items()},
                              rtol=1e-4, atol=1e-5)
         assert [e["iteration"] for e in result.evals] == [0, 10, 20, 30]
         params = dict(s_job.model.named_parameters())
@@ -302,7 +292,7 @@ def test_cuda_graph_steps_equal_eager_steps_and_follow_the_schedule():
     train_stacked(graphed, data, config, device="cuda")
     train_stacked(eager, data, config, device="cuda", graphs=False)
     for a, b in zip(graphed, eager):
-        _assert_close_states(a.model.state_dict(), b.model.state_dict(), rtol=1e-6, atol=1e-7)
+        assert_close_states(a.model.state_dict(), b.model.state_dict(), rtol=1e-6, atol=1e-7)
 
 
 @needs_cuda
@@ -317,7 +307,7 @@ def test_cuda_graph_steps_record_augmentation_and_batchnorm(name, monkeypatch):
     convolutions) would otherwise swamp what is compared."""
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    data = _images()
+    data = image_splits(channels=1)
     build = lambda i: create_model(name, (1, 8, 8), 4, seed=i)  # noqa: E731
     config = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, batch_size=16, steps="8it", eval_every="4it",
                          augment="crop-flip")
@@ -327,30 +317,26 @@ def test_cuda_graph_steps_record_augmentation_and_batchnorm(name, monkeypatch):
         train_stacked(graphed, data, config, device="cuda")
     train_stacked(eager, data, config, device="cuda", graphs=False)
     for a, b, job in zip(graphed, eager, single):
-        _assert_close_states(a.model.state_dict(), b.model.state_dict(), rtol=1e-5, atol=1e-6)
+        assert_close_states(a.model.state_dict(), b.model.state_dict(), rtol=1e-5, atol=1e-6)
         train(job.model, data, config, data_seed=job.data_seed, mask=job.mask, device="cuda")
-        _assert_close_states(a.model.state_dict(), {k: v.cpu() for k, v in job.model.state_dict().items()},
+        assert_close_states(a.model.state_dict(), {k: v.cpu() for k, v in job.model.state_dict().items()},
                              rtol=1e-3, atol=1e-4)
 
 
 @needs_cuda
 def test_a_cuda_graphed_run_resumes_and_its_checkpoints_resume_on_the_cpu(tmp_path):
     data, config = make_splits(), RECIPES["adam-wd"]
-    jobs = _jobs(tiny_mlp, 2)
-    for i, job in enumerate(jobs):
-        job.checkpoint_path = tmp_path / f"ckpt-{i}.safetensors"
+    jobs = _jobs(tiny_mlp, 2, checkpoints=tmp_path)
     with pytest.raises(Interrupt):
         train_stacked(jobs, data, config, device="cuda", on_step=interrupt_at(25))
     cpu_copy = tmp_path / "cpu.safetensors"
     cpu_copy.write_bytes((tmp_path / "ckpt-1.safetensors").read_bytes())
-    resumed = _jobs(tiny_mlp, 2)
-    for i, job in enumerate(resumed):
-        job.checkpoint_path = tmp_path / f"ckpt-{i}.safetensors"
+    resumed = _jobs(tiny_mlp, 2, checkpoints=tmp_path)
     train_stacked(resumed, data, config, device="cuda")
     whole = _jobs(tiny_mlp, 2)
     train_stacked(whole, data, config, device="cuda")
     for a, b in zip(resumed, whole):
-        _assert_close_states(a.model.state_dict(), b.model.state_dict(), rtol=1e-5, atol=1e-6)
+        assert_close_states(a.model.state_dict(), b.model.state_dict(), rtol=1e-5, atol=1e-6)
     alone = _jobs(tiny_mlp, 2)[1]   # the graphed checkpoint holds a plain optimiser state
     train(alone.model, data, config, data_seed=alone.data_seed, mask=alone.mask, checkpoint_path=cpu_copy)
-    _assert_close_states(alone.model.state_dict(), whole[1].model.state_dict(), rtol=1e-4, atol=1e-5)
+    assert_close_states(alone.model.state_dict(), whole[1].model.state_dict(), rtol=1e-4, atol=1e-5)

@@ -120,7 +120,7 @@ def _run_probes(tmp_path, setting):
     return [json.loads((tmp_path / f"seed-{s}.json").read_text()) for s in (0, 1)]
 
 
-def test_each_worker_process_gets_its_share_of_the_cores(tmp_path):
+def test_each_worker_process_gets_its_share_of_the_cores(tmp_path, fresh_trust):
     trust_user_code("probe_models:tiny")
     records = _run_probes(tmp_path, WorkerSetting(workers=2))
     expected = max(1, threads.available_cores() // 2)

@@ -44,7 +44,18 @@ class Flag:
     required: bool = False
 
     def flag_name(self, field_name: str) -> str:
+        """The flag as click declares it: ``--batch-size``, or both spellings of a switch
+        (``--dense/--no-dense``)."""
         return self.name or "--" + field_name.replace("_", "-")
+
+    def option_name(self, field_name: str) -> str:
+        """The flag's first spelling, ``--dense`` for ``--dense/--no-dense``: the name a recipe
+        or a message uses for it."""
+        return self.flag_name(field_name).split("/")[0]
+
+    def is_switch(self, field_name: str) -> bool:
+        """Whether the flag is declared as an on/off pair (``--x/--no-x``)."""
+        return "/" in self.flag_name(field_name)
 
     def key(self, field_name: str) -> str:
         """The parsed option's key for the field ``field_name``."""
@@ -70,9 +81,10 @@ def split_list(text: str) -> list[str]:
 
 
 def parse_seeds(text: Any) -> tuple[int, ...]:
-    """``"3"`` means three replicates (seeds 0, 1, 2); ``"0,5,7"`` lists the seeds themselves."""
-    if isinstance(text, (tuple, list)):
-        return tuple(int(s) for s in text)
+    """``"3"`` means three replicates (seeds 0, 1, 2); ``"0,5,7"`` lists the seeds themselves.
+
+    ``text`` is what the flag was given (or a recipe's value: text or a number, never a tuple
+    for a flag that is not repeatable), so every value goes through the one path below."""
     try:
         parts = [int(p) for p in split_list(text)]
     except ValueError:
@@ -89,8 +101,6 @@ def parse_seeds(text: Any) -> tuple[int, ...]:
 def floats_parser(flag: str) -> Callable[[Any], tuple[float, ...]]:
     """A parser of ``"0.2,0.05"`` -> ``(0.2, 0.05)`` whose errors name ``flag``."""
     def parse(text: Any) -> tuple[float, ...]:
-        if isinstance(text, (tuple, list)):
-            return tuple(float(v) for v in text)
         try:
             values = tuple(float(p) for p in split_list(text))
         except ValueError:
@@ -103,8 +113,6 @@ def floats_parser(flag: str) -> Callable[[Any], tuple[float, ...]]:
 
 def parse_names(text: Any) -> tuple[str, ...]:
     """A comma list of names; ``none`` (or empty) means none."""
-    if isinstance(text, (tuple, list)):
-        return tuple(text)
     return () if str(text).strip().lower() in ("", "none") else tuple(split_list(text))
 
 

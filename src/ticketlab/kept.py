@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TicketlabError
-from .plotting import legend_outside, pyplot, save, spread_label, style
-from .report import load_summary, plus_minus
+from .plotting import legend_outside, log_axis, pyplot, save, spread_label, style
+from .tables import format_columns
+from .report import line_record, load_summary, plus_minus, summary_lines
+from .units.aggregate import sample_std
 
 
 @dataclass(frozen=True)
@@ -65,22 +67,21 @@ def prunable_count(run_dir: Path) -> int:
 def load_kept_run(run_dir: str | os.PathLike, label: str | None = None) -> KeptRun:
     """The lines of an IMP, prune-init or sparse-train run directory, on the kept-weights axis."""
     root = Path(run_dir)
+    label = label or root.resolve().name
     summary = load_summary(root)
     prunable = prunable_count(root)
-    main = "ticket" if summary.get("kind", "imp") == "imp" else str(summary.get("method"))
-    names = [main, *summary.get("controls", [])]
-    curves = [SeedCurve(name, _seed_points(summary["rounds"], None if name == main else name, prunable))
-              for name in names]
-    return KeptRun(label or root.resolve().name, prunable, tuple(c for c in curves if c.points),
-                   summary.get("dense_test_accuracy"))
+    curves = [SeedCurve(name, _seed_points(summary["rounds"], control, prunable))
+              for name, control in summary_lines(summary)]
+    if not curves[0].points:   # the seeds, dense cell and gaps are all read from the run's own line
+        raise TicketlabError(f"Run {label!r} has no finished round to show.")
+    return KeptRun(label, prunable, tuple(c for c in curves if c.points), summary.get("dense_test_accuracy"))
 
 
 def _seed_points(rounds: list[dict[str, Any]], control: str | None,
                  prunable: int) -> dict[int, tuple[tuple[float, float], ...]]:
     by_seed: dict[int, list[tuple[float, float]]] = {}
     for entry in rounds:
-        source = entry if control is None else (entry.get("controls") or {}).get(control)
-        for record in ((source or {}).get("seeds") or {}).values():
+        for record in ((line_record(entry, control) or {}).get("seeds") or {}).values():
             by_seed.setdefault(int(record["seed"]), []).append(
                 (record["density"] * prunable, float(record["test_accuracy"])))
     return {seed: tuple(sorted(points, reverse=True)) for seed, points in sorted(by_seed.items())}
@@ -108,16 +109,8 @@ def _cell(values: list[float], signed: bool = False) -> str:
     """Mean ± sample std of ``values`` ("–" for none); ``signed``: with a + before gains."""
     if not values:
         return "–"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    text = plus_minus(statistics.fmean(values), spread, len(values)).strip()
+    text = plus_minus(statistics.fmean(values), sample_std(values), len(values)).strip()
     return f"+{text}" if signed and not text.startswith("-") else text
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
 
 
 def format_at_kept(runs: list[KeptRun], counts: list[float]) -> str:
@@ -129,13 +122,14 @@ def format_at_kept(runs: list[KeptRun], counts: list[float]) -> str:
             for count in counts]
     rows.append(["dense (all)", *(_dense_cell(run) if i == 0 else "" for run in runs for i, _ in enumerate(run.curves))])
     lines = [f"test accuracy (%) at the same number of kept weights, {spread_label([r.seeds for r in runs])}; "
-             "interpolated in log(kept weights) between rounds", *_table(header, rows)]
+             "interpolated in log(kept weights) between rounds", *format_columns([header, *rows])]
     gaps = [(run, curve) for run in runs for curve in run.curves[1:]]
     if gaps:
         header = ["kept weights", *(f"{run.label} {run.curves[0].name} − {curve.name}" for run, curve in gaps)]
         rows = [[f"{count:,.0f}", *(_cell(_paired(run.curves[0], curve, count), signed=True) for run, curve in gaps)]
                 for count in counts]
-        lines += ["", "gap of the ticket over each control (points; paired by seed)", *_table(header, rows)]
+        lines += ["", "gap of the ticket over each control (points; paired by seed)",
+                  *format_columns([header, *rows])]
     return "\n".join(lines)
 
 
@@ -158,18 +152,19 @@ def kept_figure(runs: list[KeptRun]) -> Any:
     ticket solid and its controls dashed, with ± sample-std bands."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 5.2))
+    counts: list[float] = []
     for index, run in enumerate(runs):
         colour = style(index)["color"]
         for position, curve in enumerate(run.curves):
             xs, mean, std = _mean_line(curve)
+            counts += xs
             ax.plot(xs, mean, color=colour, linestyle="-" if position == 0 else "--",
                     marker=style(index)["marker"], markersize=3, label=f"{run.label}: {curve.name}")
             if len(curve.points) > 1:
                 ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                                 color=colour, alpha=0.12, linewidth=0)
-    _count_axis(ax, [x for run in runs for curve in run.curves for x in _mean_line(curve)[0]])
+    _count_axis(ax, counts)
     ax.set_ylabel("test accuracy (%)")
-    ax.grid(True, which="major", alpha=0.3)
     ax.set_title(f"tickets at the same number of kept weights; {spread_label([r.seeds for r in runs])}", fontsize=10)
     legend_outside(ax)
     return fig
@@ -177,17 +172,10 @@ def kept_figure(runs: list[KeptRun]) -> Any:
 
 def _count_axis(ax: Any, counts: list[float]) -> None:
     """A log x axis of kept weights, dense (many) on the left, ticked 1-2-5 in plain numbers (5k, 20k)."""
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
-
     low, high = min(counts), max(counts)
     ticks = [m * 10 ** e for e in range(0, 13) for m in (1, 2, 5) if low / 1.5 <= m * 10 ** e <= high * 1.5]
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.set_xticklabels([f"{t / 1e6:g}M" if t >= 1e6 else f"{t / 1e3:g}k" if t >= 1e3 else f"{t:g}" for t in ticks])
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlim(high * 1.15, low / 1.15)
-    ax.set_xlabel("kept weights (log scale)")
+    labels = [f"{t / 1e6:g}M" if t >= 1e6 else f"{t / 1e3:g}k" if t >= 1e3 else f"{t:g}" for t in ticks]
+    log_axis(ax, ticks, labels, "kept weights (log scale)", span=(low, high))
 
 
 def _mean_line(curve: SeedCurve) -> tuple[list[float], list[float], list[float]]:
@@ -195,9 +183,7 @@ def _mean_line(curve: SeedCurve) -> tuple[list[float], list[float], list[float]]
     rounds = list(zip(*curve.points.values()))   # rounds every seed has finished
     xs = [statistics.fmean(k for k, _ in points) for points in rounds]
     accuracies = [[a for _, a in points] for points in rounds]
-    mean = [statistics.fmean(a) for a in accuracies]
-    std = [statistics.stdev(a) if len(a) > 1 else 0.0 for a in accuracies]
-    return xs, mean, std
+    return xs, [statistics.fmean(a) for a in accuracies], [sample_std(a) for a in accuracies]
 
 
 def plot_kept(runs: list[KeptRun], path: str | os.PathLike) -> Path:

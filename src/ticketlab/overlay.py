@@ -15,7 +15,8 @@ from typing import Any
 from .errors import TicketlabError
 from .files import read_json
 from .plotting import dense_line, legend_outside, line_with_spread, percent_axis, pyplot, save, spread_label, style
-from .report import is_number, load_summary, plus_minus
+from .tables import format_columns
+from .report import is_number, line_record, load_summary, plus_minus, summary_lines
 
 
 # --- several runs: curves of accuracy vs % of weights remaining ---------------------------------
@@ -71,13 +72,13 @@ def load_run(run_dir: str | os.PathLike, label: str | None = None) -> RunCurves:
 
 def _summary_curves(summary: dict[str, Any], label: str) -> RunCurves:
     kind = summary.get("kind", "imp")
-    main = "imp" if kind == "imp" else str(summary.get("method"))
+    method = "imp" if kind == "imp" else str(summary.get("method"))   # an overlay names IMP's line "imp"
     curves = []
-    for name in [main, *summary.get("controls", [])]:
-        points = [(e, e if name == main else (e.get("controls") or {}).get(name)) for e in summary["rounds"]]
+    for _, control in summary_lines(summary):
+        points = [(e, line_record(e, control)) for e in summary["rounds"]]
         points = [(e, s) for e, s in points if s is not None]
         if points:
-            curves.append(Curve(name if name == main else f"{main} {name}",
+            curves.append(Curve(method if control is None else f"{method} {control}",
                                 tuple(100 * e["density"] for e, _ in points),
                                 tuple(s["test_accuracy"] for _, s in points),
                                 tuple(s["test_accuracy_std"] for _, s in points)))
@@ -96,10 +97,11 @@ def _compare_curves(root: Path, label: str) -> RunCurves:
             isinstance(r, dict) and isinstance(r.get("method"), str) and is_number(r.get("density"))
             and is_number(r.get("test_accuracy")) for r in rows):
         raise TicketlabError(f"{str(root / 'compare.json')!r} is not a ticketlab comparison table.")
+    rounds = {d: _method_rounds(root / d) for d in dict.fromkeys(_method_dir(r["method"]) for r in rows)}
     by_method: dict[str, list[tuple[float, float, float]]] = {}
     for row in rows:
         by_method.setdefault(row["method"], []).append(
-            (100 * row["density"], row["test_accuracy"], _compare_spread(root, row)))
+            (100 * row["density"], row["test_accuracy"], _compare_spread(rounds[_method_dir(row["method"])], row)))
     dense = by_method.pop("dense", None)
     curves = tuple(Curve(m, *(tuple(v) for v in zip(*sorted(points, reverse=True)))) for m, points in by_method.items())
     if not curves:
@@ -108,14 +110,23 @@ def _compare_curves(root: Path, label: str) -> RunCurves:
                      len(config.get("seeds", [0])), dense[0][1] if dense else None, curves)
 
 
-def _compare_spread(root: Path, row: dict[str, Any]) -> float:
-    """The sample std of one comparison row, from its method's run directory (the row's own value
-    when that directory or entry is missing)."""
-    method = "imp" if row["method"] in ("imp", "dense") else row["method"]
+def _method_dir(method: str) -> str:
+    """The sub-directory of a comparison that holds a row's method (dense rows: IMP's round 0)."""
+    return "imp" if method in ("imp", "dense") else method
+
+
+def _method_rounds(directory: Path) -> list[dict[str, Any]]:
+    """The rounds of one method's ``summary.json`` in a comparison, read once for all its rows
+    (none when the directory is missing or not a finished run)."""
     try:
-        rounds = load_summary(root / method)["rounds"]
+        return load_summary(directory)["rounds"]
     except TicketlabError:
-        rounds = []
+        return []
+
+
+def _compare_spread(rounds: list[dict[str, Any]], row: dict[str, Any]) -> float:
+    """The sample std of one comparison row, from its method's ``rounds`` (the row's own value
+    when its entry is missing)."""
     if row["method"] == "dense":
         matches = rounds[:1]
     elif row["method"] == "imp":
@@ -143,10 +154,7 @@ def format_overlay_table(runs: list[RunCurves]) -> str:
         for curve in run.curves:
             for x, m, s in zip(curve.percents, curve.mean, curve.std):
                 rows.append(first + [curve.name, f"{x:.2f}", plus_minus(m, s, run.seeds), str(run.seeds)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) if i >= 5 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = format_columns(rows, right_from=5)
     title = (f"{len(runs)} run(s): test accuracy (%) at the end of training, "
              f"{spread_label([r.seeds for r in runs])}")
     return "\n".join([title, *lines])

@@ -65,16 +65,25 @@ def percent_axis(ax: Any, percents: Sequence[float], label: str = "% of weights 
 
     ``percents`` are the x values drawn (percent of weights remaining, > 0).
     """
+    ticks = percent_ticks(percents)
+    log_axis(ax, ticks, [f"{t:g}" for t in ticks], label)
+
+
+def log_axis(ax: Any, ticks: Sequence[float], labels: Sequence[str], xlabel: str, inverted: bool = True,
+             span: tuple[float, float] | None = None) -> None:
+    """A log x axis ticked only at ``ticks``, named ``labels`` (no minor ticks, no 10^x labels: a
+    reader wants "20" or "5k"), with a major grid; it shows ``span`` (default: the ticks' range)
+    with 15% to spare each side, the largest value on the left when ``inverted`` (dense to sparse)."""
     from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
-    ticks = percent_ticks(percents)
+    low, high = span if span is not None else (min(ticks), max(ticks))
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.xaxis.set_major_locator(FixedLocator(list(ticks)))
+    ax.set_xticklabels(list(labels))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlim(max(ticks) * 1.15, min(ticks) / 1.15)  # inverted: dense on the left
-    ax.set_xlabel(label)
+    ax.set_xlim(*((high * 1.15, low / 1.15) if inverted else (low / 1.15, high * 1.15)))
+    ax.set_xlabel(xlabel)
     ax.grid(True, which="major", alpha=0.3)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from .errors import TicketlabError
 from .files import read_json
 from .plotting import dense_line, legend_outside, line_with_spread, percent_axis, pyplot, save, spread_label
+from .tables import format_columns
 from .units.aggregate import sample_std
 
 
@@ -97,6 +98,21 @@ def summary_problem(summary: Any) -> str | None:
     return None
 
 
+def summary_lines(summary: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """Every line a summary holds, the run's own first, as ``(label, control)``: control is None for
+    the run's own line (labelled "ticket" for IMP, else its method, e.g. "snip") and the control's
+    name otherwise. Tables and plots of one run, overlays and the kept-weights view all read a
+    summary's lines through this, so they agree on which lines there are."""
+    main = "ticket" if summary.get("kind", "imp") == "imp" else str(summary.get("method"))
+    return [(main, None), *((str(c), str(c)) for c in summary.get("controls", []))]
+
+
+def line_record(entry: dict[str, Any], control: str | None) -> dict[str, Any] | None:
+    """A round entry's record of one line (see `summary_lines`): the entry itself for the run's own
+    line, else that control's record (None where the control did not run that round, e.g. round 0)."""
+    return entry if control is None else (entry.get("controls") or {}).get(control)
+
+
 def plus_minus(mean: float, std: float, seeds: int) -> str:
     return f"{mean:6.2f} ± {std:4.2f}" if seeds > 1 else f"{mean:6.2f}"
 
@@ -125,27 +141,24 @@ def _cost_note(summary: dict[str, Any]) -> list[str]:
 
 def format_table(summary: dict[str, Any]) -> str:
     """A plain-text table: one row per round with the ticket and each control (IMP: with its cost)."""
-    controls = summary.get("controls", [])
     n_seeds = len(summary.get("seeds", [0]))
     is_imp = summary.get("kind", "imp") == "imp"
     costed = is_imp and any("cost" in entry for entry in summary["rounds"])
-    name = "ticket" if is_imp else str(summary.get("method"))
+    (name, _), *control_lines = summary_lines(summary)
     header = ["round" if is_imp else "target", "% left", f"{name} acc", "early stop", "winner" if is_imp else "collapsed"]
     header += ["cost (dense trainings)"] if costed else []
-    header += [f"{c} acc" for c in controls]
+    header += [f"{label} acc" for label, _ in control_lines]
     rows = [header]
     for entry in summary["rounds"]:
         first = str(entry["round"]) if is_imp else f"{100 * entry['target_density']:g}%"
         last = ("yes" if entry["winning_ticket"] else "no") if is_imp else str(len(entry.get("collapsed_layers", [])))
         row = [first, f"{100 * entry['density']:.2f}", plus_minus(entry["test_accuracy"], entry["test_accuracy_std"], n_seeds),
                f"{entry['early_stop_iteration']:.0f}", last] + ([_cost_cell(entry)] if costed else [])
-        for c in controls:
-            ctl = entry.get("controls", {}).get(c)
+        for _, control in control_lines:
+            ctl = line_record(entry, control)
             row.append(plus_minus(ctl["test_accuracy"], ctl["test_accuracy_std"], n_seeds) if ctl else "-")
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = format_columns(rows)
     dense = summary.get("dense_test_accuracy")
     title = (f"{summary.get('model')} on {summary.get('data')}"
              + ("" if is_imp else f", {summary.get('kind')} {summary.get('method')}")
@@ -179,9 +192,8 @@ def report_figure(summary: dict[str, Any], run_dir: str | os.PathLike | None = N
     fig, grid = plt.subplots(1 if overlap is None else 2, 2, figsize=(12.5, 4.4 if overlap is None else 9.4),
                              squeeze=False)
     axes = grid[0]
-    main_label = "ticket" if summary.get("kind", "imp") == "imp" else str(summary.get("method"))
-    for index, label in enumerate([main_label, *summary.get("controls", [])]):
-        points = [(100 * e["density"], e if label == main_label else e.get("controls", {}).get(label)) for e in rounds]
+    for index, (label, control) in enumerate(summary_lines(summary)):
+        points = [(100 * e["density"], line_record(e, control)) for e in rounds]
         points = [(x, source) for x, source in points if source is not None]
         for ax, field in zip(axes, ("test_accuracy", "early_stop_iteration")) if points else ():
             line_with_spread(ax, [x for x, _ in points], [s[field] for _, s in points],

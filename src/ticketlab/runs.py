@@ -185,10 +185,26 @@ def _nested_run(directory: Path) -> bool:
 Extension = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
 
 
-def _check_existing(out: Path, record: dict[str, Any], extends: Extension | None) -> bool:
-    """``out/config.json`` exists: it must be a ticketlab run with the same configuration, or one
-    that ``extends`` lets the new configuration grow from. True when it would be extended."""
-    existing = read_json(out / "config.json")
+#: What a run directory holds for a configuration (`_directory_state`): nothing yet, this very
+#: run, or a run this configuration extends (its config.json is then rewritten by the claim).
+FREE, SAME, EXTENDED = "free", "same", "extended"
+
+
+def _directory_state(out: Path, record: dict[str, Any], extends: Extension | None) -> str:
+    """`FREE`, `SAME` or `EXTENDED` for the run ``record`` in ``out``, reading ``out/config.json``
+    once; a TicketlabError (one sentence) where the run would be refused."""
+    if out.exists() and not out.is_dir():
+        raise TicketlabError(f"--out {str(out)!r} is a file, not a directory.")
+    if (out / "config.json").exists():
+        return _compare_existing(out, read_json(out / "config.json"), record, extends)
+    if _foreign_entries(out):
+        raise TicketlabError(f"--out {str(out)!r} is a non-empty directory that holds no ticketlab run.")
+    return FREE
+
+
+def _compare_existing(out: Path, existing: Any, record: dict[str, Any], extends: Extension | None) -> str:
+    """``existing`` (``out``'s config.json) must be a ticketlab run with the same configuration
+    (`SAME`), or one that ``extends`` lets the new configuration grow from (`EXTENDED`)."""
     if not _is_run_record(existing):
         raise TicketlabError(
             f"--out {str(out)!r} holds a config.json that is not a ticketlab run's (a Hugging Face model "
@@ -196,9 +212,9 @@ def _check_existing(out: Path, record: dict[str, Any], extends: Extension | None
         )
     new = json.loads(json.dumps(record))
     if existing == new:
-        return False
+        return SAME
     if existing["kind"] == new["kind"] and extends is not None and extends(existing["config"], new["config"]):
-        return True
+        return EXTENDED
     old, new_config = existing["config"], new["config"]
     diff = sorted(k for k in set(old) | set(new_config) if old.get(k) != new_config.get(k))
     what = ", ".join(diff) if diff else f"kind: {existing['kind']} vs {record['kind']}"
@@ -214,16 +230,7 @@ def check_run_directory(out: str | os.PathLike, config: Mapping[str, Any], *, ki
     """Read-only: would ``out`` accept this run? True if it already holds it (a resume, or a run
     this configuration extends), False if it is free; a TicketlabError (the claim's own message)
     if it would be refused."""
-    out = Path(out)
-    record = {"kind": kind, "config": dict(config)}
-    if out.exists() and not out.is_dir():
-        raise TicketlabError(f"--out {str(out)!r} is a file, not a directory.")
-    if (out / "config.json").exists():
-        _check_existing(out, record, extends)
-        return True
-    if _foreign_entries(out):
-        raise TicketlabError(f"--out {str(out)!r} is a non-empty directory that holds no ticketlab run.")
-    return False
+    return _directory_state(Path(out), {"kind": kind, "config": dict(config)}, extends) != FREE
 
 
 def claim_run_directory(out: str | os.PathLike, config: Mapping[str, Any], *, kind: str,
@@ -236,9 +243,14 @@ def claim_run_directory(out: str | os.PathLike, config: Mapping[str, Any], *, ki
     killed run are removed first. Raises TicketlabError when ``out`` is a file, a non-empty
     directory that is not a ticketlab run, a run of another configuration, or in use by another
     process. A run that ``extends`` allows to grow into ``config`` gets the new ``config.json``.
+
+    The directory is checked once before the lock, so a refused run leaves it untouched (no lock
+    file, no leftovers removed: it may not even be ticketlab's), and once under the lock, where
+    the answer counts (another process may have claimed it in between).
     """
     out = Path(out)
-    check_run_directory(out, config, kind=kind, extends=extends)
+    record = {"kind": kind, "config": dict(config)}
+    _directory_state(out, record, extends)
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(out)
@@ -246,9 +258,7 @@ def claim_run_directory(out: str | os.PathLike, config: Mapping[str, Any], *, ki
         raise TicketlabError(f"Cannot create the run directory {str(out)!r} ({err.strerror or err}).") from None
     try:
         remove_leftovers(out, skip=_nested_run)
-        record = {"kind": kind, "config": dict(config)}
-        if not check_run_directory(out, config, kind=kind, extends=extends) or \
-                _check_existing(out, record, extends):
+        if _directory_state(out, record, extends) != SAME:
             write_json(out / "config.json", record)
     except BaseException:
         lock.release()

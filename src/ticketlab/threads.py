@@ -104,10 +104,16 @@ def resolve_threads(value: str | int, step_macs: float, workers: int = 1) -> int
     validate.integer(workers, "The number of workers --workers", low=1, high=4096)
     word = str(value).strip().lower()
     if word == "auto":
-        return default_threads(step_macs, max(1, available_cores() // workers))
+        return default_threads(step_macs, worker_threads(workers))
     if isinstance(value, bool) or not (isinstance(value, int) or word.isdigit()):
         raise TicketlabError(f"Cannot read --threads {value!r}: write auto or a number of threads such as 1.")
     return check_threads(int(word))
+
+
+def use_threads(value: str | int, step_macs: float, workers: int = 1) -> int:
+    """Resolve ``--threads value`` for a step of ``step_macs`` (`resolve_threads`) and set it
+    (`set_threads`); the count now in use. The one call every command and runner makes."""
+    return set_threads(resolve_threads(value, step_macs, workers=workers))
 
 
 def step_macs(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> int:
@@ -131,4 +137,4 @@ def worker_threads(workers: int) -> int:
 
 
 __all__ = ["MAX_THREADS_PER_CORE", "STEP_MACS_PER_THREAD", "available_cores", "check_threads", "default_threads",
-           "resolve_threads", "set_threads", "step_macs", "token_step_macs", "worker_threads"]
+           "resolve_threads", "set_threads", "step_macs", "token_step_macs", "use_threads", "worker_threads"]

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from .errors import TicketlabError
+from .errors import TicketlabError, first_line   # first_line re-exported for older importers
 
 _TRUSTED: set[str] = set()
 
@@ -101,12 +101,6 @@ def call_user_function(function: Callable[..., Any], spec: str, *args: Any) -> A
     except Exception as err:  # noqa: BLE001 - user code
         shown = ", ".join(repr(a) for a in args)
         raise TicketlabError(f"{spec}({shown}) raised {type(err).__name__}: {first_line(err)}.") from None
-
-
-def first_line(err: BaseException) -> str:
-    """The first non-empty line of an error's message (at most 200 characters), for one sentence."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0][:200].rstrip(".") if lines else "no details"
 
 
 __all__ = ["call_user_function", "first_line", "import_user_function", "is_user_code", "trust_user_code", "trusted_user_code"]

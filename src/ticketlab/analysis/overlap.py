@@ -31,6 +31,7 @@ import torch
 
 from ..errors import TicketlabError
 from ..masks import Mask
+from ..tables import format_columns
 
 #: Metrics a matrix of overlaps can show (attributes of `Overlap`).
 METRICS: tuple[str, ...] = ("jaccard", "hamming_fraction", "chance_jaccard")
@@ -180,11 +181,8 @@ def format_overlap(overlap: MaskOverlap, names: tuple[str, str] = ("A", "B")) ->
     header = ["layer", "positions", f"{names[0]} % kept", f"{names[1]} % kept", "kept by both", "Jaccard",
               "chance", "Hamming", "Hamming %"]
     rows = [header] + [_overlap_row(n, o) for n, o in [*overlap.layers.items(), ("overall", overlap.overall)]]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.insert(len(lines) - 1, lines[1])
+    lines = format_columns(rows, right_from=1)
+    lines.insert(len(lines) - 1, lines[1])   # the rule again above the pooled row
     return "\n".join(lines)
 
 

@@ -45,6 +45,7 @@ from ..models import create_model
 from ..runs import check_run_directory, claim_run_directory
 from ..seeding import derive_seed
 from ..steps import Step
+from ..threads import step_macs, use_threads
 from ..units import ProgressFactory, load_state
 from .copies import CopyJob, regenerate_rewind_states, train_copies
 from .imp_run import ImpRun
@@ -152,11 +153,18 @@ class StabilityAnalysis:
     points: list[RewindPoint]
     out: Path
     device: torch.device
+    #: torch's CPU threads `prepare` set (None: it was given no ``threads`` and left them as they were).
+    threads: int | None = None
 
     @classmethod
     def prepare(cls, config: StabilityConfig, *, out: str | Path | None = None,
-                data: DataSplits | None = None) -> "StabilityAnalysis":
-        """Open the run, check the seed, round, rewind weights, sweep and output directory (read-only)."""
+                data: DataSplits | None = None, threads: str | int | None = None) -> "StabilityAnalysis":
+        """Open the run, check the seed, round, rewind weights, sweep and output directory (read-only).
+
+        ``threads`` (``"auto"`` or a count, as ``--threads``) then sets torch's CPU threads, sized
+        with the network built here for the mask check (`ticketlab.threads`), so the caller need
+        not build it again; the count is kept in ``threads``. Set last: a refused analysis leaves
+        the process as it was."""
         run = ImpRun.open(config.run)
         seed = run.config.seeds[0] if config.seed is None else config.seed
         run.check_seed(seed)
@@ -168,8 +176,11 @@ class StabilityAnalysis:
         device = resolve_device(config.device)
         analysis = cls(config, run, seed, data, mask, theta0, own, points,
                        Path(out) if out is not None else default_out(run.path, seed, config.round_index), device)
-        mask.validate(analysis.build())
+        model = analysis.build()
+        mask.validate(model)
         check_run_directory(analysis.out, analysis.identity, kind=KIND)
+        if threads is not None:
+            analysis.threads = use_threads(threads, step_macs(model, data.input_shape, run.config.train.batch_size))
         return analysis
 
     @property

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..tables import format_columns
 
 
 def format_stability_table(summary: dict[str, Any]) -> str:
@@ -19,9 +20,7 @@ def format_stability_table(summary: dict[str, Any]) -> str:
         a, b = entry["endpoint_errors"]
         rows.append([entry["rewind"], str(entry["iteration"]), f"{a:.2f}", f"{b:.2f}", f"{entry['max_error']:.2f}",
                      f"{entry['barrier']:.2f}", "yes" if entry["stable"] else "no"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = format_columns(rows)
     title = (f"{summary['model']} on {summary['data']}, seed {summary['seed']}, round {summary['round']} "
              f"({100 * summary['density']:.2f}% of weights left): test error (%) along the linear path between two "
              f"copies, {summary['points']} points; stable = barrier < {summary['stable_barrier']:g}")
@@ -32,7 +31,7 @@ def stability_figure(summary: dict[str, Any]) -> Any:
     """Two panels: test error along the path (one line per rewind point, each its own colour, marker
     and dash) and the barrier against the rewind iteration k (symmetric-log x axis, since k = 0 is
     usually in the sweep, ticked at the iterations measured)."""
-    from ..plotting import legend_outside, pyplot, style
+    from ..plotting import DENSE_STYLE, legend_outside, pyplot, style
 
     entries = summary["rewind_points"]
     fig, (left, right) = pyplot().subplots(1, 2, figsize=(12, 4.4))
@@ -43,8 +42,7 @@ def stability_figure(summary: dict[str, Any]) -> Any:
     legend_outside(left)
     ks = [e["iteration"] for e in entries]
     right.plot(ks, [e["barrier"] for e in entries], label="error barrier", **style(0))
-    right.axhline(summary["stable_barrier"], color="0.35", linestyle=(0, (4, 2)), linewidth=1.2,
-                  label=f"stability threshold ({summary['stable_barrier']:g})")
+    right.axhline(summary["stable_barrier"], **DENSE_STYLE, label=f"stability threshold ({summary['stable_barrier']:g})")
     right.set_xscale("symlog", linthresh=max(1, min([k for k in ks if k > 0], default=1)))
     right.set_xticks(ks, [str(k) for k in ks], rotation=45, fontsize=8)
     right.minorticks_off()

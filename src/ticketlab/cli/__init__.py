@@ -12,8 +12,7 @@ import sys
 
 import click
 
-from ..errors import TicketlabError
-from ..user_code import first_line
+from ..errors import TicketlabError, first_line
 from . import deploy, llm, lottery, masks, recipes, report, sparse, stability
 
 EXIT_USAGE = 2
@@ -21,13 +20,15 @@ EXIT_USAGE = 2
 
 EXIT_UNEXPECTED = 1
 #: Flags renamed for one vocabulary (--density wherever what is kept is given; --sparsity only
-#: for the LLM commands): the old spelling gets a one-sentence hint instead of "no such option".
-OLD_SPELLINGS: dict[str, str] = {
-    "--densities": "--densities is now --density (a comma list of the fractions of weights kept).",
-    "--imp-rate": "--imp-rate is now --rate (IMP's pruning rate per round, as in `ticketlab imp`).",
-    "--target-density": "--target-density is now --density (the fraction of weights kept after the last round).",
-    "--part": "--part is now --eval-part (as in `ticketlab llm prune`).",
-    "--text": "--text is now --eval-text here (as in `ticketlab llm prune`).",
+#: for the LLM commands): old spelling -> (new spelling, one-sentence hint). The hint replaces
+#: click's "no such option" only where the failing command has the new spelling (`_renamed_hint`).
+OLD_SPELLINGS: dict[str, tuple[str, str]] = {
+    "--densities": ("--density", "--densities is now --density (a comma list of the fractions of weights kept)."),
+    "--imp-rate": ("--rate", "--imp-rate is now --rate (IMP's pruning rate per round, as in `ticketlab imp`)."),
+    "--target-density": ("--density", "--target-density is now --density (the fraction of weights kept after "
+                                      "the last round)."),
+    "--part": ("--eval-part", "--part is now --eval-part (as in `ticketlab llm prune`)."),
+    "--text": ("--eval-text", "--text is now --eval-text here (as in `ticketlab llm prune`)."),
 }
 _debug = {"on": False}
 
@@ -55,6 +56,16 @@ cli.add_command(masks.masks)
 cli.add_command(stability.stability)
 
 
+def _renamed_hint(err: click.ClickException) -> str | None:
+    """The `OLD_SPELLINGS` hint for an unknown option, only if the failing command takes the new
+    spelling: ``imp --text`` must not be told about an --eval-text that imp does not have."""
+    if not isinstance(err, click.NoSuchOption) or err.option_name not in OLD_SPELLINGS or err.ctx is None:
+        return None
+    new, hint = OLD_SPELLINGS[err.option_name]
+    taken = {opt for param in err.ctx.command.params for opt in param.opts}
+    return hint if new in taken else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one sentence and exit code 2.
 
@@ -67,14 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except TicketlabError as err:
         click.echo(f"ticketlab: error: {err}", err=True)
         return EXIT_USAGE
-    except click.NoSuchOption as err:
-        hint = OLD_SPELLINGS.get(err.option_name)
-        message = " ".join(line.strip() for line in err.format_message().splitlines() if line.strip())
-        click.echo(f"ticketlab: error: {hint if hint else message}", err=True)
-        return EXIT_USAGE
     except click.ClickException as err:
         message = " ".join(line.strip() for line in err.format_message().splitlines() if line.strip())
-        click.echo(f"ticketlab: error: {message}", err=True)
+        click.echo(f"ticketlab: error: {_renamed_hint(err) or message}", err=True)
         return EXIT_USAGE
     except OSError as err:  # a file the library did not anticipate: still one sentence, no traceback
         if _debug["on"]:

@@ -18,7 +18,6 @@ from typing import Any
 import click
 
 from ..errors import TicketlabError
-from ..flags import split_list
 from ..progress import Finished
 
 def default_out(kind: str, config_json: dict[str, Any], *parts: str) -> Path:
@@ -141,15 +140,6 @@ def trust_typed_code(model: str | None, data: str | None = None) -> None:
     trust_user_code(model, data)
 
 
-def apply_threads(value: str | int, step_macs: float) -> int:
-    """Set torch's threads for ``--threads value`` and a step of ``step_macs``; the count set."""
-    from ..threads import resolve_threads, set_threads
-
-    count = resolve_threads(value, step_macs)
-    set_threads(count)
-    return count
-
-
 def run_options(func: Callable) -> Callable:
     """How to run (not part of the config): device, stacking, workers, threads, logs, quiet."""
     options = [
@@ -206,7 +196,7 @@ def recipe_values(name: str | None, command: str, cls: type) -> dict[str, Any]:
     from ..recipes import recipe_defaults
     from .options import flagged_fields
 
-    fields = {flag.flag_name(f.name).lstrip("-"): f.name for f, flag in flagged_fields(cls)}
+    fields = {flag.option_name(f.name).lstrip("-"): f.name for f, flag in flagged_fields(cls)}
     values = {}
     for option, value in recipe_defaults(name, command).items():
         key = option.lstrip("-")
@@ -216,5 +206,5 @@ def recipe_values(name: str | None, command: str, cls: type) -> dict[str, Any]:
     return values
 
 
-__all__ = ["TerminalProgress", "apply_threads", "threads_option", "TensorBoardLog", "default_out", "finished_line", "progress_from", "quiet_here",
-           "recipe_options", "recipe_values", "run_options", "split_list", "worker_setting_from"]
+__all__ = ["TerminalProgress", "threads_option", "TensorBoardLog", "default_out", "finished_line", "progress_from", "quiet_here",
+           "recipe_options", "recipe_values", "run_options", "worker_setting_from"]

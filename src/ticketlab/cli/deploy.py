@@ -8,7 +8,8 @@ import click
 
 from .. import validate
 from ..errors import TicketlabError
-from .common import split_list, trust_typed_code, user_code_options
+from ..flags import split_list
+from .common import trust_typed_code, user_code_options
 
 
 def _format_bytes(n: float) -> str:

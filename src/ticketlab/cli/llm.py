@@ -39,20 +39,16 @@ def _format_bytes(n: int | None) -> str:
 
 def format_layer_table(layers: list[dict[str, Any]]) -> str:
     """Per-layer table: name, shape, sparsity, relative reconstruction error, seconds."""
-    rows = [("layer", "shape", "sparsity", "rel. recon. error", "seconds")]
+    from ..tables import format_columns
+
+    rows = [["layer", "shape", "sparsity", "rel. recon. error", "seconds"]]
     for layer in layers:
         error = layer.get("reconstruction_error")
         shape = layer.get("shape")
-        rows.append((str(layer.get("name")), "x".join(map(str, shape)) if shape else "",
+        rows.append([str(layer.get("name")), "x".join(map(str, shape)) if shape else "",
                      f"{100 * float(layer.get('sparsity', 0.0)):.2f}%",
-                     "n/a" if error is None else f"{float(error):.4g}", f"{float(layer.get('seconds', 0.0)):.2f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for k, row in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+                     "n/a" if error is None else f"{float(error):.4g}", f"{float(layer.get('seconds', 0.0)):.2f}"])
+    return "\n".join(format_columns(rows, right_from=2))
 
 
 @click.group("llm")
@@ -158,15 +154,13 @@ def train_tiny(**opts: Any) -> None:
     from ..llm.tiny import train_tiny_lm
     from ..llm.io import check_out_dir
     from ..llm.text import read_text
-    from ..threads import resolve_threads
 
     config = config_from(TinyLMConfig, opts)
-    resolve_threads(opts["threads"], 0.0)   # a bad --threads fails before anything starts
     check_out_dir(opts["out"])
     text = read_text(opts["text"])
-    _echo_err(opts["quiet"], f"ticketlab llm train-tiny: {config.arch}, {config.layers} layers x {config.hidden}, "
-                             f"context {config.context}, {config.steps} steps, seed {config.seed}, on {text.describe()}")
-    result = train_tiny_lm(text, opts["out"], config, threads=opts["threads"], progress=None if opts["quiet"] else TerminalProgress())
+    result = train_tiny_lm(text, opts["out"], config, threads=opts["threads"],
+                           progress=None if opts["quiet"] else TerminalProgress(),
+                           log=lambda line: _echo_err(opts["quiet"], line))
     click.echo(f"trained {result.parameters:,} parameters on {result.train_tokens:,} tokens in {result.seconds:.0f} s "
                f"(final train loss {result.final_train_loss:.3f})")
     click.echo(f"validation (held-out last 10%, {result.validation.windows} windows of {result.validation.seqlen} "

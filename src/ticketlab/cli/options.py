@@ -42,7 +42,7 @@ def _field_default(f: dataclasses.Field) -> Any:
 def _option(f: dataclasses.Field, flag: Flag) -> Callable:
     default = _field_default(f)
     kwargs: dict[str, Any] = {"help": flag.help}
-    if flag.is_flag or "/" in flag.flag_name(f.name):   # --x (off by default) or --x/--no-x
+    if flag.is_flag or flag.is_switch(f.name):   # --x (off by default) or --x/--no-x
         kwargs.update(default=bool(default if flag.shown is None else flag.shown),
                       **({"is_flag": True} if flag.is_flag else {"show_default": True}))
     elif flag.multiple:

@@ -48,14 +48,9 @@ def report(run_dirs: tuple[Path, ...], png: Path | None, at_kept: str | None) ->
 
 
 def _counts(text: str) -> list[float]:
-    """``--at-kept 20000,5000`` -> [20000.0, 5000.0]; anything else is one sentence."""
-    from ..errors import TicketlabError
-    from ..flags import split_list
+    """``--at-kept 20000,5000`` -> [20000.0, 5000.0]; anything else (no number, text, a count below
+    1, nan, inf) is one sentence naming the flag."""
+    from ..flags import floats_parser
+    from ..validate import real
 
-    try:
-        counts = [float(part.replace("_", "")) for part in split_list(text)]
-    except ValueError:
-        counts = []
-    if not counts or not all(c >= 1 and c == c and c != float("inf") for c in counts):
-        raise TicketlabError(f"Cannot read --at-kept {text!r}: give numbers of kept weights like 20000,5000.")
-    return counts
+    return [real(c, "A count in --at-kept", low=1) for c in floats_parser("--at-kept")(text)]

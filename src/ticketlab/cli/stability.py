@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from ..errors import TicketlabError
-from .common import TerminalProgress, apply_threads, split_list, threads_option, trust_typed_code, user_code_options
+from ..flags import split_list
+from .common import TerminalProgress, threads_option, trust_typed_code, user_code_options
 
 
 def _sweep(text: str | None) -> tuple[str, ...] | None:
@@ -53,14 +54,10 @@ def stability(run_dir: Path, round_index: int, seed: int | None, points: int, re
     trust_typed_code(user_model, user_data)
     config = StabilityConfig(run=str(run_dir), round_index=round_index, seed=seed, points=points,
                              rewind_sweep=_sweep(rewind_sweep), bn_examples=bn_examples, device=device)
-    analysis = StabilityAnalysis.prepare(config, out=out)
-    from ..threads import step_macs
-
-    used = apply_threads(threads, step_macs(analysis.build(), analysis.data.input_shape,
-                                            analysis.run_dir.config.train.batch_size))
+    analysis = StabilityAnalysis.prepare(config, out=out, threads=threads)
     if not quiet:
         click.echo(f"ticketlab stability: {run_dir}, seed {analysis.seed}, round {round_index}, rewind points "
-                   f"{[p.label for p in analysis.points]}, device {analysis.device}, {used} thread(s); "
+                   f"{[p.label for p in analysis.points]}, device {analysis.device}, {analysis.threads} thread(s); "
                    f"writing to {analysis.out}",
                    err=True)
     started = time.perf_counter()

@@ -51,19 +51,6 @@ def bucket_of(rows: int, device_type: str = "cpu") -> int:
     return next((b for b in buckets if rows <= b), buckets[-1])
 
 
-def synchronised(run: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
-    """``run`` followed by a wait for the device, so a timer around it sees the work, not the launch."""
-    if device.type != "cuda":
-        return run
-
-    def waited() -> Any:
-        result = run()
-        torch.cuda.synchronize(device)
-        return result
-
-    return waited
-
-
 # --- the on-disk plan cache --------------------------------------------------------------------------
 def _cache_path() -> Path:
     """``$TICKETLAB_CACHE_DIR/plans.json``, by default under ``$XDG_CACHE_HOME/ticketlab``."""
@@ -112,13 +99,25 @@ def _key(kind: str, signature: Sequence[Any], rows: int, candidates: Sequence[st
 
 
 # --- measuring -------------------------------------------------------------------------------------------
-def _median_times(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median seconds of each runner, run in alternation (``repeats`` rounds after 2 warm-ups)."""
+def _waiter(device: torch.device | None) -> Callable[[], None]:
+    """What to call after a run so the timer sees the work, not just its launch: a CUDA device's
+    synchronize (kernels run asynchronously), nothing for the CPU (its calls return when done)."""
+    if device is None or device.type != "cuda":
+        return lambda: None
+    return lambda: torch.cuda.synchronize(device)
+
+
+def _median_times(runners: dict[str, Callable[[], Any]], repeats: int,
+                  device: torch.device | None = None) -> dict[str, float]:
+    """Median seconds of each runner, run in alternation (``repeats`` rounds after 2 warm-ups),
+    each timed up to the end of its work on ``device`` (see `_waiter`)."""
+    wait = _waiter(device)
     times: dict[str, list[float]] = {name: [] for name in runners}
     for round_index in range(repeats + 2):
         for name, run in runners.items():
             started = time.perf_counter()
             run()
+            wait()
             if round_index >= 2:
                 times[name].append(time.perf_counter() - started)
     return {name: statistics.median(t) for name, t in times.items()}
@@ -133,14 +132,15 @@ def pick(medians: dict[str, float]) -> str:
 
 
 def choose(kind: str, signature: Sequence[Any], rows: int, runners: dict[str, Callable[[], Any]],
-           repeats: int = 7) -> str:
-    """The cached decision for this signature and bucket, or measure ``runners`` and remember it."""
+           repeats: int = 7, device: torch.device | None = None) -> str:
+    """The cached decision for this signature and bucket, or measure ``runners`` (whose work runs on
+    ``device``; None: the CPU) and remember it."""
     key = _key(kind, signature, rows, sorted(runners))
     if key in _memory_cache:
         return _memory_cache[key]
     cached = _read_disk_cache().get(key)
     if cached is None or cached not in runners:
-        cached = pick(_median_times(runners, repeats))
+        cached = pick(_median_times(runners, repeats, device))
         _write_disk_cache(key, cached)
     _memory_cache[key] = cached
     return cached
@@ -191,9 +191,9 @@ class SparseLinear(nn.Module):
             usable = [n for n in self.candidates if BACKENDS[n].batch_sizes()[0] <= bucket <= BACKENDS[n].batch_sizes()[1]]
             x = torch.randn(bucket, self.in_features, generator=torch.Generator().manual_seed(bucket))
             x = x.to(device=device, dtype=self.weight.dtype)
-            runners = {n: synchronised(lambda run=self._runner(n): run(x), device) for n in usable}
+            runners = {n: (lambda run=self._runner(n): run(x)) for n in usable}
             with torch.no_grad():
-                self.plan[bucket] = choose("linear", self.signature(), bucket, runners, repeats)
+                self.plan[bucket] = choose("linear", self.signature(), bucket, runners, repeats, device)
             for name in list(self._packed):  # keep only what a plan uses
                 if name not in self.plan.values():
                     del self._packed[name]
@@ -455,5 +455,5 @@ def execution_plan(model: nn.Module) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["BUCKETS", "CUDA_BUCKETS", "FusedSparseMLP", "MARGIN", "SparseLinear", "bucket_of", "choose", "execution_plan", "synchronised",
+__all__ = ["BUCKETS", "CUDA_BUCKETS", "FusedSparseMLP", "MARGIN", "SparseLinear", "bucket_of", "choose", "execution_plan",
            "kernel_status", "pick", "sparsify"]

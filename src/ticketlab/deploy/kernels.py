@@ -23,6 +23,7 @@ medians of alternated repeats; benchmarks/sparse_linear.py reproduces them):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -30,7 +31,7 @@ import time
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -218,6 +219,30 @@ class CpuBitmask(_CppBackend):
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
+class CsltAlgorithm(NamedTuple):
+    """What cuSPARSELt's search picks for one shape; the defaults are ``torch._cslt_sparse_mm``'s own.
+
+    The split-K values belong with the id: the search picks them together, so running the id with
+    the default split is not the configuration the search timed.
+    """
+
+    alg_id: int = 0
+    split_k: int = 1
+    split_k_mode: int = -1
+
+    def keywords(self) -> dict[str, int]:
+        """These as ``torch._cslt_sparse_mm`` keywords, only those this torch's schema names (older
+        torch calls the third ``split_k_one_kernel``, a bool, so it keeps its default there)."""
+        names = _cslt_sparse_mm_keywords()
+        return {name: value for name, value in self._asdict().items() if name in names}
+
+
+@functools.cache
+def _cslt_sparse_mm_keywords() -> frozenset[str]:
+    """The argument names of this torch's ``aten::_cslt_sparse_mm`` (read once)."""
+    return frozenset(argument.name for argument in torch.ops.aten._cslt_sparse_mm.default._schema.arguments)
+
+
 class Packed24:
     """A bfloat16 2:4 weight compressed for cuSPARSELt, with the matmul algorithm chosen per row bucket.
 
@@ -232,33 +257,35 @@ class Packed24:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         self.bias = bias
         self.matrix = torch._cslt_compress(weight.contiguous())
-        self.algorithms: dict[int, int] = {}
+        self.algorithms: dict[int, CsltAlgorithm] = {}
 
-    def algorithm_for(self, xt: torch.Tensor) -> int:
-        """The search's algorithm for ``xt``'s (in, rows) bucket (0 if the search is refused)."""
+    def algorithm_for(self, xt: torch.Tensor) -> CsltAlgorithm:
+        """The search's choice for ``xt``'s (in, rows) bucket (torch's defaults if the search is refused)."""
         bucket = 1 << (xt.shape[1] - 1).bit_length()
         if bucket not in self.algorithms:
             try:
                 self.algorithms[bucket] = cusparselt_algorithm(self.matrix, xt)
             except (RuntimeError, TypeError):
-                self.algorithms[bucket] = 0
+                self.algorithms[bucket] = CsltAlgorithm()
         return self.algorithms[bucket]
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (rows, in), rows divisible by 8 -> (rows, out), contiguous."""
         xt = x.t()
-        y = torch._cslt_sparse_mm(self.matrix, xt, transpose_result=True, alg_id=self.algorithm_for(xt))
+        y = torch._cslt_sparse_mm(self.matrix, xt, transpose_result=True, **self.algorithm_for(xt).keywords())
         return y if self.bias is None else y + self.bias
 
 
-def cusparselt_algorithm(matrix: torch.Tensor, xt: torch.Tensor) -> int:
-    """cuSPARSELt's fastest algorithm id for ``matrix @ xt`` (transposed result), through
+def cusparselt_algorithm(matrix: torch.Tensor, xt: torch.Tensor) -> CsltAlgorithm:
+    """cuSPARSELt's fastest configuration for ``matrix @ xt`` (transposed result), through
     ``torch._C._cusparselt.mm_search`` where this torch has it (``_cslt_sparse_mm_search`` is
-    deprecated since torch 2.11) and the older entry point elsewhere."""
+    deprecated since torch 2.11; it returns only the id, so no split there) and the older entry
+    point elsewhere."""
     search = getattr(getattr(torch._C, "_cusparselt", None), "mm_search", None)
     if search is not None:
-        return int(search(matrix, xt, None, None, None, True)[0])
-    return int(torch._cslt_sparse_mm_search(matrix, xt, transpose_result=True))
+        found = search(matrix, xt, None, None, None, True)  # (alg_id, split_k, split_k_mode, max_alg_id)
+        return CsltAlgorithm(*(int(value) for value in found[:3]))
+    return CsltAlgorithm(int(torch._cslt_sparse_mm_search(matrix, xt, transpose_result=True)))
 
 
 class Cuda24(Backend):

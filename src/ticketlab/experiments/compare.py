@@ -129,24 +129,19 @@ class CompareExperiment(Experiment):
     config: CompareConfig
 
     growing_lists = ("seeds", "densities", "methods")
-
-    @classmethod
-    def extends(cls, old: dict[str, Any], new: dict[str, Any]) -> bool:
-        """More seeds, densities or methods (the DST settings appear once a DST method is added)."""
-        dst_keys = ("update_every", "alpha", "end_fraction")
-        if not any(k in old for k in dst_keys):
-            new = {k: v for k, v in new.items() if k not in dst_keys}
-        return super().extends(old, new)
+    #: The DST settings are stored once a DST method runs: added with RigL or SET, they appear.
+    appearing_keys = ("update_every", "alpha", "end_fraction")
 
     @classmethod
     def kind_of(cls, config: CompareConfig) -> str:
         return "compare"
 
     @classmethod
-    def check(cls, config: CompareConfig, data: DataSplits) -> None:
-        """Every method's own checks (e.g. enough RigL / SET mask updates) before anything runs."""
+    def check(cls, config: CompareConfig, data: DataSplits, model: torch.nn.Module) -> None:
+        """Every method's own checks (e.g. enough RigL / SET mask updates) before anything runs; the
+        methods share the model, so each checks the same `probe`."""
         for method, sub in config.sub_configs().items():
-            (IMPExperiment if method == "imp" else SparseExperiment).check(sub, data)
+            (IMPExperiment if method == "imp" else SparseExperiment).check(sub, data, model)
 
     def imp_config(self) -> IMPConfig:
         base = self.config.sub_configs()["imp"]

@@ -36,7 +36,6 @@ from ..masks import Mask
 from ..methods.dynamic import DST_METHODS, DSTConfig, check_update_count
 from ..methods.updaters import make_updater
 from ..methods.pai import PAI_METHODS
-from ..models import create_model
 from ..files import read_json, write_json
 from ..flags import config_json, floats_parser, parse_names, setting
 from ..run_config import RunConfig
@@ -213,15 +212,18 @@ class SparseExperiment(Experiment):
     config: SparseRunConfig
 
     growing_lists = ("seeds", "densities")
+    #: ``dense`` is stored only when set: a finished run may add its dense baseline.
+    appearing_keys = ("dense",)
 
     @classmethod
     def kind_of(cls, config: SparseRunConfig) -> str:
         return config.kind
 
     @classmethod
-    def check(cls, config: SparseRunConfig, data: DataSplits) -> None:
-        prunable_parameters(create_model(config.model, data.input_shape, data.num_classes, seed=0, width=config.width),
-                            ignore=config.ignore)
+    def check(cls, config: SparseRunConfig, data: DataSplits, model: torch.nn.Module) -> None:
+        """The ignore patterns must leave ``model`` (the `probe`) something to prune, and DST must
+        make enough mask updates."""
+        prunable_parameters(model, ignore=config.ignore)
         if config.kind == "sparse-train":
             ipe = iterations_per_epoch(data, config.train.batch_size)
             check_update_count(config.dst_config(), config.train.steps.iterations(ipe), ipe)
@@ -255,19 +257,9 @@ class SparseExperiment(Experiment):
 
     def _dense_job(self, seed: int) -> UnitJob:
         """The dense network of ``seed`` trained from θ0 (``seed-<s>/dense``): the baseline."""
-        params = dict(self.new_model(seed).named_parameters())
-        mask = Mask.ones_like({n: params[n] for n in prunable_parameters(self.new_model(seed), ignore=self.config.ignore)})
-        return UnitJob(unit_dir=self.out / f"seed-{seed}" / "dense", model=lambda: self.new_model(seed),
-                       start_state=self.theta0_builder(seed), mask=mask, data_seed=seed,
-                       metrics_key={"seed": seed, "density": 1.0, "run": "dense"}, label=f"seed {seed} dense",
-                       extra={"method": "dense"})
-
-    @classmethod
-    def extends(cls, old: dict[str, Any], new: dict[str, Any]) -> bool:
-        """More seeds or densities, or the dense baseline added."""
-        if new.get("dense") and not old.get("dense"):
-            new = {k: v for k, v in new.items() if k != "dense"}
-        return super().extends(old, new)
+        mask = Mask.ones_like(prunable_parameters(self.new_model(seed), ignore=self.config.ignore))
+        return self._job(self.out / f"seed-{seed}" / "dense", seed, 1.0, "dense", self.theta0_builder(seed), mask,
+                         None, {"method": "dense"}, label=f"seed {seed} dense")
 
     def write_summary(self) -> dict[str, Any]:
         summary = summarize_sparse(self.out, self.config)
@@ -342,11 +334,13 @@ class SparseExperiment(Experiment):
         return lambda: self.new_model(seed).state_dict()
 
     def _job(self, directory: Path, seed: int, density: float, run: str, start: Any, mask: Mask, updater: Any,
-             extra: dict[str, Any]) -> UnitJob:
+             extra: dict[str, Any], label: str | None = None) -> UnitJob:
+        """One unit of ``seed`` (a copy of ``mask``, logged as ``run`` at ``density``); ``label``
+        defaults to the seed, the method and ``run``."""
         return UnitJob(unit_dir=directory, model=lambda: self.new_model(seed), start_state=start,
                        mask=Mask({n: t.clone() for n, t in mask.items()}), data_seed=seed,
                        metrics_key={"seed": seed, "density": density, "run": run},
-                       label=f"seed {seed} {self.config.method} {run}", mask_updater=updater, extra=extra)
+                       label=label or f"seed {seed} {self.config.method} {run}", mask_updater=updater, extra=extra)
 
 
 def _mask_dir(out: Path, seed: int, density: float, invert: bool) -> Path:

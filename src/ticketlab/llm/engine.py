@@ -29,13 +29,12 @@ import torch
 from torch import nn
 
 from ..errors import TicketlabError
-from ..progress import Progress
+from ..progress import Progress, Silent
 from ..masks import Mask
 from ..memory import peak_memory
 from ..methods.oneshot import LayerStatistics, one_shot_method
 from .adapters import TargetLayer, context_length, find_blocks, find_targets
-from .capture import (Calibration, inference_mode, calibration_batch_size, capture_block_inputs, move_back, move_outside,
-                      visiting)
+from .capture import Calibration, inference_mode, calibration_batch_size, capture_block_inputs, visiting
 from .config import OneShotConfig
 from .ranks import RankGroup
 from .report import PruningReport
@@ -99,14 +98,6 @@ def _check_calibration(model: nn.Module, calibration: Any, attention_mask: Any) 
     if attention_mask is not None:
         if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != calibration.shape:
             raise TicketlabError("The attention mask must be a tensor with the calibration data's shape (nsamples, seqlen).")
-
-
-class _Silent:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @torch.no_grad()
@@ -232,11 +223,8 @@ def _prune_blocks(model: nn.Module, blocks: Any, by_block: Mapping[int, list[Tar
                   context: _BlockContext) -> None:
     """Capture the first block's inputs, then process every block in turn (`_BlockContext`),
     appending to ``report``."""
-    moved = move_outside(model, blocks, context.device)
-    try:
+    with visiting(model, context.device, exclude=blocks):
         hidden, inputs = capture_block_inputs(model, blocks[0], local, local_mask, context.device, batch)
-    finally:
-        move_back(moved)
     token_masks = local_mask.to(device=context.device).bool() if local_mask is not None else None
     context.calibration = Calibration(hidden, inputs, token_masks)
     for index in range(context.last + 1):
@@ -288,7 +276,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
     batch = batch_size or calibration_batch_size(model, local.shape[0], seqlen, device)
     method = one_shot_method(config.method)
     last = max(by_block)
-    handle = progress(f"{config.describe()}: pruning {last + 1} blocks", last + 1) if progress else _Silent()
+    handle = progress(f"{config.describe()}: pruning {last + 1} blocks", last + 1) if progress else Silent()
     layers_report: list[dict[str, Any]] = []
     masks: dict[str, torch.Tensor] = {}
     # in memory, each mask goes to the CPU at once: the device holds one block, not every mask

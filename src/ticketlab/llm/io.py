@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..errors import TicketlabError
+from ..errors import TicketlabError, first_line
 from ..files import remove_stale_siblings
 
 ModelKind = Literal["causal", "encoder"]
@@ -169,7 +169,7 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
         with quiet_transformers():
             return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as err:  # transformers raises many types for a broken tokenizer
-        raise TicketlabError(f"Cannot load the tokenizer in {str(path)!r} ({type(err).__name__}: {_first_line(err)}).") from None
+        raise TicketlabError(f"Cannot load the tokenizer in {str(path)!r} ({type(err).__name__}: {first_line(err)}).") from None
 
 
 def load_pretrained(path: str | os.PathLike | None = None, *, kind: ModelKind | None = None,
@@ -185,7 +185,7 @@ def load_pretrained(path: str | os.PathLike | None = None, *, kind: ModelKind | 
         with quiet_transformers():
             config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as err:
-        raise TicketlabError(f"Cannot read the config in {str(path)!r} ({type(err).__name__}: {_first_line(err)}).") from None
+        raise TicketlabError(f"Cannot read the config in {str(path)!r} ({type(err).__name__}: {first_line(err)}).") from None
     kind = kind or kind_from_config(config)
     tokenizer = load_tokenizer(path)
     auto = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModel
@@ -194,7 +194,7 @@ def load_pretrained(path: str | os.PathLike | None = None, *, kind: ModelKind | 
             model = auto.from_pretrained(str(path), local_files_only=True, trust_remote_code=False,
                                          use_safetensors=True, **{_dtype_keyword(): dtype})
     except Exception as err:
-        raise TicketlabError(f"Cannot load the model in {str(path)!r} ({type(err).__name__}: {_first_line(err)}).") from None
+        raise TicketlabError(f"Cannot load the model in {str(path)!r} ({type(err).__name__}: {first_line(err)}).") from None
     model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, path=path)
@@ -247,7 +247,7 @@ def save_pretrained(model: nn.Module, tokenizer: Any, directory: str | os.PathLi
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(directory))
     except Exception as err:  # a failed write (disk full, quota) surfaces as several types
-        raise TicketlabError(f"Cannot write the model files ({type(err).__name__}: {_first_line(err)}); "
+        raise TicketlabError(f"Cannot write the model files ({type(err).__name__}: {first_line(err)}); "
                              "nothing was left behind.") from None
     return directory
 
@@ -286,8 +286,3 @@ def _dtype_keyword() -> str:
 
     major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else "no details"

@@ -17,7 +17,7 @@ from ..devices import resolve_device
 from ..errors import TicketlabError
 from ..flags import setting
 from ..progress import Progress
-from .run import MAX_NSAMPLES
+from .run import EVAL_PART_FLAG, EVAL_TEXT_FLAG, MAX_NSAMPLES, check_evaluation_settings
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,10 @@ class ModelEvalConfig:
 
     model: str | None = setting(None, metavar="DIR",
                                 help="Hugging Face model directory (default: the embedded all-MiniLM-L6-v2).")
-    text: str | None = setting(None, name="--eval-text", dest="eval_text", metavar="PATH",
+    text: str | None = setting(None, **EVAL_TEXT_FLAG,
                                help="Evaluation text: a file or a directory of .txt files (default: the packaged "
                                     "English text).")
-    part: str = setting("heldout", name="--eval-part", dest="eval_part", choices=lambda: ("heldout", "all"),
+    part: str = setting("heldout", **EVAL_PART_FLAG,
                         help="Evaluate on the last 10% of the text (never used by train-tiny or prune's "
                              "calibration) or all of it.")
     seqlen: int | None = setting(None, type=int, help="Window length for perplexity [default: min(2048, model context)].")
@@ -46,9 +46,8 @@ class ModelEvalConfig:
     device: str = setting("cpu", help="cpu, cuda or cuda:N.")
 
     def __post_init__(self) -> None:
-        if self.part not in ("heldout", "all"):
-            raise TicketlabError(f"The evaluation part must be heldout or all, not {self.part!r}.")
-        for name in ("max_windows", "max_sentences", "batch_size"):
+        check_evaluation_settings(self.part, self.max_windows)
+        for name in ("max_sentences", "batch_size"):
             if getattr(self, name) is not None:
                 validate.integer(getattr(self, name), f"--{name.replace('_', '-')}", low=1, high=MAX_NSAMPLES)
         if self.seqlen is not None:
@@ -71,7 +70,7 @@ def evaluate_model(config: ModelEvalConfig, progress: Progress | None = None,
                    threads: str | int = "auto") -> ModelEvaluation:
     """Load ``config.model`` and measure it (see `ModelEvalConfig`); torch threads from ``threads``
     (``auto``: from the model's size, `ticketlab.threads`)."""
-    from ..threads import resolve_threads, set_threads, token_step_macs
+    from ..threads import resolve_threads, token_step_macs, use_threads
     from . import context_length
     from .io import default_model_path, load_pretrained
     from .text import packaged_text, read_text
@@ -80,13 +79,25 @@ def evaluate_model(config: ModelEvalConfig, progress: Progress | None = None,
     text = read_text(config.text) if config.text else packaged_text()
     model_dir = Path(config.model) if config.model else default_model_path()
     loaded = load_pretrained(model_dir, device=config.device)
-    set_threads(resolve_threads(threads, token_step_macs(loaded.model, config.batch_size * (config.seqlen or 128))))
+    use_threads(threads, token_step_macs(loaded.model, _tokens_per_forward(config, loaded)))
     if loaded.kind == "causal":
         record = _perplexity_record(config, loaded, text, progress)
     else:
         record = _fidelity_record(config, loaded, text, model_dir)
     return ModelEvaluation(record={"model": str(model_dir), **record}, text=text.describe(),
                            context_length=context_length(loaded.model))
+
+
+def _tokens_per_forward(config: ModelEvalConfig, loaded: Any) -> int:
+    """The tokens of one forward pass, the size ``--threads auto`` goes by: for a causal LM
+    ``batch_size`` windows of the length perplexity will use (`resolve_seqlen`: min(2048, context)
+    when --seqlen is not given); for an encoder, whose sentences are short and padded per batch,
+    ``batch_size`` x 128 (its --seqlen is refused later, in `_fidelity_record`)."""
+    from .text import resolve_seqlen
+
+    if loaded.kind == "causal":
+        return config.batch_size * resolve_seqlen(loaded.model, config.seqlen)
+    return config.batch_size * 128
 
 
 def _perplexity_record(config: ModelEvalConfig, loaded: Any, text: Any, progress: Progress | None) -> dict[str, Any]:

@@ -23,8 +23,7 @@ from torch import nn
 from ..errors import TicketlabError
 from .adapters import TargetLayer, find_blocks, find_targets
 from ..methods.wanda import wanda_scores
-from .capture import (Calibration, calibration_batch_size, capture_block_inputs, inference_mode, move_back,
-                      move_outside, visiting)
+from .capture import Calibration, calibration_batch_size, capture_block_inputs, inference_mode, visiting
 from .config import OneShotConfig
 from .stats import StatisticsHooks
 
@@ -84,11 +83,8 @@ def owl_block_sparsity(model: nn.Module, calibration: torch.Tensor, config: OneS
     ratios: dict[int, float] = {}
     sizes: dict[int, int] = {}
     with inference_mode(model):
-        moved = move_outside(model, blocks, device)
-        try:
+        with visiting(model, device, exclude=blocks):
             hidden, inputs = capture_block_inputs(model, blocks[0], calibration, attention_mask, device, batch)
-        finally:
-            move_back(moved)
         state = Calibration(hidden, inputs, attention_mask.to(device).bool() if attention_mask is not None else None)
         for index in range(max(by_block) + 1):
             layers = by_block.get(index, [])

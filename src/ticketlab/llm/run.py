@@ -21,7 +21,7 @@ from ..devices import resolve_device
 from ..errors import TicketlabError
 from ..flags import setting
 from ..progress import Progress
-from ..threads import resolve_threads, set_threads, token_step_macs
+from ..threads import resolve_threads, token_step_macs, use_threads
 from ..memory import current_rss_bytes, peak_rss_bytes, return_freed_memory_promptly
 from .config import OneShotConfig
 from .report import PruningReport
@@ -65,23 +65,38 @@ class CalibrationConfig:
             validate.integer(self.batch_size, "--calib-batch-size", low=1, high=4096)
 
 
+#: The parts of an evaluation text: ``heldout`` (its last 10%, never calibrated or trained on) or ``all``.
+EVAL_PARTS: tuple[str, ...] = ("heldout", "all")
+#: The flag spelling and option key of the evaluation text and its part, shared by `EvaluationConfig`
+#: (``llm prune``) and `ticketlab.llm.model_eval.ModelEvalConfig` (``llm eval``) so both commands take
+#: the same flags; each field keeps its own default and help.
+EVAL_TEXT_FLAG: dict[str, Any] = {"name": "--eval-text", "dest": "eval_text", "metavar": "PATH"}
+EVAL_PART_FLAG: dict[str, Any] = {"name": "--eval-part", "dest": "eval_part", "choices": lambda: EVAL_PARTS}
+
+
+def check_evaluation_settings(part: str, max_windows: int | None) -> None:
+    """The checks every evaluation config shares: ``part`` one of `EVAL_PARTS`, ``max_windows``
+    (None: all windows) from 1 to `MAX_NSAMPLES`; one sentence otherwise."""
+    if part not in EVAL_PARTS:
+        raise TicketlabError(f"The evaluation part must be heldout or all, not {part!r}.")
+    if max_windows is not None:
+        validate.integer(max_windows, "--max-windows", low=1, high=MAX_NSAMPLES)
+
+
 @dataclass(frozen=True)
 class EvaluationConfig:
     """Measure before and after pruning on ``text``'s ``part`` (``heldout``: the last 10%, or ``all``):
     perplexity for a causal LM (at most ``max_windows`` windows), embedding fidelity for an encoder."""
 
-    text: str = setting(name="--eval-text", dest="eval_text", metavar="PATH",
+    text: str = setting(**EVAL_TEXT_FLAG,
                         help="Measure perplexity (causal LM) or embedding fidelity (encoder) before and after "
                              "pruning on this text.")
-    part: str = setting("heldout", name="--eval-part", dest="eval_part", choices=lambda: ("heldout", "all"),
+    part: str = setting("heldout", **EVAL_PART_FLAG,
                         help="Part of --eval-text to evaluate on: the last 10% (heldout) or all of it.")
     max_windows: int | None = setting(None, type=int, help="Evaluate on at most this many windows (causal LMs).")
 
     def __post_init__(self) -> None:
-        if self.part not in ("heldout", "all"):
-            raise TicketlabError(f"The evaluation part must be heldout or all, not {self.part!r}.")
-        if self.max_windows is not None:
-            validate.integer(self.max_windows, "--max-windows", low=1, high=MAX_NSAMPLES)
+        check_evaluation_settings(self.part, self.max_windows)
 
 
 @dataclass(frozen=True)
@@ -145,9 +160,11 @@ def check_dtype(dtype: torch.dtype, device: torch.device) -> None:
                              "choose another --dtype.") from None
 
 
-def _set_threads(threads: str | int | None, step_macs: float) -> None:
+def _use_threads(threads: str | int | None, model: Any, run: OneShotRun, calibration: Any) -> None:
+    """`use_threads` sized by one calibration block call; None leaves torch's threads as they are
+    (a library caller that manages them itself)."""
     if threads is not None:
-        set_threads(resolve_threads(threads, step_macs))
+        use_threads(threads, _calibration_step_macs(model, run, calibration))
 
 
 def _calibration_step_macs(model: Any, run: OneShotRun, calibration: Any) -> float:
@@ -170,6 +187,8 @@ def run_oneshot(run: OneShotRun, *, progress: Progress | None = None,
     from ..train import distributed as dist_helpers
     from .ranks import rank_checksums
 
+    if threads is not None:
+        resolve_threads(threads, 0.0)   # a bad --threads fails before the model loads
     main_process = dist_helpers.is_main_process()
     say = (log or (lambda text: None)) if main_process else (lambda text: None)
     progress = progress if main_process else None
@@ -185,7 +204,7 @@ def run_oneshot(run: OneShotRun, *, progress: Progress | None = None,
     loaded = load_pretrained(model_dir, dtype=dtype)
     check_targets(loaded.model, run.method)
     calibration = _calibration(run, loaded, calib_text)
-    _set_threads(threads, _calibration_step_macs(loaded.model, run, calibration))
+    _use_threads(threads, loaded.model, run, calibration)
     say(f"ticketlab llm prune: {run.method.describe()} of {model_dir} ({loaded.kind}, {_name(dtype)}, {device}); "
         f"calibration {calibration.nsamples} x {calibration.seqlen} tokens from {calib_text.describe()}, "
         f"seed {run.calibration.seed}")
@@ -226,7 +245,7 @@ def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dty
     loaded = LoadedModel(model=model, tokenizer=load_tokenizer(model_dir), kind=kind, path=model_dir)
     check_targets(model, run.method)
     calibration = _calibration(run, loaded, calib_text)
-    _set_threads(threads, _calibration_step_macs(model, run, calibration))   # as the in-memory path would
+    _use_threads(threads, model, run, calibration)   # as the in-memory path would
     blocks_path, blocks = find_blocks(model)
     largest_block = check_room_for_blocks(index, [f"{blocks_path}.{i}." for i in range(len(blocks))], dtype)
     last = max(t.block for t in find_targets(model, blocks_path, blocks, run.method.targets, run.method.exclude))

@@ -45,14 +45,14 @@ def _resolve_rate(rate: Any, target_density: float | None, rounds: int) -> float
 
 
 def parse_layer_rates(items: Any) -> tuple[tuple[str, float], ...] | None:
-    """``("output=0.1", "fc1=0.3")`` -> ``(("output", 0.1), ("fc1", 0.3))``; nothing given -> None."""
+    """``("output=0.1", "fc1=0.3")`` -> ``(("output", 0.1), ("fc1", 0.3))``; nothing given -> None.
+
+    ``items`` are the texts of the repeated flag (or of a recipe's tuple); a run's config.json
+    gives pairs straight to `IMPConfig`, not through here."""
     if not items:
         return None
     out = []
     for item in items:
-        if isinstance(item, (tuple, list)):
-            out.append((str(item[0]), float(item[1])))
-            continue
         pattern, sep, value = str(item).rpartition("=")
         try:
             rate = float(value)

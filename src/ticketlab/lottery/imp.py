@@ -29,7 +29,6 @@ from ..data import DataSplits
 from ..errors import TicketlabError
 from ..masks import Mask
 from ..methods import magnitude_scores
-from ..models import create_model
 from ..units.aggregate import write_summary_files
 from ..units import Experiment, ProgressFactory, UnitJob, WorkerSetting, load_state, save_state
 from ..seeding import derive_seed
@@ -96,10 +95,10 @@ class IMPExperiment(Experiment):
         return "imp"
 
     @classmethod
-    def check(cls, config: IMPConfig, data: DataSplits) -> None:
+    def check(cls, config: IMPConfig, data: DataSplits, model: nn.Module) -> None:
         """Patterns must match, a target density must be reachable, an early-bird threshold must be
-        able to fail at round 1's density, and the rewind point must lie inside the training budget."""
-        model = create_model(config.model, data.input_shape, data.num_classes, seed=0, width=config.width)
+        able to fail at round 1's density, and the rewind point must lie inside the training budget
+        (``model``: the seed-0 `probe`)."""
         names = list(prunable_parameters(model, ignore=config.ignore))
         layer_rates(config, model, names)
         rates = base_rates(config, model, names)

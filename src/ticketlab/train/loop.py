@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import DataSplits
-from ..data.augment import augment_batch
+from ..data.augment import augment_batch, check_augment_fits
 from ..errors import TicketlabError
 from ..masks import BoundMask, Mask, mask_fingerprint
 from ..runs import MetricsLog
@@ -101,6 +101,7 @@ def train(
             run, and the result's last evaluation (``final``, ``final["iteration"]``) is the stop.
             A run resumed from an earlier checkpoint trains to the same weights and calls it again.
     """
+    check_augment_fits(config.augment, data.input_shape, data.name)
     distributed = dist_helpers.init_from_env(torch.device(device))
     device = dist_helpers.rank_device(torch.device(device))
     budget = Budget.resolve(data, config, start_iteration, distributed)

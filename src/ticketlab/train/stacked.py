@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import DataSplits
-from ..data.augment import apply_stacked, draw_stacked
+from ..data.augment import apply_stacked, check_augment_fits, draw_stacked
 from ..errors import TicketlabError
 from ..masks import BoundMask, Mask
 from ..runs import MetricsLog
@@ -125,6 +125,7 @@ def train_stacked(
     """
     if not jobs:
         raise TicketlabError("Stacked training needs at least one network.")
+    check_augment_fits(config.augment, data.input_shape, data.name)
     device = torch.device(device)
     if device.type == "cpu" and not jobs[-1].shadow:
         return train_stacked([*jobs, _shadow_of(jobs[-1])], data, config, start_iteration=start_iteration,
@@ -203,8 +204,8 @@ class _Group:
         self.progress = [Progress(iteration=0) for _ in self.jobs]
         self.iteration = 0
         self.started = time.perf_counter()
-        obstacle = graph_obstacle(device, self.stacked) if graphs else "graphs are off"
-        self.graphed = CudaGraphStep(self._update, self.optimizer, device) if obstacle is None else None
+        recordable = graphs and graph_obstacle(device, self.stacked) is None
+        self.graphed = CudaGraphStep(self._update, self.optimizer, device) if recordable else None
 
     # --- starting and resuming ----------------------------------------------------------------------
     def start(self, start_iteration: int) -> None:

@@ -26,6 +26,7 @@ from ..files import write_json
 from ..progress import metrics_listener
 from ..train.distributed import is_distributed
 from ..runs import MetricsLog, RunLock, check_run_directory
+from ..threads import step_macs, use_threads
 from .group import StackSetting, UnitJob, train_units
 from .workers import Part, WorkerSetting, check_reachable, check_worker_count, run_parts, split_seeds
 from .unit import ProgressFactory, claim_for_process
@@ -63,10 +64,16 @@ class Experiment:
         raise NotImplementedError
 
     @classmethod
-    def check(cls, config: Any, data: DataSplits) -> None:
-        """Raise `TicketlabError` for anything wrong before ``out`` is touched (default: the model
-        must build for this data)."""
-        create_model(config.model, data.input_shape, data.num_classes, seed=0, width=getattr(config, "width", 1.0))
+    def probe(cls, config: Any, data: DataSplits) -> nn.Module:
+        """The seed-0 network of ``config`` for this data, built once by `prepare` for `check` and
+        `set_threads` (building it is the first check: the model must take this data)."""
+        return create_model(config.model, data.input_shape, data.num_classes, seed=0,
+                            width=getattr(config, "width", 1.0))
+
+    @classmethod
+    def check(cls, config: Any, data: DataSplits, model: nn.Module) -> None:
+        """Raise `TicketlabError` for anything wrong before ``out`` is touched; ``model`` is the
+        `probe` (default: nothing beyond building it)."""
 
     @classmethod
     def preflight(cls, config: Any, data: DataSplits, out: Path, resuming: bool, device: torch.device) -> Any:
@@ -77,14 +84,18 @@ class Experiment:
     #: that may increase (`extends`); anything else must match to reuse a run directory.
     growing_lists: tuple[str, ...] = ("seeds",)
     growing_counts: tuple[str, ...] = ()
+    #: Config keys that ``config.json`` leaves out until they matter (a flag left at its default,
+    #: settings of a method not run yet): absent from the old run, they may appear in the new one.
+    appearing_keys: tuple[str, ...] = ()
 
     @classmethod
     def extends(cls, old: dict[str, Any], new: dict[str, Any]) -> bool:
         """May the run of config ``old`` (its ``config.json``) be extended to ``new``? Only the
-        `growing_lists` may gain entries (keeping every old one) and the `growing_counts` grow."""
+        `growing_lists` may gain entries (keeping every old one), the `growing_counts` grow, and
+        the `appearing_keys` that ``old`` lacks appear; no key may disappear or change otherwise."""
         for key in set(old) | set(new):
             before, after = old.get(key), new.get(key)
-            if before == after:
+            if before == after or (key in cls.appearing_keys and key not in old):
                 continue
             if key in cls.growing_lists and isinstance(before, list) and isinstance(after, list):
                 if not set(map(repr, before)) <= set(map(repr, after)):
@@ -113,11 +124,12 @@ class Experiment:
             raise TicketlabError("--workers and --cluster cannot be combined with torchrun; use one or the other.")
         data = data or load_dataset(config.data, root=config.data_dir, val_fraction=config.val_fraction,
                                     split_seed=config.split_seed)
-        cls.check(config, data)
+        probe = cls.probe(config, data)
+        cls.check(config, data, probe)
         check_augment_fits(config.train.augment, data.input_shape, config.data)
         check_worker_count(workers, cls.independent_units(config), cls.unit_name)
         check_reachable(workers)
-        used = cls.set_threads(config, data, threads, workers, torch.device(device))
+        used = cls.set_threads(config, data, threads, workers, probe)
         if threads is not None and not workers.in_process:   # each worker runs with the resolved count
             workers = dataclasses.replace(workers, threads=used)
         kind = cls.kind_of(config)
@@ -128,15 +140,12 @@ class Experiment:
 
     @classmethod
     def set_threads(cls, config: Any, data: DataSplits, threads: str | int | None, workers: WorkerSetting,
-                    device: torch.device) -> int:
-        """Apply ``threads`` (see `prepare`); the thread count in use afterwards."""
+                    model: nn.Module) -> int:
+        """Apply ``threads`` (see `prepare`) for a training step of ``model`` (the `probe`); the
+        thread count in use afterwards."""
         if threads is not None:
-            from ..threads import resolve_threads, set_threads, step_macs
-
-            model = create_model(config.model, data.input_shape, data.num_classes, seed=0,
-                                 width=getattr(config, "width", 1.0))
-            macs = step_macs(model, data.input_shape, config.train.batch_size)
-            set_threads(resolve_threads(threads, macs, workers=max(1, workers.workers)))
+            use_threads(threads, step_macs(model, data.input_shape, config.train.batch_size),
+                        workers=max(1, workers.workers))
         return torch.get_num_threads()
 
     @classmethod
@@ -144,7 +153,7 @@ class Experiment:
                stack: StackSetting | str | int = "auto") -> "Experiment":
         """Open a run that another process holds (a worker of `ticketlab.units.workers`): the
         directory must already hold this very configuration; nothing is claimed or checked twice."""
-        if not check_run_directory(out, config.to_json(), kind=cls.kind_of(config), extends=cls.extends):
+        if not check_run_directory(out, config.to_json(), kind=cls.kind_of(config)):
             raise TicketlabError(f"{str(out)!r} holds no run of this configuration for a worker to join; "
                                  "is the run directory on a filesystem every worker sees?")
         data = load_dataset(config.data, root=config.data_dir, val_fraction=config.val_fraction,

@@ -22,10 +22,10 @@ from torch import nn
 
 from ..data import DataSplits
 from ..errors import TicketlabError
-from ..flops import network_cost
 from ..masks import Mask
 from ..progress import Finished, announce
 from ..runs import MetricsLog
+from ..threads import step_macs
 from ..train import TrainConfig, iterations_per_epoch
 from ..train.checkpoint import CHECKPOINT_NAME
 from ..train.distributed import is_distributed
@@ -108,9 +108,8 @@ def group_size(setting: StackSetting, model: nn.Module, data: DataSplits, config
     if isinstance(setting.value, int):
         return setting.value
     kind = "cuda" if device.type == "cuda" else "cpu"
-    step_macs = network_cost(model, data.input_shape).dense_macs * config.batch_size
     limit = GPU_STACK_MAX_STEP_MACS if kind == "cuda" else CPU_STACK_MAX_STEP_MACS
-    return MAX_GROUP[kind] if step_macs <= limit else 1
+    return MAX_GROUP[kind] if step_macs(model, data.input_shape, config.batch_size) <= limit else 1
 
 
 def train_units(jobs: Sequence[UnitJob], *, data: DataSplits, config: TrainConfig, device: torch.device,

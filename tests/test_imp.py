@@ -65,11 +65,22 @@ def test_rewinding_copies_theta0_and_masks_shrink(tmp_path, toy_splits, monkeypa
     assert summary["complete"]
 
 
-def test_late_rewinding_saves_theta_k(tmp_path, toy_splits):
-    run_imp(_config(rounds=1, controls=(), rewind="4it"), tmp_path / "run", data=toy_splits)
+@pytest.mark.parametrize("stack", ["auto", "off"])
+def test_late_rewinding_saves_theta_k(tmp_path, toy_splits, stack):
+    """rewind.safetensors is round 0's state after k iterations, bit for bit, when retrained on the path
+    round 0 took (its result.json's ``trainer``): stacked (``--stack auto`` on this tiny model) or alone.
+    The two paths agree only up to rounding (fused optimisers round a tensor's tail differently)."""
+    run_imp(_config(rounds=1, controls=(), rewind="4it"), tmp_path / "run", data=toy_splits, stack=stack)
     from ticketlab.models import create_model
+    from ticketlab.train.stacked import StackedJob, train_stacked
+    round0 = json.loads((tmp_path / "run" / "seed-0" / "round-00" / "result.json").read_text())
+    assert round0["trainer"] == {"auto": "stacked", "off": "single"}[stack]
     model = create_model("lenet300", toy_splits.input_shape, toy_splits.num_classes, seed=0)
-    train(model, toy_splits, TrainConfig(steps="4it", batch_size=40, lr=5e-3), data_seed=0)
+    recipe = TrainConfig(steps="4it", batch_size=40, lr=5e-3)
+    if stack == "off":
+        train(model, toy_splits, recipe, data_seed=0)
+    else:
+        train_stacked([StackedJob(model=model, mask=None, data_seed=0)], toy_splits, recipe)
     theta_k = load_file(str(tmp_path / "run" / "seed-0" / "rewind.safetensors"))
     assert all(torch.equal(theta_k[k], v) for k, v in model.state_dict().items())
     result = json.loads((tmp_path / "run" / "seed-0" / "round-01" / "result.json").read_text())

@@ -142,8 +142,9 @@ def test_rewind_points_sources_regeneration_and_resume(tmp_path, toy_splits, mon
     run = ImpRun.open(tmp_path / "run")
     assert run.config == config
     build = lambda: create_model("lenet300", (12,), 3, seed=0)  # noqa: E731
+    assert run.round_trainer(0, 0) == "stacked"   # --stack auto stacks this tiny model
     regenerated = regenerate_rewind_states([3], build=build, theta0=run.init_state(0), dense_mask=run.mask(0, 0),
-                                           data=toy_splits, config=FAST, data_seed=0)
+                                           data=toy_splits, config=FAST, data_seed=0, trainer="stacked")
     own = load_state(tmp_path / "run" / "seed-0" / "rewind.safetensors")
     assert all(torch.equal(regenerated[3][k], own[k]) for k in own)
 
@@ -170,6 +171,32 @@ def test_rewind_points_sources_regeneration_and_resume(tmp_path, toy_splits, mon
     monkeypatch.setattr(stability_module, "regenerate_rewind_states", refuse)
     assert run_stability(sweep, data=toy_splits) == summary
     assert (out / "stability.json").read_bytes() == first
+
+
+@pytest.mark.parametrize("stack, legacy, trainer", [("auto", False, "stacked"), ("off", False, "single"),
+                                                    ("auto", True, "stacked")])
+def test_regenerated_rewind_points_take_the_path_round_zero_took(tmp_path, toy_splits, stack, legacy, trainer):
+    """A regenerated θk is what round 0 passed through, bit for bit, however round 0 was trained: the
+    analysis trains it on the recorded path (a run without the record: the one --stack auto takes)."""
+    config = IMPConfig(model="lenet300", data="toy", rounds=1, rate=0.5, controls=(), train=FAST)
+    run_imp(config, tmp_path / "run", data=toy_splits, stack=stack)
+    if legacy:
+        result = tmp_path / "run" / "seed-0" / "round-00" / "result.json"
+        record = json.loads(result.read_text())
+        del record["trainer"]
+        result.write_text(json.dumps(record))
+    run_stability(StabilityConfig(run=str(tmp_path / "run"), round_index=1, points=3, rewind_sweep=("5it",)),
+                  data=toy_splits)
+    model = create_model("lenet300", (12,), 3, seed=0)
+    from ticketlab.train import train
+    from ticketlab.train.stacked import StackedJob, train_stacked
+    recipe = TrainConfig(steps="5it", batch_size=40, lr=5e-3)
+    if trainer == "single":
+        train(model, toy_splits, recipe, data_seed=0)
+    else:
+        train_stacked([StackedJob(model=model, mask=None, data_seed=0)], toy_splits, recipe)
+    start = load_state(tmp_path / "run" / "stability" / "seed-0-round-01" / "rewind-5it" / "start.safetensors")
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
 
 
 # --- the command line ------------------------------------------------------------------------------
@@ -233,6 +260,13 @@ def _late_rewind_copy(digits_run, tmp_path):
     (["--round", "1", "--rewind-sweep", ","], "at least one"),
     (["--round", "1", "--rewind-sweep", "0,1ep"], "not before the end"),
     (["--round", "1", "--rewind-sweep", "500it"], "not before the end"),
+    (["--round", "1", "--rewind-sweep", "0,0"], "twice"),
+    (["--round", "1", "--rewind-sweep", "4it,0,4it"], "twice"),
+    (["--round", "1", "--rewind-sweep", "0it,0"], "twice"),
+    (["--round", "1", "--bn-examples", "99999999999999999999999"], "--bn-examples"),
+    (["--round", "1", "--bn-examples", "0"], "--bn-examples"),
+    (["--round", "1", "--model", "mymodels:tiny"], "registered model 'lenet300'"),
+    (["--round", "1", "--data", "mydata:load"], "registered data 'digits'"),
     ("late", "no rewind weights"),
     ("missing", "does not exist"),
     ("not-imp", "not an IMP run"),

@@ -38,6 +38,22 @@ def trust_user_code(*specs: str | None) -> None:
             _TRUSTED.add(spec.strip())
 
 
+def check_typed_specs(run: str, used: dict[str, Any], typed: dict[str, str | None]) -> None:
+    """Refuse a ``--model`` / ``--data`` spec typed for a run that was not built with it.
+
+    ``used`` maps each flag to what the run's config names (a registered name or a spec),
+    ``typed`` to what this command line typed (None: not typed). A typed spec that differs would
+    otherwise be silently ignored, so the user would believe their code was used."""
+    for flag, spec in typed.items():
+        if spec is None or str(spec).strip() == str(used.get(flag)).strip():
+            continue
+        if is_user_code(used.get(flag)):
+            raise TicketlabError(f"{flag} {spec!r} is not what {run!r} was trained with ({used.get(flag)!r}); "
+                                 f"type that spec again, or leave {flag} out.")
+        raise TicketlabError(f"{run!r} was trained with the registered {flag[2:]} {used.get(flag)!r}, not user "
+                             f"code; leave {flag} out.")
+
+
 def trusted_user_code() -> tuple[str, ...]:
     """The specs `trust_user_code` allowed in this process (handed on to worker processes)."""
     return tuple(sorted(_TRUSTED))

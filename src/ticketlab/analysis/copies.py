@@ -17,7 +17,7 @@ from ..masks import Mask
 from ..steps import Step
 from ..train import TrainConfig, iterations_per_epoch, train
 from ..train.stacked import StackedJob, train_stacked
-from ..units import ProgressFactory, StackSetting, group_size
+from ..units import SINGLE, STACKED, TRAINERS, ProgressFactory, StackSetting, group_size
 
 State = dict[str, torch.Tensor]
 
@@ -95,11 +95,18 @@ def _cpu_state(model: nn.Module) -> State:
 
 def regenerate_rewind_states(iterations: Sequence[int], *, build: Callable[[], nn.Module], theta0: State,
                              dense_mask: Mask, data: DataSplits, config: TrainConfig, data_seed: int,
-                             device: torch.device | str = "cpu") -> dict[int, State]:
+                             trainer: str = SINGLE, device: torch.device | str = "cpu") -> dict[int, State]:
     """θk for every k in ``iterations`` (all > 0): one dense training from θ0 with the run's recipe and
     data seed, stopped after max(k) iterations. The learning rate and the data order depend on the
     iteration alone, so stopping early changes nothing before the stop: these are the states the
-    run's round 0 passed through."""
+    run's round 0 passed through.
+
+    ``trainer`` is the code path that trained the run's round 0 (its ``result.json``'s ``trainer``:
+    `SINGLE` or `STACKED`, see `ticketlab.units.unit.TRAINERS`); regeneration takes the same one,
+    since the two agree only up to float rounding. On a CPU, with the same torch build, CPU model and
+    thread count, the states are then the run's bit for bit."""
+    if trainer not in TRAINERS:
+        raise ValueError(f"trainer must be one of {TRAINERS}, not {trainer!r}")
     wanted = sorted(set(iterations))
     if not wanted:
         return {}
@@ -108,11 +115,14 @@ def regenerate_rewind_states(iterations: Sequence[int], *, build: Callable[[], n
     captured: dict[int, State] = {}
 
     def keep(k: int) -> Callable[[nn.Module], None]:
-        return lambda model: captured.__setitem__(k, {n: t.detach().to("cpu").clone()
-                                                      for n, t in model.state_dict().items()})
+        return lambda model: captured.__setitem__(k, _cpu_state(model))
 
     model = build()
     model.load_state_dict(theta0)
-    train(model, data, short, data_seed=data_seed, mask=dense_mask, device=device,
-          capture={k: keep(k) for k in wanted})
+    capture = {k: keep(k) for k in wanted}
+    if trainer == STACKED:
+        train_stacked([StackedJob(model=model, mask=dense_mask, data_seed=data_seed, capture=capture)], data, short,
+                      device=device)
+    else:
+        train(model, data, short, data_seed=data_seed, mask=dense_mask, device=device, capture=capture)
     return captured

@@ -18,7 +18,7 @@ from ..files import read_json
 from ..lottery import IMPConfig
 from ..masks import Mask
 from ..train import iterations_per_epoch
-from ..units import load_state
+from ..units import TRAINERS, load_state
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,19 @@ class ImpRun:
             raise TicketlabError(f"The run holds no rewind weights for seed {seed} ({str(path)!r} is missing; "
                                  "round 0 saves them when it reaches the rewind point).")
         return load_state(path)
+
+    def round_trainer(self, seed: int, round_index: int) -> str | None:
+        """Which code path trained round ``round_index``'s ticket of ``seed`` (``trainer`` in its
+        ``result.json``: `ticketlab.units.SINGLE` or `STACKED`); None for a round not finished yet or
+        a run written before ticketlab recorded it."""
+        path = self.seed_dir(seed) / f"round-{round_index:02d}" / "result.json"
+        if not path.is_file():
+            return None
+        record = read_json(path)
+        trainer = record.get("trainer") if isinstance(record, dict) else None
+        if trainer is not None and trainer not in TRAINERS:
+            raise TicketlabError(f"{str(path)!r} names an unknown trainer {trainer!r}.")
+        return trainer
 
     def load_data(self) -> DataSplits:
         """The run's data, split exactly as the run split it."""

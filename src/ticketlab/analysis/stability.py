@@ -9,9 +9,11 @@ deep ones only after some training, which is why they need late rewinding.
 Where θk comes from: k = 0 is θ0 (``init.safetensors``); the run's own rewind point is its
 ``rewind.safetensors``; any other k is *regenerated* by training the dense network from θ0 with the
 run's recipe and data seed for k iterations, exactly what the run's round 0 did on its way to the
-end of the budget (bit for bit on CPU; on another device, up to float reduction order). A sparse
-round uses its own mask at every k (found by the run with *its* rewind point), so a sweep asks from
-which k this ticket is stable; the paper runs IMP once per k instead.
+end of the budget, on the code path round 0 took (its ``result.json``'s ``trainer``: stacked or
+alone). Bit for bit on the CPU that trained the run (same torch build and thread count); on another
+machine or device, up to float rounding. A sparse round uses its own mask at every k (found by the
+run with *its* rewind point), so a sweep asks from which k this ticket is stable; the paper runs IMP
+once per k instead.
 
 Output directory (default ``RUN/stability/seed-S-round-RR``), claimed under a lock; the run's own
 files are only read::
@@ -46,7 +48,8 @@ from ..runs import check_run_directory, claim_run_directory
 from ..seeding import derive_seed
 from ..steps import Step
 from ..threads import step_macs, use_threads
-from ..units import ProgressFactory, load_state
+from ..user_code import check_typed_specs
+from ..units import SINGLE, STACKED, ProgressFactory, StackSetting, group_size, load_state
 from .copies import CopyJob, regenerate_rewind_states, train_copies
 from .imp_run import ImpRun
 from .interpolation import batchnorm_layers, evaluate_path
@@ -58,6 +61,9 @@ STABLE_BARRIER = 2.0
 #: The most interpolation points one analysis may ask for (each one is a full test evaluation).
 MAX_POINTS = 1001
 KIND = "stability"
+#: The most training examples BatchNorm statistics may be recomputed from (more than any dataset
+#: holds: a larger --bn-examples simply uses the whole training split, this bound only catches typos).
+MAX_BN_EXAMPLES = 10**9
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ class StabilityConfig:
         if self.seed is not None:
             validate.seed(self.seed, "--seed")
         validate.integer(self.points, "--points", low=3, high=MAX_POINTS)
-        validate.integer(self.bn_examples, "The number of BatchNorm examples", low=1)
+        validate.integer(self.bn_examples, "--bn-examples", low=1, high=MAX_BN_EXAMPLES)
         if self.rewind_sweep is not None:
             sweep = tuple(Step.parse(s) for s in self.rewind_sweep)
             if not sweep:
@@ -110,8 +116,8 @@ class RewindPoint:
 
 
 def rewind_points(run: ImpRun, data: DataSplits, sweep: Sequence[Step] | None) -> list[RewindPoint]:
-    """The sweep resolved to iterations, deduplicated and sorted; every k must lie before the end of
-    the run's budget."""
+    """The sweep resolved to iterations and sorted; every k must lie before the end of the run's budget,
+    and no k may be named twice (``0,0`` or ``1ep`` beside the same count of iterations)."""
     ipe = run.iterations_per_epoch(data)
     total, own = run.config.train.steps.iterations(ipe), run.config.rewind.iterations(ipe)
     points: dict[int, RewindPoint] = {}
@@ -120,8 +126,10 @@ def rewind_points(run: ImpRun, data: DataSplits, sweep: Sequence[Step] | None) -
         if k >= total:
             raise TicketlabError(f"The rewind point {step} ({k} iterations) is not before the end of the run's "
                                  f"training budget ({total} iterations).")
+        if k in points:
+            raise TicketlabError(f"--rewind-sweep names iteration {k} twice ({points[k].label} and {step}).")
         source = "theta_0" if k == 0 else "run" if k == own else "regenerated"
-        points.setdefault(k, RewindPoint(str(step), k, source))
+        points[k] = RewindPoint(str(step), k, source)
     return [points[k] for k in sorted(points)]
 
 
@@ -158,14 +166,17 @@ class StabilityAnalysis:
 
     @classmethod
     def prepare(cls, config: StabilityConfig, *, out: str | Path | None = None,
-                data: DataSplits | None = None, threads: str | int | None = None) -> "StabilityAnalysis":
+                data: DataSplits | None = None, threads: str | int | None = None,
+                typed_specs: dict[str, str | None] | None = None) -> "StabilityAnalysis":
         """Open the run, check the seed, round, rewind weights, sweep and output directory (read-only).
 
         ``threads`` (``"auto"`` or a count, as ``--threads``) then sets torch's CPU threads, sized
         with the network built here for the mask check (`ticketlab.threads`), so the caller need
         not build it again; the count is kept in ``threads``. Set last: a refused analysis leaves
-        the process as it was."""
+        the process as it was. ``typed_specs`` (``{"--model": ..., "--data": ...}``) are the user
+        code specs the command line typed: each must be what the run was trained with."""
         run = ImpRun.open(config.run)
+        check_typed_specs(config.run, {"--model": run.config.model, "--data": run.config.data}, typed_specs or {})
         seed = run.config.seeds[0] if config.seed is None else config.seed
         run.check_seed(seed)
         mask = run.mask(seed, config.round_index)
@@ -225,9 +236,21 @@ class StabilityAnalysis:
         states = regenerate_rewind_states(
             [p.iteration for p in wanted], build=self.build, theta0=self.theta0,
             dense_mask=self.run_dir.mask(self.seed, 0), data=self.data, config=cfg.train, data_seed=self.seed,
-            device=self.device)
+            trainer=self._round_zero_trainer(), device=self.device)
         for point in wanted:
             save_safetensors(self.point_dir(point) / "start.safetensors", states[point.iteration])
+
+    def _round_zero_trainer(self) -> str:
+        """The code path that trained the run's round 0 (recorded in its ``result.json``); for a run
+        that did not record it, the one ``--stack auto`` takes (an early-bird round 0 trains alone)."""
+        recorded = self.run_dir.round_trainer(self.seed, 0)
+        if recorded is not None:
+            return recorded
+        cfg = self.run_dir.config
+        if cfg.early_bird is not None:
+            return SINGLE
+        stacks = group_size(StackSetting("auto"), self.build(), self.data, cfg.train, torch.device(self.device)) > 1
+        return STACKED if stacks else SINGLE
 
     def _start_state(self, point: RewindPoint) -> dict[str, torch.Tensor]:
         if point.source == "theta_0":

@@ -54,7 +54,8 @@ def stability(run_dir: Path, round_index: int, seed: int | None, points: int, re
     trust_typed_code(user_model, user_data)
     config = StabilityConfig(run=str(run_dir), round_index=round_index, seed=seed, points=points,
                              rewind_sweep=_sweep(rewind_sweep), bn_examples=bn_examples, device=device)
-    analysis = StabilityAnalysis.prepare(config, out=out, threads=threads)
+    analysis = StabilityAnalysis.prepare(config, out=out, threads=threads,
+                                         typed_specs={"--model": user_model, "--data": user_data})
     if not quiet:
         click.echo(f"ticketlab stability: {run_dir}, seed {analysis.seed}, round {round_index}, rewind points "
                    f"{[p.label for p in analysis.points]}, device {analysis.device}, {analysis.threads} thread(s); "

@@ -11,7 +11,9 @@ from .aggregate import aggregate, aggregate_units
 from .base import Experiment
 from .group import StackSetting, UnitJob, group_size, train_units
 from .workers import WorkerSetting
-from .unit import ProgressFactory, claim_for_process, load_state, read_result, save_state, train_unit
+from .unit import (SINGLE, STACKED, TRAINERS, ProgressFactory, claim_for_process, load_state, read_result, save_state,
+                   train_unit)
 
-__all__ = ["Experiment", "ProgressFactory", "StackSetting", "UnitJob", "aggregate", "aggregate_units",
+__all__ = ["SINGLE", "STACKED", "TRAINERS", "Experiment", "ProgressFactory", "StackSetting", "UnitJob", "aggregate",
+           "aggregate_units",
            "claim_for_process", "group_size", "load_state", "read_result", "save_state", "train_unit", "train_units", "WorkerSetting"]

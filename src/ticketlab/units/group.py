@@ -31,7 +31,7 @@ from ..train.checkpoint import CHECKPOINT_NAME
 from ..train.distributed import is_distributed
 from ..train.stacked import StackedJob, resume_iteration, train_stacked
 from ..train.stacking import StackingUnsupported, stack_networks
-from .unit import ProgressFactory, finished_record, store_result, train_unit
+from .unit import STACKED, ProgressFactory, finished_record, store_result, train_unit
 
 #: The most networks one stacked group holds on a CPU and on a GPU.
 MAX_GROUP = {"cpu": 16, "cuda": 32}
@@ -211,7 +211,7 @@ def _train_group(jobs: Sequence[UnitJob], data: DataSplits, config: TrainConfig,
         if bar is not None:
             bar.close()
     return [store_result(job.unit_dir, model, job.mask, result, metrics_key=job.metrics_key,
-                         iterations=result.final["iteration"] - start, extra=job.extra)
+                         iterations=result.final["iteration"] - start, trainer=STACKED, extra=job.extra)
             for job, model, result in zip(jobs, models, results)]
 
 

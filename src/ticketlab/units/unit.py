@@ -28,6 +28,16 @@ from ..runs import RANK_PREFIX, Extension, MetricsLog, RunLock, claim_run_direct
 from ..train import TrainConfig, TrainResult, iterations_per_epoch, train
 from ..train.checkpoint import CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME, refuse_legacy_checkpoint
 
+#: Which code path trained a unit, stored in its ``result.json`` as ``trainer``: the one-network
+#: loop (`ticketlab.train.train`) or a stacked group (`ticketlab.train.stacked.train_stacked`).
+#: Both reach the same weights up to float rounding, not bit for bit: PyTorch's fused Adam/SGD CPU
+#: kernels update the last ``numel mod 8`` elements of every tensor in a scalar loop that rounds
+#: differently from the vector loop (seen on an AMD EPYC with AVX-512 and AVX2 kernels), and a
+#: stacked tensor puts those elements in the vector loop. So whatever must reproduce a unit's bits
+#: (regenerating a rewind point, `ticketlab.analysis.copies`) trains it the way it was trained.
+SINGLE, STACKED = "single", "stacked"
+TRAINERS = (SINGLE, STACKED)
+
 #: progress(description, total_iterations, done_iterations) -> handle with update(n) and close().
 ProgressFactory = Progress   # ``progress(description, total, initial)`` -> bar (`ticketlab.progress`)
 
@@ -120,7 +130,7 @@ def train_unit(
             bar.close()
     trained = result.final["iteration"] - start_iteration  # the budget's rest, unless on_evaluation stopped it
     return store_result(unit_dir, model, mask, result, metrics_key=metrics_key, iterations=trained,
-                        extra=extra, label=label if mask_updater is not None else None)
+                        trainer=SINGLE, extra=extra, label=label if mask_updater is not None else None)
 
 
 def finished_record(unit_dir: Path) -> dict[str, Any] | None:
@@ -138,11 +148,14 @@ def finished_record(unit_dir: Path) -> dict[str, Any] | None:
 
 
 def store_result(unit_dir: Path, model: nn.Module, mask: Mask, result: TrainResult, *,
-                 metrics_key: Mapping[str, Any], iterations: int, extra: Mapping[str, Any] | None = None,
-                 label: str | None = None) -> dict[str, Any]:
+                 metrics_key: Mapping[str, Any], iterations: int, trainer: str,
+                 extra: Mapping[str, Any] | None = None, label: str | None = None) -> dict[str, Any]:
     """Write a trained unit's weights and ``result.json`` (which marks it done), then drop its
-    checkpoint; return the record. ``label`` is given for dynamic sparse training, whose final
-    mask is stored too."""
+    checkpoint; return the record. ``trainer`` (`SINGLE` or `STACKED`) says which code path
+    trained it (see `TRAINERS`). ``label`` is given for dynamic sparse training, whose final mask
+    is stored too."""
+    if trainer not in TRAINERS:
+        raise ValueError(f"trainer must be one of {TRAINERS}, not {trainer!r}")
     save_state(model, unit_dir / "weights.safetensors")
     best = result.early_stop
     record = {
@@ -153,7 +166,7 @@ def store_result(unit_dir: Path, model: nn.Module, mask: Mask, result: TrainResu
         "test_loss": result.final["test_loss"], "val_loss": result.final["val_loss"],
         "early_stop_iteration": best["iteration"], "early_stop_val_loss": best["val_loss"],
         "early_stop_test_accuracy": best["test_accuracy"], "iterations": iterations,
-        "wall_time": result.wall_time,
+        "trainer": trainer, "wall_time": result.wall_time,
         **dict(extra or {}),
     }
     if label is not None:

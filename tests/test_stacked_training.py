@@ -195,6 +195,7 @@ def test_train_units_stores_every_unit_like_train_unit(tmp_path, stack):
     for mine, theirs in zip(records, reference):
         assert mine["net"] == theirs["net"] and mine["density"] == theirs["density"]
         assert mine["iterations"] == 30 and mine["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
+        assert mine["trainer"] == ("single" if stack == "off" else "stacked") and theirs["trainer"] == "single"
     for i in range(3):
         assert (tmp_path / stack / f"unit-{i}" / "result.json").exists()
         assert not (tmp_path / stack / f"unit-{i}" / "checkpoint.safetensors").exists()

@@ -10,8 +10,8 @@ import ticketlab
 
 ROOT = Path(ticketlab.__file__).parent
 #: Modules everything may use and that use none of the packages above them.
-FOUNDATION = {"errors", "validate", "files", "bits", "memory", "masks", "select", "steps", "seeding", "targets",
-              "devices", "runs", "densities", "flops"}
+FOUNDATION = {"errors", "validate", "files", "bits", "memory", "masks", "select", "groups", "steps", "seeding",
+              "targets", "devices", "runs", "densities", "flops"}
 #: package -> packages it must never import, even lazily.
 FORBIDDEN = {
     "methods": {"train", "units", "lottery", "experiments", "llm", "deploy", "cli", "report"},

@@ -90,8 +90,21 @@ def test_a_constant_channel_before_a_padded_conv_is_kept_and_reported():
         assert torch.allclose(model(x), compacted(x), rtol=1e-5, atol=1e-6)
 
 
-def test_residual_outputs_are_left_alone_and_named():
-    model = _ticket("resnet20", 0.02, 0.02)
-    _, report = compact_model(model, torch.zeros(1, 3, 16, 16))
-    assert "blocks.0.conv2" in report.untouched and "conv" in report.untouched
-    assert all(name.endswith("conv1") for name in report.widths_before)
+def test_a_residual_channel_goes_from_every_member_once_no_reader_uses_it():
+    model = _ticket("resnet20", 1.0, 1.0)
+    readers = ["blocks.0.conv1", "blocks.1.conv1", "blocks.2.conv1", "blocks.3.conv1", "blocks.3.shortcut.0"]
+    with torch.no_grad():
+        for name in readers:
+            model.get_submodule(name).weight[:, 3] = 0      # stage 1's channel 3: written by 4 layers, read by none
+        model.get_submodule("blocks.3.shortcut.0").weight[:, 5] = 0   # channel 5 is still read by blocks.0.conv1 ...
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    compacted, report = compact_model(model, x[:1])
+    assert report.widths_before["conv"] == 16 and report.widths_after["conv"] == 15
+    for writer in ("conv", "blocks.0.conv2", "blocks.1.conv2", "blocks.2.conv2"):
+        assert compacted.get_submodule(writer).weight.shape[0] == 15
+    assert compacted.bn.num_features == 15 and compacted.blocks[2].bn2.num_features == 15
+    assert all(compacted.get_submodule(r).weight.shape[1] == 15 for r in readers)
+    assert report.untouched == {"fc": "feeds the network's output"}
+    with torch.no_grad():
+        reference = model(x)
+        assert (reference - compacted(x)).abs().max() <= 1e-5 * reference.abs().max()

@@ -37,6 +37,7 @@ import torch
 
 from .errors import TicketlabError
 from .masks import Mask
+from .groups import Family, GroupLayout
 
 Scope = Literal["global", "layer", "row"]
 SCOPES: tuple[str, ...] = ("global", "layer", "row")
@@ -385,6 +386,141 @@ def _select_nm(scores: torch.Tensor, pattern: NMPattern, name: str) -> torch.Ten
             f"Layer {name!r} has {flat.shape[1]} inputs, not a multiple of {pattern.m}, so {pattern.n}:{pattern.m} cannot apply."
         )
     return top_n_of_m(flat.reshape(-1, pattern.m), pattern.n).view(scores.shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# groups: blocks, channels, heads (`ticketlab.structure`)
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GroupTarget:
+    """How many groups a `select_groups` call keeps; exactly one field is set.
+
+    ``per_family``: family name -> groups it keeps (per-layer selection); ``total``: groups kept
+    over all families, ranked together (global selection by count); ``weights``: global selection
+    by a budget in weights — the lowest-scoring groups go until at most ``weights`` weights are
+    kept (a group is indivisible, so the count lands at or just below the budget)."""
+
+    per_family: Mapping[str, int] | None = None
+    total: int | None = None
+    weights: int | None = None
+
+    def __post_init__(self) -> None:
+        if sum(v is not None for v in (self.per_family, self.total, self.weights)) != 1:
+            raise TicketlabError("A group target needs exactly one of per_family, total or weights.")
+
+
+def select_groups(scores: Mapping[str, torch.Tensor], layout: GroupLayout, target: GroupTarget, *,
+                  within: Mask | None = None, aggregate: str = "sum",
+                  generator: torch.Generator | None = None) -> Mask:
+    """Keep the highest-scoring *groups* of ``layout`` (blocks, channels, heads) and return the mask.
+
+    ``scores`` are the per-weight scores a method computes (name -> tensor); a group's score is
+    their ``aggregate`` over its weights (`ticketlab.structure.groups.Family.scores`: ``"l2"`` for
+    magnitude, ``"sum"`` for saliencies, ``"random"`` for a seeded draw per group). Groups with no
+    weight left in ``within`` are gone and never come back; ties keep the lower group index (and,
+    globally, the earlier family). No family keeps fewer than its ``minimum`` groups (a layer
+    never loses all its channels): a target that would need it is one sentence naming the layer.
+    The returned mask covers ``layout.shapes`` (``within``'s weights outside any group are kept as
+    they are).
+    """
+    names = list(layout.shapes)
+    base = {n: (within[n].clone() if within is not None else torch.ones(layout.shapes[n], dtype=torch.bool))
+            for n in names}
+    ranked = _family_scores(scores, layout, base, aggregate, generator)
+    if target.per_family is not None:
+        keep = {f.name: _keep_per_family(f, ranked[f.name], target.per_family) for f in layout}
+    elif target.total is not None:
+        keep = _keep_total(layout, ranked, target.total)
+    else:
+        keep = _keep_within_budget(layout, ranked, base, target.weights)
+    for family in layout:
+        family.restrict(base, keep[family.name])
+    return Mask(base)
+
+
+def _family_scores(scores: Mapping[str, torch.Tensor], layout: GroupLayout, base: dict[str, torch.Tensor],
+                   aggregate: str, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    """Family -> ``(size,)`` float64 group scores, -inf for groups already gone; NaN refused."""
+    out = {}
+    for family in layout:
+        values = family.scores(scores, aggregate, generator)
+        if bool(torch.isnan(values).any()):
+            raise TicketlabError(f"The scores of {family.name!r} contain NaN, so no ranking of its groups is possible.")
+        out[family.name] = values.masked_fill(~family.alive(base), float("-inf"))
+    return out
+
+
+def _alive_count(values: torch.Tensor) -> int:
+    return int(torch.isfinite(values).sum()) + int(torch.isposinf(values).sum())
+
+
+def _keep_per_family(family: Family, values: torch.Tensor, counts: Mapping[str, int]) -> torch.Tensor:
+    if family.name not in counts:
+        raise TicketlabError(f"No group count was given for {family.name!r}.")
+    k, alive = counts[family.name], _alive_count(values)
+    if k < family.minimum:
+        raise TicketlabError(f"Keeping {k} of the {family.size} {family.unit}s of {family.name!r} would remove "
+                             f"every {family.unit} of a layer; prune less (a lower rate or a higher density).")
+    if k > alive:
+        raise TicketlabError(f"Cannot keep {k} {family.unit}s of {family.name!r}: only {alive} are left.")
+    return _top_k(values.view(1, -1), k)[0].view(-1)
+
+
+def _forced(layout: GroupLayout, ranked: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each family's best ``minimum`` alive groups, which a global selection never drops."""
+    forced = {}
+    for family in layout:
+        values = ranked[family.name]
+        k = min(family.minimum, _alive_count(values))
+        forced[family.name] = _top_k(values.view(1, -1), k)[0].view(-1) if k else torch.zeros_like(values, dtype=torch.bool)
+    return forced
+
+
+def _keep_total(layout: GroupLayout, ranked: Mapping[str, torch.Tensor], total: int) -> dict[str, torch.Tensor]:
+    """``total`` groups over all families: each family's forced groups, then the best of the rest."""
+    forced = _forced(layout, ranked)
+    alive = sum(_alive_count(v) for v in ranked.values())
+    must = sum(int(f.sum()) for f in forced.values())
+    if not must <= total <= alive:
+        raise TicketlabError(f"Cannot keep {total} groups: between {must} (one per layer) and {alive} are possible.")
+    flat = torch.cat([ranked[f.name].masked_fill(forced[f.name], float("inf")) for f in layout])
+    chosen = _top_k(flat.view(1, -1), total)[0].view(-1)
+    out, offset = {}, 0
+    for family in layout:
+        out[family.name] = chosen[offset: offset + family.size]
+        offset += family.size
+    return out
+
+
+def _keep_within_budget(layout: GroupLayout, ranked: Mapping[str, torch.Tensor], base: dict[str, torch.Tensor],
+                        budget: int | None) -> dict[str, torch.Tensor]:
+    """Drop the lowest-scoring groups (over all families; ties: earlier family, lower index) until
+    at most ``budget`` weights are kept, never below a family's minimum. Counts follow
+    `GroupLayout.removal_cost`, exact for masks made of whole groups."""
+    assert budget is not None
+    keep = {f.name: torch.isfinite(ranked[f.name]) | torch.isposinf(ranked[f.name]) for f in layout}
+    along = layout.extents()
+    families = list(layout)
+    for family in families:   # groups already gone shrink the extents first
+        for _ in range(family.size - int(keep[family.name].sum())):
+            layout.removal_cost(family, along)
+    kept = sum(int(t.sum()) for t in base.values())
+    order = sorted(((float(v), i, g) for i, f in enumerate(families)
+                    for g, v in enumerate(ranked[f.name].tolist()) if keep[f.name][g]))
+    left = {f.name: int(keep[f.name].sum()) for f in families}
+    for _, i, g in order:
+        if kept <= budget:
+            break
+        family = families[i]
+        if left[family.name] <= family.minimum:
+            continue
+        kept -= layout.removal_cost(family, along)
+        keep[family.name][g] = False
+        left[family.name] -= 1
+    if kept > budget:
+        raise TicketlabError(f"Cannot keep only {budget} weights by removing whole groups: with one group left per "
+                             f"layer {kept} remain; prune at a higher density.")
+    return keep
 
 
 def keep_counts_after_pruning(within: Mask, rates: Mapping[str, float]) -> dict[str, int]:

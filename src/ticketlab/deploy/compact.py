@@ -1,41 +1,38 @@
 """Structural compaction: physically remove the hidden units and channels a sparse network cannot use.
 
 At ticket densities many units have every incoming weight pruned ("dead in": the unit emits a
-constant) or every outgoing weight pruned ("dead out": nothing reads it). Both can go:
+constant) or every outgoing weight pruned ("dead out": nothing reads it); a channel ticket
+(``--granularity channel``) prunes whole coupled channels. All of them can go:
 
-* dead out — delete the producer's row (and bias, BatchNorm entries) and the consumer's column;
-* dead in  — the unit's output is a constant ``c`` (the producer's bias pushed through BatchNorm,
-  ReLU and pooling). With ``c == 0`` it is deleted; otherwise ``c`` is folded into the consumer's
-  bias (``b += W[:, j] · c``) and deleted, which is exact when the consumer is a Linear layer or
-  an unpadded conv. A constant channel entering a *padded* conv is kept: zero padding makes its
+* dead out — delete the channel from every layer that writes it (rows, biases), its BatchNorm
+  entries, and every reader's columns. This holds for any coupled family of the dependency graph
+  (`ticketlab.structure.graph`): the members of a residual addition share a channel set, so a
+  residual channel goes from the stem, every block's last conv and every shortcut at once, once
+  no reader uses it; a concatenation's reader loses the columns at the channel's offset;
+* dead in — for a simple chain (one producer, one reader, channel-wise operations between) the
+  unit's output is a constant ``c`` (the producer's bias pushed through BatchNorm, ReLU and
+  pooling). With ``c == 0`` it is deleted; otherwise ``c`` is folded into the reader's bias
+  (``b += W[:, j] · c``) and deleted, which is exact when the reader is a Linear layer or an
+  unpadded conv. A constant channel entering a *padded* conv is kept: zero padding makes its
   contribution position-dependent at the borders, so no bias can replace it.
 
-Which layers feed which is read from a `torch.fx` trace: a producer (Linear / Conv2d) is compacted
-only when its output reaches exactly one consumer through channel-wise operations (BatchNorm,
-activations, pooling, dropout, flatten). Outputs that meet a residual addition, a concatenation or
-the network's output are left alone, so in ResNet-20 only the inner channels of each block shrink.
-Removing units can make further units dead (a consumer row that loses its last weights), so the
-passes repeat until nothing changes. The compacted network computes what the masked one computes,
-up to float rounding of the folded biases (checked to 1e-5 relative in the tests).
+Frozen families (the classes of the output layer, operations the graph does not follow) are left
+alone and reported. Removing units can make further units dead (a reader row that loses its last
+weights), so the passes repeat, re-tracing the shrunken model, until nothing changes. The
+compacted network computes what the masked one computes, up to float rounding of the folded
+biases (checked to 1e-5 relative in the tests).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..errors import TicketlabError
-
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.SiLU, nn.Identity,
-                nn.Dropout)
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-_FUNCTIONS = (F.relu, torch.relu, torch.flatten, F.gelu, torch.tanh, torch.sigmoid)
+from ..structure.graph import POOLS, ChannelFamily, Consumer, channel_families
 
 
 @dataclass
@@ -54,12 +51,13 @@ class Chain:
 
 @dataclass
 class CompactionReport:
-    """Layer widths before and after, and what could not be removed (and why)."""
+    """Channel counts of every prunable family (by its first producer) before and after, and what
+    could not be removed (and why)."""
 
     widths_before: dict[str, int] = field(default_factory=dict)
     widths_after: dict[str, int] = field(default_factory=dict)
     kept_constant: dict[str, int] = field(default_factory=dict)
-    untouched: list[str] = field(default_factory=list)
+    untouched: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"widths_before": self.widths_before, "widths_after": self.widths_after,
@@ -67,7 +65,7 @@ class CompactionReport:
 
     @property
     def removed(self) -> int:
-        return sum(self.widths_before[n] - self.widths_after[n] for n in self.widths_before)
+        return sum(self.widths_before[n] - self.widths_after.get(n, self.widths_before[n]) for n in self.widths_before)
 
 
 def _module(model: nn.Module, name: str) -> nn.Module:
@@ -79,70 +77,23 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def find_chains(model: nn.Module, example: torch.Tensor) -> tuple[list[Chain], list[str]]:
-    """Every compactable producer -> consumer chain, and the layers that are not (with reasons)."""
-    from torch.fx import symbolic_trace
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    try:
-        traced = symbolic_trace(model)
-        ShapeProp(traced).propagate(example)
-    except Exception as err:  # noqa: BLE001 - any model fx cannot trace is simply not compacted
-        raise TicketlabError(f"The model cannot be traced for compaction ({type(err).__name__}).") from None
-    modules = dict(traced.named_modules())
-    chains, untouched = [], []
-    for node in traced.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], (nn.Linear, nn.Conv2d)):
-            continue
-        chain = _follow(node, modules)
-        if chain is None:
-            untouched.append(node.target)
-        else:
-            chains.append(chain)
-    return chains, untouched
-
-
-def _follow(node, modules: dict[str, nn.Module]) -> Chain | None:
-    """Walk from a producer through single-user channel-wise ops to the consumer, or None."""
-    ops: list[Any] = []
-    spatial = 1
-    current = node
-    producer = modules[node.target]
-    if isinstance(producer, nn.Conv2d) and producer.groups != 1:
+def as_chain(model: nn.Module, family: ChannelFamily) -> Chain | None:
+    """The family as a simple producer -> consumer chain, where dead-in units emit a constant that
+    can be pushed through its operations (BatchNorm with running statistics, unpadded average
+    pooling), or None (then only dead-out removal applies)."""
+    if not family.chain:
         return None
-    while True:
-        users = list(current.users)
-        if len(users) != 1:
+    for op in family.ops:
+        module = _module(model, op) if isinstance(op, str) else None
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and (not module.track_running_stats
+                                                                     or module.running_mean is None):
             return None
-        nxt = users[0]
-        if nxt.op == "call_module":
-            module = modules[nxt.target]
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                if isinstance(module, nn.Conv2d) and (module.groups != 1 or not isinstance(producer, nn.Conv2d)):
-                    return None
-                if isinstance(module, nn.Linear) and isinstance(producer, nn.Conv2d) and spatial == 1:
-                    return None  # a conv feeding a Linear must pass a flatten
-                return Chain(node.target, nxt.target, ops, spatial)
-            if isinstance(module, nn.Flatten):
-                shape = current.meta["tensor_meta"].shape
-                spatial = math.prod(shape[2:]) if len(shape) > 2 else 1
-            elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and module.track_running_stats \
-                    and module.running_mean is not None:
-                ops.append(nxt.target)
-            elif isinstance(module, _ACTIVATIONS + _POOLS) and not (
-                    isinstance(module, nn.AvgPool2d) and _pair(module.padding) != (0, 0)):
-                ops.append(nxt.target)
-            else:
-                return None
-        elif nxt.op == "call_function" and nxt.target in _FUNCTIONS and nxt.args[0] is current:
-            if nxt.target is torch.flatten:
-                shape = current.meta["tensor_meta"].shape
-                spatial = math.prod(shape[2:]) if len(shape) > 2 else 1
-            else:
-                ops.append(nxt.target)
-        else:
+        if isinstance(module, nn.AvgPool2d) and _pair(module.padding) != (0, 0):
             return None
-        current = nxt
+    consumer = family.consumers[0]
+    if _module(model, consumer.module).weight.shape[1] != family.size * consumer.span:
+        return None   # the reader also reads other channels (a concatenation)
+    return Chain(family.producers[0], consumer.module, list(family.ops), consumer.span)
 
 
 def _constant_through(model: nn.Module, ops: list[Any], value: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
@@ -155,7 +106,7 @@ def _constant_through(model: nn.Module, ops: list[Any], value: torch.Tensor, uni
             out = (out - mean) / torch.sqrt(var + op.eps)
             if op.affine:
                 out = out * op.weight[units] + op.bias[units]
-        elif isinstance(op, (nn.Dropout, nn.Identity) + _POOLS):
+        elif isinstance(op, (nn.Dropout, nn.Identity) + POOLS):
             continue
         elif isinstance(op, nn.Module):
             out = op(out)
@@ -267,8 +218,9 @@ def _sliced_norm(norm: nn.Module, keep: torch.Tensor) -> nn.Module:
     for name in ("weight", "bias"):
         if getattr(norm, name) is not None:
             setattr(new, name, nn.Parameter(getattr(norm, name).detach()[keep].clone()))
-    new.running_mean = norm.running_mean[keep].clone()
-    new.running_var = norm.running_var[keep].clone()
+    if norm.running_mean is not None:
+        new.running_mean = norm.running_mean[keep].clone()
+        new.running_var = norm.running_var[keep].clone()
     return new
 
 
@@ -276,25 +228,73 @@ def _width(model: nn.Module, name: str) -> int:
     return int(_module(model, name).weight.shape[0])
 
 
+def _dead_columns(model: nn.Module, consumer: Consumer, size: int) -> torch.Tensor:
+    """(size,) bool: channels whose columns ``consumer`` never reads (all weights zero)."""
+    weight = _module(model, consumer.module).weight.detach()
+    window = weight.narrow(1, consumer.base, size * consumer.span).transpose(0, 1)
+    return (window.reshape(size, -1) != 0).sum(dim=1) == 0
+
+
+@torch.no_grad()
+def _compact_family(model: nn.Module, family: ChannelFamily) -> bool:
+    """Remove the channels of a coupled family that no reader uses; True if anything changed."""
+    if not family.consumers:
+        return False
+    dead = torch.ones(family.size, dtype=torch.bool)
+    for consumer in family.consumers:
+        dead &= _dead_columns(model, consumer, family.size)
+    if not bool(dead.any()) or bool(dead.all()):
+        return False  # nothing to do, or every channel would go (keep them: shapes stay valid)
+    keep = (~dead).nonzero().flatten()
+    for producer in family.producers:
+        _set_module(model, producer, _sliced(_module(model, producer), out_index=keep))
+    for norm in family.norms:
+        _set_module(model, norm, _sliced_norm(_module(model, norm), keep))
+    for consumer in family.consumers:
+        layer = _module(model, consumer.module)
+        columns = torch.ones(layer.weight.shape[1], dtype=torch.bool)
+        for unit in dead.nonzero().flatten().tolist():
+            start = consumer.base + unit * consumer.span
+            columns[start: start + consumer.span] = False
+        _set_module(model, consumer.module, _sliced(layer, in_index=columns.nonzero().flatten()))
+    return True
+
+
 def compact_model(model: nn.Module, example: torch.Tensor, *, max_passes: int = 20) -> tuple[nn.Module, CompactionReport]:
-    """A compacted copy of ``model`` (eval mode) and the widths before and after.
+    """A compacted copy of ``model`` (eval mode) and the channel counts before and after.
 
     ``example`` is one input batch of the right shape (its values do not matter). The original
-    model is not modified.
+    model is not modified. Families come from the dependency graph (`channel_families`); simple
+    chains are compacted with dead-in folding, every other family by dead-out removal. A change
+    reshapes layers other families refer to (a concatenation's offsets), so the shrunken copy is
+    traced again after every change; it ends with a sweep that changes nothing (whose count of
+    constant units kept is the report's), or after ``max_passes`` sweeps per family.
     """
     compacted = copy.deepcopy(model).eval()
     report = CompactionReport()
-    chains, report.untouched = find_chains(compacted, example)
-    report.widths_before = {c.producer: _width(compacted, c.producer) for c in chains}
-    for _ in range(max_passes):
-        report.kept_constant = {}
-        changed = False
-        for chain in chains:
-            changed |= _compact_chain(compacted, chain, report)
-        if not changed:
+    families = channel_families(compacted, example)
+    for family in families:
+        if family.frozen is None:
+            report.widths_before[family.name] = family.size
+        else:
+            report.untouched[family.name] = family.frozen
+    for _ in range(max_passes * (len(families) + 1)):
+        if not _compact_sweep(compacted, channel_families(compacted, example), report):
             break
-    report.widths_after = {c.producer: _width(compacted, c.producer) for c in chains}
+    report.widths_after = {f.name: f.size for f in channel_families(compacted, example) if f.frozen is None}
     return compacted, report
+
+
+def _compact_sweep(model: nn.Module, families: list[ChannelFamily], report: CompactionReport) -> bool:
+    """Compact the first family that can shrink; False when none can (the sweep is then complete)."""
+    report.kept_constant = {}
+    for family in families:
+        if family.frozen is not None:
+            continue
+        chain = as_chain(model, family)
+        if _compact_chain(model, chain, report) if chain is not None else _compact_family(model, family):
+            return True
+    return False
 
 
 def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -324,4 +324,4 @@ def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
     return model
 
 
-__all__ = ["Chain", "CompactionReport", "compact_model", "find_chains", "resize_to_state"]
+__all__ = ["Chain", "CompactionReport", "as_chain", "compact_model", "resize_to_state"]

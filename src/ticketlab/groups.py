@@ -91,6 +91,11 @@ class Family:
         """``(size,)`` bool: groups with at least one weight kept by ``mask``."""
         raise NotImplementedError
 
+    def group_weights(self, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """Weights one group owns in the unpruned layers of ``shapes`` (what a global ranking
+        divides by, so that groups of different sizes compare per weight)."""
+        raise NotImplementedError
+
     def restrict(self, mask: dict[str, torch.Tensor], keep: torch.Tensor) -> None:
         """Set False, in place in ``mask`` (name -> bool tensor), every weight of the groups
         ``keep`` (``(size,)`` bool) drops."""
@@ -129,6 +134,13 @@ class SliceFamily(Family):
             total += _aggregate(self._blocks(scores[member.param].detach(), member), aggregate).cpu()
         return total
 
+    def group_weights(self, shapes):
+        total = 0
+        for member in self.members:
+            shape = shapes[member.param]
+            total += member.span * math.prod(shape) // shape[member.dim]
+        return total
+
     def alive(self, mask):
         alive = torch.zeros(self.size, dtype=torch.bool)
         for member in self.members:
@@ -161,7 +173,8 @@ class BlockFamily(Family):
         out, rest = self.matrix
         if out % self.rows or rest % self.cols:
             raise TicketlabError(f"Layer {self.name!r} is {out}x{rest} as a matrix, which {self.rows}x{self.cols} "
-                                 "blocks do not tile; choose a block size that divides both.")
+                                 "blocks do not tile; choose a block size that divides both, or leave the layer "
+                                 "unpruned (imp / prune-init --ignore, llm prune --exclude).")
         self.size = (out // self.rows) * (rest // self.cols)
 
     @property
@@ -179,6 +192,9 @@ class BlockFamily(Family):
 
     def _partial(self, scores, aggregate):
         return _aggregate(self._tiles(scores[self.name].detach()), aggregate).cpu()
+
+    def group_weights(self, shapes):
+        return self.rows * self.cols
 
     def alive(self, mask):
         return self._tiles(mask[self.name]).any(dim=1).cpu()
@@ -247,6 +263,42 @@ class GroupLayout:
             removed += member.span * along[member.param][1 - member.dim] * rest
             along[member.param][member.dim] -= member.span
         return removed
+
+    def restricted_to(self, params: Sequence[str]) -> "GroupLayout":
+        """The families made only of ``params`` (e.g. one transformer block's), over those shapes
+        alone: a selection then builds masks for that block, not the whole model."""
+        wanted = [p for p in params if p in self.shapes]
+        chosen = {n: f for n, f in self.families.items() if set(f.params()) <= set(wanted)}
+        return GroupLayout({p: self.shapes[p] for p in wanted}, chosen, {})
+
+    def subset(self, names: Sequence[str]) -> "GroupLayout":
+        """The same layout restricted to the families ``names`` (shapes and frozen reasons kept)."""
+        return GroupLayout(self.shapes, {n: self.families[n] for n in names}, self.frozen)
+
+    def uniform_counts(self, density: float) -> dict[str, int]:
+        """Groups each family keeps so that every family keeps the same fraction ``f`` of its groups
+        (``round_half_up(f · size)``, at least its minimum), with ``f`` the largest fraction whose
+        weights kept (`kept_weights`) are at most ``round_half_up(density · total)``: one density in
+        weights, at every granularity (bisection on ``f``; counts only move at finitely many ``f``)."""
+        budget = math.floor(density * self.total_weights() + 0.5)
+
+        def counts(fraction: float) -> dict[str, int]:
+            return {f.name: max(f.minimum, min(f.size, math.floor(fraction * f.size + 0.5))) for f in self}
+
+        if self.kept_weights(counts(0.0)) > budget:
+            raise TicketlabError(f"Density {density:g} cannot be reached with whole groups: keeping the fewest "
+                                 f"({', '.join(f'{f.minimum} of {f.name}' for f in self)}) leaves "
+                                 f"{self.kept_weights(counts(0.0)) / self.total_weights():.4f}; choose a higher density.")
+        low, high = 0.0, 1.0
+        if self.kept_weights(counts(high)) <= budget:
+            return counts(high)
+        for _ in range(60):
+            middle = (low + high) / 2
+            if self.kept_weights(counts(middle)) <= budget:
+                low = middle
+            else:
+                high = middle
+        return counts(low)
 
     def extents(self) -> dict[str, list[int]]:
         """Param -> [rows, columns] of every shape: the starting point of `removal_cost`."""

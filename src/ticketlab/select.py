@@ -411,25 +411,34 @@ class GroupTarget:
 
 def select_groups(scores: Mapping[str, torch.Tensor], layout: GroupLayout, target: GroupTarget, *,
                   within: Mask | None = None, aggregate: str = "sum",
-                  generator: torch.Generator | None = None) -> Mask:
+                  generator: torch.Generator | None = None, invert: bool = False) -> Mask:
     """Keep the highest-scoring *groups* of ``layout`` (blocks, channels, heads) and return the mask.
 
     ``scores`` are the per-weight scores a method computes (name -> tensor); a group's score is
-    their ``aggregate`` over its weights (`ticketlab.structure.groups.Family.scores`: ``"l2"`` for
-    magnitude, ``"sum"`` for saliencies, ``"random"`` for a seeded draw per group). Groups with no
+    their ``aggregate`` over its weights (`ticketlab.groups.Family.scores`: ``"l2"`` for magnitude,
+    ``"sum"`` for saliencies, ``"random"`` for a seeded draw per group). Per family the groups are
+    ranked by that score; a global ranking (``total`` or ``weights``) compares groups of different
+    families per weight (`_per_weight`: the mean or root mean square over the group's weights), so
+    that a layer whose groups are larger is not pruned last merely for being large. Groups with no
     weight left in ``within`` are gone and never come back; ties keep the lower group index (and,
     globally, the earlier family). No family keeps fewer than its ``minimum`` groups (a layer
     never loses all its channels): a target that would need it is one sentence naming the layer.
     The returned mask covers ``layout.shapes`` (``within``'s weights outside any group are kept as
-    they are).
+    they are). ``invert`` keeps the lowest-scoring groups instead (the inversion sanity check of
+    Frankle et al. 2021: the group scores are negated, not the weights', whose L2 norm would not
+    change).
     """
     names = list(layout.shapes)
     base = {n: (within[n].clone() if within is not None else torch.ones(layout.shapes[n], dtype=torch.bool))
             for n in names}
-    ranked = _family_scores(scores, layout, base, aggregate, generator)
+    ranked = _family_scores(scores, layout, base, aggregate, generator, invert)
     if target.per_family is not None:
         keep = {f.name: _keep_per_family(f, ranked[f.name], target.per_family) for f in layout}
-    elif target.total is not None:
+        for family in layout:
+            family.restrict(base, keep[family.name])
+        return Mask(base)
+    ranked = _per_weight(layout, ranked, aggregate)
+    if target.total is not None:
         keep = _keep_total(layout, ranked, target.total)
     else:
         keep = _keep_within_budget(layout, ranked, base, target.weights)
@@ -439,14 +448,29 @@ def select_groups(scores: Mapping[str, torch.Tensor], layout: GroupLayout, targe
 
 
 def _family_scores(scores: Mapping[str, torch.Tensor], layout: GroupLayout, base: dict[str, torch.Tensor],
-                   aggregate: str, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-    """Family -> ``(size,)`` float64 group scores, -inf for groups already gone; NaN refused."""
+                   aggregate: str, generator: torch.Generator | None, invert: bool) -> dict[str, torch.Tensor]:
+    """Family -> ``(size,)`` float64 group scores (negated with ``invert``), -inf for groups already
+    gone; NaN refused."""
     out = {}
     for family in layout:
         values = family.scores(scores, aggregate, generator)
+        values = -values if invert else values
         if bool(torch.isnan(values).any()):
             raise TicketlabError(f"The scores of {family.name!r} contain NaN, so no ranking of its groups is possible.")
         out[family.name] = values.masked_fill(~family.alive(base), float("-inf"))
+    return out
+
+
+def _per_weight(layout: GroupLayout, ranked: dict[str, torch.Tensor], aggregate: str) -> dict[str, torch.Tensor]:
+    """Group scores made comparable across families of different group sizes (a global ranking):
+    a sum becomes a mean over the group's weights, an L2 norm a root mean square; random draws
+    stay as they are. Within one family every group has the same size, so nothing changes there."""
+    if aggregate == "random":
+        return ranked
+    out = {}
+    for family in layout:
+        n = float(family.group_weights(layout.shapes))
+        out[family.name] = ranked[family.name] / (math.sqrt(n) if aggregate == "l2" else n)
     return out
 
 

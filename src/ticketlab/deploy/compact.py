@@ -265,10 +265,11 @@ def compact_model(model: nn.Module, example: torch.Tensor, *, max_passes: int = 
 
     ``example`` is one input batch of the right shape (its values do not matter). The original
     model is not modified. Families come from the dependency graph (`channel_families`); simple
-    chains are compacted with dead-in folding, every other family by dead-out removal. A change
-    reshapes layers other families refer to (a concatenation's offsets), so the shrunken copy is
-    traced again after every change; it ends with a sweep that changes nothing (whose count of
-    constant units kept is the report's), or after ``max_passes`` sweeps per family.
+    chains are compacted with dead-in folding, every other family by dead-out removal. Each pass
+    traces the shrunken copy once and compacts every family whose readers no earlier family of the
+    pass has reshaped (a concatenation's reader holds several families at offsets that shift);
+    passes repeat until one changes nothing (its count of constant units kept is the report's), at
+    most ``max_passes`` times the number of families.
     """
     compacted = copy.deepcopy(model).eval()
     report = CompactionReport()
@@ -279,22 +280,26 @@ def compact_model(model: nn.Module, example: torch.Tensor, *, max_passes: int = 
         else:
             report.untouched[family.name] = family.frozen
     for _ in range(max_passes * (len(families) + 1)):
-        if not _compact_sweep(compacted, channel_families(compacted, example), report):
+        if not _compact_pass(compacted, channel_families(compacted, example), report):
             break
     report.widths_after = {f.name: f.size for f in channel_families(compacted, example) if f.frozen is None}
     return compacted, report
 
 
-def _compact_sweep(model: nn.Module, families: list[ChannelFamily], report: CompactionReport) -> bool:
-    """Compact the first family that can shrink; False when none can (the sweep is then complete)."""
+def _compact_pass(model: nn.Module, families: list[ChannelFamily], report: CompactionReport) -> bool:
+    """Compact every family of one trace whose readers are as the trace saw them; True if any shrank."""
     report.kept_constant = {}
+    reshaped: set[str] = set()
+    changed = False
     for family in families:
-        if family.frozen is not None:
+        readers = {c.module for c in family.consumers}
+        if family.frozen is not None or readers & reshaped:
             continue
         chain = as_chain(model, family)
         if _compact_chain(model, chain, report) if chain is not None else _compact_family(model, family):
-            return True
-    return False
+            reshaped |= readers
+            changed = True
+    return changed
 
 
 def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:

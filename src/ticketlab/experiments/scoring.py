@@ -17,12 +17,16 @@ import torch
 
 from ..data import DataSplits
 from ..errors import TicketlabError
+from ..groups import GroupLayout
+from ..select import NMPattern
+from ..structure.granularity import Granularity
 from ..masks import Mask
 from ..methods import ScoringContext
 from ..methods.pai import prune_at_init
 from ..models import create_model
 from ..seeding import generator
 from ..targets import prunable_parameters
+from ..units.base import layout_for
 
 #: (seed, density, invert): one initial mask of a sparse experiment (invert: the ``invert`` control).
 MaskKey = tuple[int, float, bool]
@@ -47,6 +51,18 @@ class MaskScorer:
         model = create_model(self.config.model, self.data.input_shape, self.data.num_classes, seed=seed,
                              width=self.config.width)
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @property
+    def pattern(self) -> NMPattern | None:
+        """The config's N:M pattern (None unless ``--granularity N:M``)."""
+        return Granularity.parse(getattr(self.config, "granularity", None)).pattern
+
+    def layout(self, model: torch.nn.Module) -> GroupLayout | None:
+        """The groups pruned whole at the config's granularity (None: single weights), built once:
+        it depends on the architecture only."""
+        if not hasattr(self, "_layout"):
+            self._layout = layout_for(self.config, self.data, model)
+        return self._layout
 
     def score_batches(self, seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """``score_batches`` seeded batches of training examples for SNIP / GraSP."""
@@ -78,7 +94,8 @@ class MaskScorer:
                                      input_shape=self.data.input_shape, synflow_double=cfg.synflow_double)
         started = time.perf_counter()
         mask = prune_at_init(model, params, density, method=method, scope=scope, distribution=cfg.distribution,
-                             context=context, invert=invert, synflow_iterations=iterations)
+                             context=context, invert=invert, synflow_iterations=iterations,
+                             layout=self.layout(model), pattern=self.pattern)
         return ScoredMask(Mask({n: t.cpu() for n, t in mask.items()}), time.perf_counter() - started)
 
     def score_all(self, keys: Iterable[MaskKey]) -> dict[MaskKey, ScoredMask]:

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from ..errors import TicketlabError
+from ..groups import GroupLayout
+from ..structure.layouts import group_layout
 from ..progress import Progress, Silent
 from ..masks import Mask
 from ..memory import peak_memory
@@ -39,6 +41,7 @@ from .config import OneShotConfig
 from .ranks import RankGroup
 from .report import PruningReport
 from .stats import StatisticsHooks, layer_error, relative_reconstruction_error
+from .structured import prune_block_groups, statistics_of
 
 
 
@@ -105,7 +108,9 @@ def check_targets(model: nn.Module, config: OneShotConfig) -> int:
     """The number of layers ``config`` would prune in ``model``; a TicketlabError (e.g. a target
     pattern that matches nothing) before any calibration work is done."""
     blocks_path, blocks = find_blocks(model)
-    return len(find_targets(model, blocks_path, blocks, config.targets, config.exclude))
+    targets = find_targets(model, blocks_path, blocks, config.targets, config.exclude)
+    _structured_layout(model, config, targets)
+    return len(targets)
 
 
 def _prune_block(block: nn.Module, index: int, layers: list[TargetLayer], hooks: StatisticsHooks,
@@ -146,6 +151,25 @@ def _prune_block(block: nn.Module, index: int, layers: list[TargetLayer], hooks:
     for layer, entry in zip(layers, entries):
         w = layer.module.weight
         entry["sparsity"] = float((w == 0).sum()) / w.numel()
+    return entries
+
+
+def _prune_block_structured(block: nn.Module, index: int, layers: list[TargetLayer], hooks: StatisticsHooks,
+                            config: OneShotConfig, masks: Callable[[str, torch.Tensor], None],
+                            layout: GroupLayout) -> list[dict[str, Any]]:
+    """Prune one block's heads, MLP channels or blocks (`ticketlab.llm.structured`): choose the
+    groups, refit the readers, zero the pruned weights through the one mask mechanism."""
+    for layer in layers:
+        _check_finite(layer.module.weight, hooks.accumulators[layer.name].statistics(), layer.name)
+    started = time.perf_counter()
+    keeps, entries = prune_block_groups(layers, hooks, layout, method=config.method, sparsity=float(config.sparsity),
+                                        reconstruct=config.reconstruct, percdamp=config.percdamp, index=index)
+    seconds = (time.perf_counter() - started) / max(1, len(layers))
+    Mask({f"{layer.relative}.weight": keeps[layer.parameter] for layer in layers}).apply_(block)
+    for layer, entry in zip(layers, entries):
+        masks(layer.parameter, keeps[layer.parameter])
+        w = layer.module.weight
+        entry["sparsity"], entry["seconds"] = float((w == 0).sum()) / w.numel(), seconds
     return entries
 
 
@@ -190,6 +214,7 @@ class _BlockContext:
     block_sparsity: Mapping[int, float] | None
     loader: "BlockLoader | None"
     last: int
+    layout: GroupLayout | None = None        # the groups of a coarse granularity (None: single weights, N:M)
     calibration: Calibration | None = None   # set once the first block's inputs are captured
 
     def process(self, index: int, block: nn.Module, layers: list[TargetLayer]) -> list[dict[str, Any]]:
@@ -206,15 +231,19 @@ class _BlockContext:
         return report
 
     def _prune(self, index: int, block: nn.Module, layers: list[TargetLayer]) -> list[dict[str, Any]]:
-        hooks = StatisticsHooks(layers, self.method.statistics, self.device, len(self.calibration.batches))
+        config = self.config
+        kinds = (statistics_of(layers, self.layout, config.method, config.reconstruct) if self.layout is not None
+                 else self.method.statistics)
+        hooks = StatisticsHooks(layers, kinds, self.device, len(self.calibration.batches))
         try:
             self.calibration.run(block, hooks)
         finally:
             hooks.remove()
         self.group.reduce_statistics(list({id(a): a for a in hooks.accumulators.values()}.values()))
-        config = self.config
         if self.block_sparsity is not None and index in self.block_sparsity:
             config = dataclasses.replace(config, sparsity=float(self.block_sparsity[index]))
+        if self.layout is not None:
+            return _prune_block_structured(block, index, layers, hooks, config, self.store_mask, self.layout)
         return _prune_block(block, index, layers, hooks, config, self.store_mask, self.group)
 
 
@@ -230,6 +259,14 @@ def _prune_blocks(model: nn.Module, blocks: Any, by_block: Mapping[int, list[Tar
     for index in range(context.last + 1):
         report += context.process(index, blocks[index], by_block.get(index, []))
         handle.update(1)
+
+
+def _structured_layout(model: nn.Module, config: OneShotConfig, targets: list[TargetLayer]) -> GroupLayout | None:
+    """The groups of a coarse ``--granularity`` over the target weights (None: single weights, N:M);
+    one sentence, before any calibration, for a model whose heads or channels are unknown."""
+    if not config.structured:
+        return None
+    return group_layout(model, config.granularity, [layer.parameter for layer in targets])
 
 
 @torch.no_grad()
@@ -275,6 +312,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
     local_mask = attention_mask[mine] if attention_mask is not None else None
     batch = batch_size or calibration_batch_size(model, local.shape[0], seqlen, device)
     method = one_shot_method(config.method)
+    layout = _structured_layout(model, config, [layer for members in by_block.values() for layer in members])
     last = max(by_block)
     handle = progress(f"{config.describe()}: pruning {last + 1} blocks", last + 1) if progress else Silent()
     layers_report: list[dict[str, Any]] = []
@@ -284,7 +322,8 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: OneShotConf
     try:
         with inference_mode(model):
             _prune_blocks(model, blocks, by_block, local, local_mask, batch, handle, layers_report,
-                          _BlockContext(config, method, group, device, store_mask, block_sparsity, loader, last))
+                          _BlockContext(config, method, group, device, store_mask, block_sparsity, loader, last,
+                                        layout))
     finally:
         handle.close()
     peak, source = peak_memory(device)

@@ -17,7 +17,7 @@ calibration tokens (evenly spaced, at most `ERROR_TOKENS` per input), kept as ro
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -73,9 +73,14 @@ class InputAccumulator:
 
 
 class StatisticsHooks:
-    """Forward hooks on one block's target layers, one `InputAccumulator` per distinct input tensor."""
+    """Forward hooks on one block's target layers, one `InputAccumulator` per distinct input tensor.
 
-    def __init__(self, layers: list[TargetLayer], kind: Statistics, device: torch.device, calls: int):
+    ``kind`` is the statistic every layer needs, or a layer name -> kind mapping (structured pruning
+    needs the Gram matrix of the layers it refits only); layers sharing an input share the richer
+    of their kinds."""
+
+    def __init__(self, layers: list[TargetLayer], kind: Statistics | Mapping[str, Statistics], device: torch.device,
+                 calls: int):
         self.kind, self.device = kind, device
         self.rows_per_call = max(1, math.ceil(ERROR_TOKENS / max(1, calls)))
         self.accumulators: dict[str, InputAccumulator] = {}
@@ -92,8 +97,12 @@ class StatisticsHooks:
                 key = id(x)
                 if key in self._first and self._first[key][0] is x:
                     accumulator = self._first[key][1]
+                    if self._kind_of(layer.name) == "gram" and accumulator.gram is None:
+                        raise RuntimeError(f"{layer.name} needs a Gram matrix of an input it shares with a layer "
+                                           "that does not: give the layers reading one input the same statistic.")
                 else:
-                    accumulator = InputAccumulator(layer.in_features, self.kind, self.device, self.rows_per_call)
+                    accumulator = InputAccumulator(layer.in_features, self._kind_of(layer.name), self.device,
+                                                   self.rows_per_call)
                     self._first[key] = (x, accumulator)
                     self.owners.add(layer.name)
                 self.accumulators[layer.name] = accumulator
@@ -103,6 +112,9 @@ class StatisticsHooks:
             elif accumulator.last_input is not x:
                 raise RuntimeError(f"{layer.name} no longer shares its input with the layer it shared it with.")
         return hook
+
+    def _kind_of(self, name: str) -> Statistics:
+        return self.kind if isinstance(self.kind, str) else self.kind[name]
 
     def end_call(self) -> None:
         self._first.clear()   # sharing is settled by the first call; drop its tensors

@@ -18,6 +18,7 @@ seeds derived from the replicate seed, so a resumed run ends exactly like an uni
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,17 @@ from ..masks import Mask
 from ..methods import magnitude_scores
 from ..units.aggregate import write_summary_files
 from ..units import Experiment, ProgressFactory, UnitJob, WorkerSetting, load_state, save_state
+from ..units.base import layout_for
 from ..seeding import derive_seed
-from ..select import keep_counts_after_pruning, select
+from ..groups import GroupLayout
+from ..select import GroupTarget, keep_counts_after_pruning, select, select_groups
 from ..targets import prunable_parameters
 from ..train import iterations_per_epoch
 from .config import IMPConfig
 from .controls import random_mask_like, shuffled_mask
 from .early_bird import STORE_NAME, EarlyBirdSearch, EarlyBirdState, check_epsilon
-from .schedules import base_rates, explicit_overrides, planned_densities, round_rates
+from .schedules import (RoundRates, base_rates, explicit_overrides, family_param, family_rates, planned_densities,
+                        round_rates)
 from .summary import summarize
 
 
@@ -48,16 +52,19 @@ def layer_rates(config: IMPConfig, model: nn.Module, names: list[str]) -> dict[s
 
 
 def prune_round(config: IMPConfig, model: nn.Module, current: Mask, trained: dict[str, torch.Tensor],
-                rnd: int = 1) -> Mask:
+                rnd: int = 1, layout: GroupLayout | None = None) -> Mask:
     """Pruning round ``rnd``'s mask: remove the smallest-magnitude fraction of each group's remaining weights.
 
     Layer scope prunes every layer at its own rate. Global scope ranks all layers without an
     override together at the round's base rate and prunes overridden layers at their own rates
-    (`ticketlab.lottery.schedules` says which rates a round uses).
+    (`ticketlab.lottery.schedules` says which rates a round uses). With a ``layout`` (blocks,
+    channels: `--granularity`) the same holds for whole groups (`_prune_groups`).
     """
     names = list(current)
     scores = magnitude_scores(model, {n: trained[n] for n in names})
     rates = round_rates(config, model, names, rnd)
+    if layout is not None:
+        return _prune_groups(config, model, current, scores, rates, layout)
     if config.scope == "layer":
         return select(scores, keep_counts_after_pruning(current, rates.per_layer(names)), scope="layer", within=current)
     pooled = [n for n in names if n not in rates.overrides]
@@ -72,6 +79,27 @@ def prune_round(config: IMPConfig, model: nn.Module, current: Mask, trained: dic
         parts.update(select({n: scores[n] for n in rates.overrides}, keep_counts_after_pruning(own, rates.overrides),
                             scope="layer", within=own))
     return Mask({n: parts[n] for n in names})
+
+
+def _prune_groups(config: IMPConfig, model: nn.Module, current: Mask, scores: dict[str, torch.Tensor],
+                  rates: RoundRates, layout: GroupLayout) -> Mask:
+    """A round at a coarse granularity: each family (layer scope), or the pool of families without an
+    override (global scope, ranked per weight), loses ``round_half_up(rate · remaining)`` of its
+    remaining groups by their L2 norm; overridden families lose their own rate."""
+    rate = family_rates(config, model, list(current), layout, rates)
+    alive = {f.name: int(f.alive(dict(current.items())).sum()) for f in layout}
+    after = {n: alive[n] - math.floor(rate[n] * alive[n] + 0.5) for n in alive}
+    pooled = [f.name for f in layout if config.scope == "global" and family_param(f) not in rates.overrides]
+    mask = current
+    if pooled:
+        remaining = sum(alive[n] for n in pooled)
+        target = GroupTarget(total=remaining - math.floor(rates.base * remaining + 0.5))
+        mask = select_groups(scores, layout.subset(pooled), target, within=mask, aggregate="l2")
+    alone = [f.name for f in layout if f.name not in pooled]
+    if alone:
+        mask = select_groups(scores, layout.subset(alone), GroupTarget(per_family={n: after[n] for n in alone}),
+                             within=mask, aggregate="l2")
+    return mask
 
 
 @dataclass
@@ -101,10 +129,16 @@ class IMPExperiment(Experiment):
         (``model``: the seed-0 `probe`)."""
         names = list(prunable_parameters(model, ignore=config.ignore))
         layer_rates(config, model, names)
-        rates = base_rates(config, model, names)
+        layout = layout_for(config, data, model)
+        rates = base_rates(config, model, names, layout)
+        if layout is not None:
+            planned_densities(config, model, names, rates, layout)   # refuses a round that empties a layer
         if config.early_bird is not None:
-            check_epsilon(config.early_bird, planned_densities(config, model, names, rates[:1])[1])
+            first = planned_densities(config, model, names, rates[:1], layout)
+            if first is not None:
+                check_epsilon(config.early_bird, first[1])
         ipe = iterations_per_epoch(data, config.train.batch_size)
+        config.train.check_budget(ipe)
         total, k = config.train.steps.iterations(ipe), config.rewind.iterations(ipe)
         if k >= total:
             raise TicketlabError(
@@ -124,7 +158,8 @@ class IMPExperiment(Experiment):
     def round_base_rates(self) -> tuple[float, ...]:
         """The base pruning rate of rounds 1..rounds (resolved from a target density if one is set)."""
         model = self.new_model(0)
-        return base_rates(self.config, model, list(prunable_parameters(model, ignore=self.config.ignore)))
+        return base_rates(self.config, model, list(prunable_parameters(model, ignore=self.config.ignore)),
+                          self.group_layout(model))
 
     def execute_seeds(self, seeds: tuple[int, ...]) -> None:
         """Run or resume every round and control of ``seeds``, round by round: round r of every
@@ -183,9 +218,9 @@ class IMPExperiment(Experiment):
                 reinit_seed = derive_seed(seed, "reinit", rnd)
                 start = (lambda: self.new_model(reinit_seed).state_dict())
             elif control == "random":
-                control_mask = random_mask_like(mask, seed, "random", rnd)
+                control_mask = random_mask_like(mask, seed, "random", rnd, layout=self.group_layout())
             else:
-                control_mask = shuffled_mask(mask, seed, "shuffle", rnd)
+                control_mask = shuffled_mask(mask, seed, "shuffle", rnd, layout=self.group_layout())
             unit_dir = round_dir / "controls" / control
             if not (unit_dir / "mask.safetensors").exists() and not (unit_dir / "result.json").exists():
                 control_mask.save(unit_dir / "mask.safetensors", {"seed": seed, "round": rnd, "control": control})
@@ -207,7 +242,7 @@ class IMPExperiment(Experiment):
             if early is not None:
                 return early
         trained = load_state(seed_dir / f"round-{rnd - 1:02d}" / "weights.safetensors")
-        return prune_round(self.config, model, mask, trained, rnd)
+        return prune_round(self.config, model, mask, trained, rnd, self.group_layout())
 
     def _early_bird(self, round_dir: Path, dense: Mask) -> EarlyBirdSearch | None:
         """The early-bird search of round 0 (None without --early-bird): draws round 1's mask from
@@ -217,7 +252,7 @@ class IMPExperiment(Experiment):
             return None
 
         def draw(model: nn.Module) -> Mask:
-            return prune_round(cfg, model, dense, dict(model.named_parameters()), 1)
+            return prune_round(cfg, model, dense, dict(model.named_parameters()), 1, self.group_layout())
 
         return EarlyBirdSearch(round_dir / STORE_NAME, draw, cfg.early_bird, cfg.early_bird_window,
                                after=self.rewind_iteration, stop=cfg.stops_early)

@@ -85,11 +85,26 @@ SCORERS: dict[str, Scorer] = {
 }
 
 
+#: How each scorer's per-weight scores become one score per group (a block, a channel, a head) at a
+#: coarse granularity (`ticketlab.select.select_groups`): magnitude takes the L2 norm of the group's
+#: weights (Li et al.'s filter norm, Torch-Pruning's magnitude importance); the saliencies (SNIP,
+#: GraSP, SynFlow) are first-order estimates of what removing a weight costs, so a group's is their
+#: sum; random draws one uniform score per group (a random group, not a sum of random weights).
+GROUP_AGGREGATES: dict[str, str] = {"magnitude": "l2", "random": "random", "snip": "sum", "grasp": "sum",
+                                    "synflow": "sum"}
+
+
+def group_aggregate(name: str) -> str:
+    """How scorer ``name``'s scores aggregate over a group (`GROUP_AGGREGATES`)."""
+    get_scorer(name)
+    return GROUP_AGGREGATES[name]
+
+
 def get_scorer(name: str) -> Scorer:
     if name not in SCORERS:
         raise TicketlabError(f"Unknown pruning method {name!r}; choose one of {', '.join(SCORERS)}.")
     return SCORERS[name]
 
 
-__all__ = ["SCORERS", "Scorer", "ScoringContext", "get_scorer", "grasp_scores", "magnitude_scores",
+__all__ = ["GROUP_AGGREGATES", "SCORERS", "Scorer", "ScoringContext", "get_scorer", "group_aggregate", "grasp_scores", "magnitude_scores",
            "random_scores", "snip_scores", "synflow_scores"]

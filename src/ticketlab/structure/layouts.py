@@ -36,6 +36,9 @@ def group_layout(model: nn.Module, granularity: "Granularity | str", names: Sequ
         return block_layout(shapes, granularity.rows, granularity.cols)
     if not granularity.coupled:
         return None
+    if isinstance(getattr(getattr(model, "config", None), "model_type", None), str):
+        from .transformers import transformer_layout   # Hugging Face: heads and channels from the table
+        return transformer_layout(model, granularity.units, names)
     if "head" in granularity.units:
         raise TicketlabError("--granularity head needs attention heads, which this model does not have; use "
                              "--granularity channel.")

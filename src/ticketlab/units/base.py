@@ -23,6 +23,10 @@ from ..data.augment import check_augment_fits
 from ..models import create_model
 from ..errors import TicketlabError
 from ..files import write_json
+from ..groups import GroupLayout
+from ..structure.granularity import Granularity
+from ..structure.layouts import group_layout
+from ..targets import prunable_parameters
 from ..progress import metrics_listener
 from ..train.distributed import is_distributed
 from ..runs import MetricsLog, RunLock, check_run_directory
@@ -34,6 +38,18 @@ from .unit import ProgressFactory, claim_for_process
 
 #: The file in a run directory that names its model and the data's shapes.
 MODEL_SPEC = "model.json"
+
+
+def layout_for(config: Any, data: DataSplits, model: nn.Module) -> GroupLayout | None:
+    """The `GroupLayout` of ``model`` (built for ``data``) at ``config.granularity`` over its prunable
+    parameters (minus ``config.ignore``); None for single weights and N:M. Channels trace the model
+    on a zero batch of the data's input shape."""
+    granularity = Granularity.parse(getattr(config, "granularity", None))
+    if not granularity.grouped:
+        return None
+    names = list(prunable_parameters(model, ignore=getattr(config, "ignore", ())))
+    example = torch.zeros(2, *data.input_shape)
+    return group_layout(model, granularity, names, example)
 
 
 @dataclass
@@ -233,6 +249,14 @@ class Experiment:
         """Train (or read back) independent units, stacked where that pays (`train_units`)."""
         return train_units(jobs, data=self.data, config=self.config.train, device=self.device,
                            metrics=self.metrics, stack=self.stack, progress=self.progress)
+
+    def group_layout(self, model: nn.Module | None = None) -> GroupLayout | None:
+        """The groups this experiment prunes whole (`ticketlab.structure.layouts.group_layout` at the
+        config's ``granularity``; None for single weights and N:M), built once from ``model`` (default:
+        the seed-0 network): the layout depends on the architecture only."""
+        if not hasattr(self, "_layout"):
+            self._layout = layout_for(self.config, self.data, model if model is not None else self.new_model(0))
+        return self._layout
 
     def new_model(self, seed: int) -> nn.Module:
         """The registered model for this data, initialised from ``seed`` (θ0 of that seed)."""

@@ -3,10 +3,12 @@
 Used by test_reliability.py as ``python run_harness.py KIND OUT [--kill POINT] [--hold DIR]``:
 
 * ``KIND`` is one of `EXPERIMENTS` (tiny configs on generated data, seconds each);
-* ``--kill WHAT:NAME:N`` kills the process at the N-th event WHAT on a file called NAME:
+* ``--kill WHAT:NAME:N`` kills the process at the N-th event WHAT on a file called NAME (a shell
+  pattern such as ``.out.*.tmp`` matches our temporary names):
   ``before-replace`` (the new content is fully written under a temporary name, not renamed yet),
   ``after-replace`` (renamed into place), ``torn-append`` (half of a metrics line written),
-  ``after-append`` (a whole metrics line written), ``after-unlink`` (the file was deleted);
+  ``after-append`` (a whole metrics line written), ``after-unlink`` (the file was deleted),
+  ``after-mkdir`` (a directory was created, still empty);
 * ``--hold DIR`` makes the process write ``DIR/claimed`` once it holds the run directory, then
   wait for ``DIR/go`` before doing the work (to test two processes on one directory).
 
@@ -17,6 +19,7 @@ A kill is ``os.kill(getpid(), SIGKILL)``: no ``finally`` block, no atexit handle
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import signal
 import sys
@@ -55,7 +58,7 @@ def _install_kill(point: str) -> None:
     seen = {"n": 0}
 
     def hit(path) -> bool:
-        if Path(path).name != name:
+        if not fnmatch.fnmatchcase(Path(path).name, name):
             return False
         seen["n"] += 1
         return seen["n"] == nth
@@ -103,6 +106,15 @@ def _install_kill(point: str) -> None:
                 die()
 
         Path.unlink = unlink
+    elif what == "after-mkdir":
+        real_mkdir = os.mkdir
+
+        def mkdir(path, *args, **kwargs):
+            real_mkdir(path, *args, **kwargs)
+            if hit(path):
+                die()
+
+        os.mkdir = mkdir
     else:
         raise SystemExit(f"unknown kill event {what!r}")
 

@@ -44,6 +44,24 @@ TRAINING_FLAGS = [
     (["--width", "0"], "--width"), (["--width", "-2"], "--width"), (["--width", "nan"], "finite"),
     (["--width", "100"], "--width"), (["--stack", "0"], "--stack"), (["--stack", "lots"], "--stack"),
     (["--workers", "0"], "--workers"), (["--workers", "5"], "--workers"),
+    # issue 18: a count of replicates is bounded; empty list items, other scripts' digits and spaces
+    # inside a step are refused; the LR schedule must be sorted and fit the budget; empty values
+    # are never the default; the LR is bounded
+    (["--seeds", BIG], "at most"), (["--seeds", "1,,2"], "empty item"), (["--seeds", "1,2,"], "empty item"),
+    (["--seeds", "٣"], "digits 0-9"), (["--steps", "٥it"], "Cannot read step"),
+    (["--steps", "5 it"], "Cannot read step"),
+    (["--batch-size", "١"], "--batch-size"), (["--lr", "١e-3"], "--lr"), (["--workers", "١"], "--workers"),
+    (["--lr-drops", "3it,2it"], "increasing order"), (["--lr-drops", "3it,3it"], "increasing order"),
+    (["--lr-drops", "3ep,2it"], "increasing order"), (["--lr-drops", "3it,,4it"], "empty item"),
+    (["--lr-drops", "999999ep"], "not before the end of the training budget"),
+    (["--lr-drops", "5it"], "not before the end of the training budget"),
+    (["--warmup", "999999ep"], "beyond the training budget"), (["--lr", "1e308"], "at most 10"),
+    (["--lr", "1e3"], "at most 10"), (["--out", ""], "--out"), (["--log-dir", ""], "--log-dir"),
+    (["--data-dir", " "], "--data-dir"), (["--lr-drops", ""], "--lr-drops"),
+    # known once the data is: 1ep of digits at batch 60 is 21 iterations, beyond --steps 5it
+    (["--lr-drops", "1ep"], "(21 iterations) is not before the end"),
+    (["--warmup", "1ep"], "(21 iterations) is beyond"),
+    (["--device", "cpu:5"], "one CPU device"), (["--device", "cpu:1"], "one CPU device"),
 ]
 IMP_FLAGS = [
     (["--rate", "nan"], "finite"), (["--rate", "1"], "between 0 and 1"), (["--rate", "0"], "between 0 and 1"),
@@ -68,6 +86,8 @@ IMP_FLAGS = [
     (["--density", "1"], "between 0 and 1"), (["--density", "nan"], "finite"),
     (["--density", "0.05", "--rounds", "0"], "pruning round"),
     (["--density", "0.05", "--layer-rate", "layers.3.weight=0.1"], "cannot be reached"),
+    (["--rounds", "٣"], "--rounds"), (["--controls", "reinit,"], "empty item"), (["--rate", "0.2,,0.1"], "empty item"),
+    (["--controls", ""], "--controls"), (["--ignore", ""], "--ignore"),
 ]
 PAI_FLAGS = [
     (["--method", "nope"], "nope"), (["--density", "0"], "between 0 and 1"), (["--density", "1"], "between 0 and 1"),
@@ -77,18 +97,23 @@ PAI_FLAGS = [
     (["--score-batches", "0"], "at least 1"), (["--score-batch-size", "0"], "at least 1"),
     (["--synflow-iterations", "0"], "at least 1"), (["--synflow-iterations", BIG], "at most"),
     (["--score-batches", BIG], "at most"),
+    (["--density", "0.5,,0.2"], "empty item"), (["--score-batches", "١"], "--score-batches"),
 ]
 DST_FLAGS = [
     (["--update-every", "0it"], "positive"), (["--update-every", "5"], "no unit"), (["--alpha", "0"], "alpha"),
     (["--alpha", "1.5"], "alpha"), (["--alpha", "nan"], "alpha"), (["--end-fraction", "0"], "end-fraction"),
     (["--end-fraction", "nan"], "end-fraction"), (["--update-every", "200it"], "minimum of 4"),
     (["--controls", "invert"], "invert"), (["--method", "snip"], "snip"),
+    (["--lr-drops", "20ep"], "(420 iterations) is not before the end"),      # 400it: 19 epochs and a bit
+    (["--lr-drops", "1ep,10it"], "increasing order"), (["--seeds", BIG], "at most"),
 ]
 CMP_FLAGS = [
     (["--methods", "nope"], "nope"), (["--methods", "imp,imp"], "once"), (["--methods", ","], "at least one"),
     (["--density", "0"], "between 0 and 1"), (["--density", "nan"], "finite"), (["--rate", "1"], "between 0 and 1"),
     (["--methods", "rigl", "--steps", "2ep"], "minimum of 4"), (["--distribution", "x"], "x"),
     (["--methods", "set", "--steps", "500it", "--update-every", "500it"], "minimum of 4"),
+    (["--methods", "snip,"], "empty item"), (["--methods", "imp,,random"], "empty item"), (["--seeds", BIG], "at most"),
+    (["--seeds", "0,,1"], "empty item"), (["--lr-drops", "1ep"], "is not before the end"), (["--out", ""], "--out"),
 ]
 
 CASES = ([(IMP, f, m) for f, m in TRAINING_FLAGS + IMP_FLAGS] + [(PAI, f, m) for f, m in TRAINING_FLAGS + PAI_FLAGS]
@@ -172,6 +197,10 @@ def _llm_cases(assets, tmp: Path) -> list[tuple[list[str], str]]:
     full = tmp / "full"
     full.mkdir()
     (full / "x").write_text("x")
+    run = tmp / "run"                      # a ticketlab run directory: not a Hugging Face model
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"kind": "imp", "config": {"model": "lenet300"}}))
+    wanda = [*prune, "--method", "wanda", "--sparsity", "0.5"]
     return [
         ([*prune, "--sparsity", "0.5"], "--method"),
         ([*prune, "--method", "wanda", "--sparsity", "0"], "between 0 and 1"),
@@ -212,6 +241,21 @@ def _llm_cases(assets, tmp: Path) -> list[tuple[list[str], str]]:
         (["llm", "train-tiny", "--text", str(assets.text_path), "--batch-size", "0"], "at least 1"),
         (["llm", "train-tiny", "--text", str(tmp / "missing.txt")], "missing.txt"),
         (["llm", "train-tiny", "--text", str(assets.text_path), "--seed", BIG], "at most"),
+        # issue 18
+        (["llm", "train-tiny", "--text", str(assets.text_path), "--lr", "1e308"], "at most 10"),
+        (["llm", "train-tiny", "--text", str(assets.text_path), "--steps", "٣"], "--steps"),
+        (["llm", "train-tiny", "--text", "", "--steps", "1"], "--text"),
+        (["llm", "eval", *model, "--reference", str(tmp / "does" / "not" / "exist")], "does not exist"),
+        (["llm", "eval", *model, "--reference", str(assets.text_path)], "is a file"),
+        (["llm", "eval", *model, "--reference", str(run)], "ticketlab run directory"),
+        (["llm", "eval", *model, "--reference", str(assets.bert_dir)], "applies to encoders"),
+        (["llm", "eval", *model, "--reference", ""], "--reference"),
+        (["llm", "eval", "--model", "", "--max-windows", "1"], "--model"),
+        (["llm", "eval", *model, "--eval-text", ""], "--eval-text"),
+        (["llm", "prune", "--model", "", "--method", "wanda", "--sparsity", "0.5", *calib], "--model"),
+        ([*wanda, "--calib", ""], "--calib"), ([*wanda, "--targets", ""], "--targets"),
+        ([*wanda, "--exclude", ""], "--exclude"), ([*wanda, "--targets", "q_proj,"], "empty item"),
+        ([*wanda, "--exclude", ","], "names no pattern"), ([*wanda, "--nsamples", "٢"], "--nsamples"),
     ]
 
 
@@ -243,6 +287,33 @@ def test_eval_against_a_reference_of_another_vocabulary(llm_assets, tmp_path, ca
     save_pretrained(make_bert(len(llm_assets.tokenizer) + 7), llm_assets.tokenizer, other)
     _refused(["llm", "eval", "--model", str(llm_assets.bert_dir), "--reference", str(other),
               "--eval-text", str(llm_assets.text_path)], "vocabulary", capsys)
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--batch-sizes", "1,,2"], "empty item"), (["--batch-sizes", "١"], "--batch-sizes"),
+    (["--batch-sizes", "1,"], "empty item"), (["--out", ""], "--out"), (["--seqlen", "٦٤"], "--seqlen"),
+    (["--repeats", "٥"], "--repeats"), (["--device", "cpu:5"], "one CPU device"),
+])
+def test_bench_bad_values(extra, fragment, tmp_path, capsys):
+    """Refused before the directory is read (it is no export here)."""
+    _refused(["bench", str(tmp_path), *extra], fragment, capsys)
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_bench_seqlen_beyond_the_context_length(llm_assets, tmp_path, capsys):
+    """The tiny LLaMA has 64 positions: --seqlen 65 is refused before anything is timed (RoPE
+    would run on: at --seqlen 100000 for hours)."""
+    pruned, exported = tmp_path / "pruned", tmp_path / "exported"
+    assert main(["llm", "prune", "--model", str(llm_assets.llama_dir), "--method", "wanda", "--pattern", "2:4",
+                 "--calib", str(llm_assets.text_path), "--nsamples", "2", "--seqlen", "16", "--quiet",
+                 "--out", str(pruned)]) == 0
+    assert main(["export", str(pruned), "--out", str(exported)]) == 0
+    capsys.readouterr()
+    for seqlen in ("65", "100000"):
+        err = _refused(["bench", str(exported), "--seqlen", seqlen, "--batch-sizes", "1", "--repeats", "3",
+                        "--no-memory", "--out", str(tmp_path / "bench")], "context length of 64", capsys)
+        assert f"--seqlen {seqlen}" in err
+    assert not (tmp_path / "bench").exists()
 
 
 @pytest.mark.parametrize("argv, hint", [

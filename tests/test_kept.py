@@ -68,7 +68,7 @@ def test_report_at_kept_prints_both_tables_and_writes_the_plot(tiny_run, tmp_pat
 
 @pytest.mark.parametrize("counts, sentence", [
     ("", "--at-kept needs at least one value."),
-    ("abc", "Cannot read --at-kept 'abc': give numbers separated by commas."),
+    ("abc", "Cannot read --at-kept 'abc': give numbers separated by commas (digits 0-9)."),
     ("0", "A count in --at-kept must be at least 1, not 0."),
     ("5000,-1", "A count in --at-kept must be at least 1, not -1."),
     ("inf", "A count in --at-kept must be a finite number, not inf."),

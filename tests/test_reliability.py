@@ -260,9 +260,10 @@ def test_divergence_is_one_sentence_without_warnings(toy_splits, recwarn):
     from conftest import tiny_mlp
     from ticketlab.train import TrainConfig, train
 
+    config = TrainConfig(steps="20it", batch_size=20, lr=1.0, optimizer="sgd", eval_every="5it")
+    object.__setattr__(config, "lr", 1e30)   # beyond what the config accepts, to force a divergence
     with pytest.raises(TicketlabError, match="Training diverged .* lower --lr"):
-        train(tiny_mlp(), toy_splits, TrainConfig(steps="20it", batch_size=20, lr=1e30, optimizer="sgd",
-                                                  eval_every="5it"), data_seed=0)
+        train(tiny_mlp(), toy_splits, config, data_seed=0)
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
 
 
@@ -310,7 +311,8 @@ def test_train_tiny_never_saves_a_diverged_model(llm_assets, tmp_path):
     from ticketlab.llm.tiny import TinyLMConfig, train_tiny_lm
 
     config = TinyLMConfig(layers=1, hidden=16, heads=2, context=16, vocab_size=300, steps=30, batch_size=2,
-                          lr=1e30, warmup=1, grad_clip=1e30)
+                          lr=1.0, warmup=1, grad_clip=1e30)
+    object.__setattr__(config, "lr", 1e30)   # beyond what the config accepts, to force a divergence
     with pytest.raises(TicketlabError, match="diverged|non-finite"):
         train_tiny_lm(read_text(str(llm_assets.text_path)), tmp_path / "out", config)
     assert list(tmp_path.iterdir()) == []

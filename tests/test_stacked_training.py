@@ -145,7 +145,8 @@ def test_augmenting_data_that_is_no_image_is_one_sentence_before_training():
 
 def test_divergence_names_the_network():
     data = make_splits()
-    config = TrainConfig(optimizer="sgd", lr=1e30, batch_size=16, steps="10it", eval_every="5it")
+    config = TrainConfig(optimizer="sgd", lr=1.0, batch_size=16, steps="10it", eval_every="5it")
+    object.__setattr__(config, "lr", 1e30)   # beyond what the config accepts, to force a divergence
     with pytest.raises(TicketlabError, match="Training diverged \\(the loss of net [01] became"):
         train_stacked(_jobs(tiny_mlp, 2), data, config)
 

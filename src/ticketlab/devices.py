@@ -24,6 +24,9 @@ def resolve_device(name: str | torch.device, *, allow_auto: bool = True) -> torc
         raise TicketlabError(f"Unknown device {name!r}; use {DEVICE_HELP if allow_auto else 'cpu, cuda or cuda:N'}.") from None
     if device.type not in ("cpu", "cuda"):
         raise TicketlabError(f"Device {name!r} is not supported; use cpu or cuda.")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise TicketlabError(f"There is one CPU device (its cores are threads: --threads); use --device cpu, "
+                             f"not {name!r}.")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise TicketlabError("CUDA was requested but no CUDA device is available; use --device cpu.")

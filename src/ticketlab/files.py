@@ -13,6 +13,13 @@ Every file ticketlab writes goes through this module:
 * `save_tree` / `load_tree` store nested containers of tensors and plain values (a training
   checkpoint) as safetensors plus JSON. Loading such a file cannot run code, unlike a pickle
   (``torch.load``), so a file planted in a run directory is data, never a program.
+
+Files are read back here too, and a file someone hands us may be crafted: `read_json`,
+`read_safetensors` and `safetensors_shapes` read regular files only (a FIFO would block forever, a
+device never ends), never open a path that resolves outside the directory it was found in
+(``root``: a symbolic link in a run or export directory pointing elsewhere), bound JSON nesting
+before parsing (a file nested 100,000 deep would exhaust the stack) and, where the caller asks,
+refuse NaN and Infinity (ticketlab never writes them). Each refusal is one sentence naming the file.
 """
 
 from __future__ import annotations
@@ -20,17 +27,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import TicketlabError
+from .errors import TicketlabError, first_line
 
 try:  # POSIX; without it (Windows) directory locks are skipped
     import fcntl
@@ -107,13 +116,164 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; an unreadable or malformed file is a TicketlabError naming it."""
+# --- reading files someone may have crafted --------------------------------------------------------
+#: Deepest nesting of arrays and objects `parse_json` accepts. ticketlab's own files nest at most
+#: about 8 levels (a checkpoint's optimizer state); Python's parser recurses once per level.
+MAX_JSON_DEPTH = 100
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """True if ``path``, every symbolic link followed, lies in the directory ``root`` (or is it)."""
+    resolved, top = Path(path).resolve(), Path(root).resolve()
+    return resolved == top or top in resolved.parents
+
+
+def check_inside(path: str | os.PathLike, root: str | os.PathLike | None, what: str = "file") -> Path:
+    """``path`` unless ``root`` is given and ``path`` resolves outside it: then a TicketlabError.
+
+    A run or export directory is read as a unit; a symbolic link in it that points elsewhere (to
+    another user's file, ``/etc``, a device) would make ticketlab read what the directory's author
+    chose, so it is refused rather than followed.
+    """
     path = Path(path)
+    if root is not None and not inside(path, root):
+        raise TicketlabError(f"The {what} {str(path)!r} resolves to {str(path.resolve())!r}, outside "
+                             f"{str(root)!r}; ticketlab reads only files inside the directory it is given.")
+    return path
+
+
+def regular_file(path: str | os.PathLike, what: str = "file", *, root: str | os.PathLike | None = None) -> Path:
+    """``path`` if it is a regular file (inside ``root`` when given), without opening it; else a
+    TicketlabError: missing, a directory, or a FIFO / device / socket, whose reading could block
+    forever or never end."""
+    path = check_inside(path, root, what)
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise TicketlabError(f"Cannot read {str(path)!r} as JSON ({err}).") from None
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise TicketlabError(f"The {what} {str(path)!r} does not exist.") from None
+    except OSError as err:
+        raise TicketlabError(f"Cannot read the {what} {str(path)!r} ({err.strerror or err}).") from None
+    if not stat.S_ISREG(mode):
+        raise TicketlabError(f"The {what} {str(path)!r} is {_kind_of(mode)}, not a regular file; ticketlab "
+                             "reads regular files only.")
+    return path
+
+
+def _kind_of(mode: int) -> str:
+    """What a non-regular file is, in words (for `regular_file`'s sentence)."""
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def read_bytes(path: str | os.PathLike, what: str = "file", *, root: str | os.PathLike | None = None) -> bytes:
+    """The bytes of a regular file (see `regular_file`). The file is opened non-blocking and checked
+    on its descriptor, so a FIFO swapped in after the check is refused too, never waited on."""
+    path = check_inside(path, root, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise TicketlabError(f"The {what} {str(path)!r} does not exist.") from None
+    except OSError as err:
+        raise TicketlabError(f"Cannot read the {what} {str(path)!r} ({err.strerror or err}).") from None
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise TicketlabError(f"The {what} {str(path)!r} is {_kind_of(mode)}, not a regular file; ticketlab "
+                                 "reads regular files only.")
+        try:
+            return handle.read()
+        except OSError as err:
+            raise TicketlabError(f"Cannot read the {what} {str(path)!r} ({err.strerror or err}).") from None
+
+
+#: The most entries `check_tree` walks: an export or model directory holds a few dozen files.
+MAX_TREE_ENTRIES = 10_000
+
+
+def check_tree(root: str | os.PathLike, what: str = "directory", *, confined: bool = True) -> None:
+    """Refuse a directory that holds anything but regular files and directories (a FIFO, device or
+    socket: reading it would block or never end) or, if ``confined``, a link that resolves outside
+    it. For the small directories read as a whole by other libraries (transformers opens a model
+    directory's files itself); run directories are checked file by file as they are read."""
+    root = Path(root)
+    seen = 0
+    for folder, directories, names in os.walk(root):
+        for name in [*directories, *names]:
+            seen += 1
+            if seen > MAX_TREE_ENTRIES:
+                raise TicketlabError(f"The {what} {str(root)!r} holds more than {MAX_TREE_ENTRIES} files; it is not "
+                                     "a model directory.")
+            path = Path(folder) / name
+            if confined and path.is_symlink():
+                check_inside(path, root, "file")
+            if path.exists() and (name in names or path.is_symlink()):
+                _check_kind(path)
+
+
+def _check_kind(path: Path) -> None:
+    """A TicketlabError unless ``path`` (links followed) is a regular file or a directory."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise TicketlabError(f"Cannot read {str(path)!r} ({err.strerror or err}).") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise TicketlabError(f"The file {str(path)!r} is {_kind_of(mode)}, not a regular file; ticketlab reads "
+                             "regular files only.")
+
+
+def json_depth_problem(text: str) -> str | None:
+    """Why ``text`` nests too deep to parse (more than `MAX_JSON_DEPTH` arrays / objects), or None.
+
+    Strings are blanked first (brackets inside them do not nest); the scan stops at the first
+    level too deep, so a file of 100,000 opening brackets costs 101 steps.
+    """
+    depth = 0
+    for char in _NOT_BRACKET.sub("", _JSON_STRING.sub('""', text)):
+        depth += 1 if char in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            return f"nested deeper than {MAX_JSON_DEPTH} levels"
+    return None
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"it holds {name}, which ticketlab never writes")
+
+
+def parse_json(text: str, where: str, *, finite: bool = False) -> Any:
+    """Parse JSON ``text`` (nesting bounded before parsing); ``finite``: refuse NaN, Infinity and
+    numbers beyond float range. Any problem is a TicketlabError naming ``where``."""
+    problem = json_depth_problem(text)
+    if problem is not None:
+        raise TicketlabError(f"Cannot read {where} as JSON ({problem}).")
+    options: dict[str, Any] = {"parse_constant": _no_constant, "parse_float": _finite_float} if finite else {}
+    try:
+        return json.loads(text, **options)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, huge integers, refused constants
+        raise TicketlabError(f"Cannot read {where} as JSON ({first_line(err)}).") from None
+
+
+def read_json(path: str | os.PathLike, *, root: str | os.PathLike | None = None, finite: bool = False) -> Any:
+    """Parse a JSON file: a regular file (inside ``root`` when given; see `read_bytes`), nested at
+    most `MAX_JSON_DEPTH` deep; ``finite`` refuses NaN and Infinity (for the files ticketlab writes).
+    Anything else is a TicketlabError naming the file."""
+    data = read_bytes(path, "file", root=root)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise TicketlabError(f"Cannot read {str(path)!r} as JSON ({err.reason} at byte {err.start}).") from None
+    return parse_json(text, repr(str(path)), finite=finite)
 
 
 # --- directories -------------------------------------------------------------------------------
@@ -177,26 +337,40 @@ def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
     """Yield a new temporary sibling directory of ``out``; rename it onto ``out`` if the block succeeds.
 
     ``out`` must not exist or be an empty directory, when the block starts and when it ends (a
-    TicketlabError otherwise, with ``out`` left as it was). While the block runs, the temporary
-    directory is flock-ed, so a concurrent writer's `remove_stale_siblings` leaves it alone; a
-    directory left by a killed writer is removed by the next one.
+    TicketlabError otherwise, with ``out`` left as it was). The temporary directory is the one of
+    `temporary_directory`: a killed writer's is removed by the next one.
     """
     out = Path(out)
     _check_free(out)
+    with temporary_directory(out) as tmp:
+        try:
+            yield tmp
+            follow_umask(tmp)
+            _check_free(out)
+            if out.is_dir():
+                out.rmdir()
+            os.replace(tmp, out)
+        except OSError as err:
+            raise TicketlabError(f"Cannot write {str(out)!r} ({err.strerror or err}); nothing was left behind.") from None
+
+
+@contextlib.contextmanager
+def temporary_directory(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new, empty temporary sibling of ``out`` (``.OUT.<pid>-<8 hex>.tmp``), deleted when the
+    block ends unless it was renamed away. Stale siblings of killed writers are deleted first;
+    while the block runs the directory is flock-ed, so a concurrent writer's
+    `remove_stale_siblings` leaves it alone."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_siblings(out)
     tmp = _temporary_name(out, with_pid=True)
-    os.mkdir(tmp, 0o777)
+    try:
+        os.mkdir(tmp, 0o777)
+    except OSError as err:
+        raise TicketlabError(f"Cannot write beside {str(out)!r} ({err.strerror or err}); nothing was changed.") from None
     fd = _lock_directory(tmp)
     try:
         yield tmp
-        follow_umask(tmp)
-        _check_free(out)
-        if out.is_dir():
-            out.rmdir()
-        os.replace(tmp, out)
-    except OSError as err:
-        raise TicketlabError(f"Cannot write {str(out)!r} ({err.strerror or err}); nothing was left behind.") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -256,25 +430,40 @@ def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor
             raise TicketlabError(f"Cannot write {str(path)!r} ({_reason(err)}).") from None
 
 
-def read_safetensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and ticketlab metadata of a safetensors file (a TicketlabError naming it if unreadable)."""
+def read_safetensors(path: str | os.PathLike, what: str = "file", *,
+                     root: str | os.PathLike | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and ticketlab metadata of a safetensors file (a regular file, inside ``root`` when
+    given: `regular_file`); a TicketlabError naming it if unreadable. safetensors checks that every
+    tensor's shape and offsets lie within the file, so nothing larger than the file is allocated."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise TicketlabError(f"The {what} {str(path)!r} does not exist.")
+    path = regular_file(path, what, root=root)
     try:
         tensors = {}
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             raw = (handle.metadata() or {}).get(METADATA_KEY)
             for name in handle.keys():
                 tensors[name] = handle.get_tensor(name)
-        metadata = json.loads(raw) if raw is not None else {}
     except Exception as err:  # safetensors raises several types for damaged files
         raise TicketlabError(f"The {what} {str(path)!r} is not a readable safetensors file ({_reason(err)}).") from None
+    metadata = parse_json(raw, f"the metadata of {str(path)!r}") if raw is not None else {}
     if not isinstance(metadata, dict):
         raise TicketlabError(f"The {what} {str(path)!r} has malformed metadata.")
     return tensors, metadata
+
+
+def safetensors_shapes(path: str | os.PathLike, what: str = "file", *,
+                       root: str | os.PathLike | None = None) -> dict[str, list[int]]:
+    """The shape of every tensor in a safetensors file, read from its header only (no tensor data
+    is loaded); the same checks and sentences as `read_safetensors`."""
+    from safetensors import safe_open
+
+    path = regular_file(path, what, root=root)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise TicketlabError(f"The {what} {str(path)!r} is not a readable safetensors file ({_reason(err)}).") from None
 
 
 def _reason(err: BaseException) -> str:

@@ -9,10 +9,12 @@ flag lives in one place (the field), and `config_json` serialises any config dat
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import validate
 from .errors import TicketlabError
 from .steps import Step
 
@@ -75,25 +77,62 @@ def flag_of(f: dataclasses.Field) -> Flag | None:
 
 
 # --- parsing helpers shared by the flags ------------------------------------------------------------
-def split_list(text: str) -> list[str]:
-    """``"a, b,,c"`` -> ``["a", "b", "c"]``."""
-    return [part.strip() for part in str(text).split(",") if part.strip()]
+#: Whole numbers and decimals in ASCII digits only: Python's int() and float() also read other
+#: scripts' digits ("٣"), underscores ("1_000") and surrounding blanks, none of which a flag takes.
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_FLOAT_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(nan|inf|infinity)",
+                       re.IGNORECASE)
+
+
+def split_list(text: Any, flag: str = "A comma list") -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``; blank text (or only commas) -> ``[]``, and the caller
+    says whether none is allowed. An empty item beside others (``"a,,b"``, ``"a,"``) is refused,
+    naming ``flag``: dropping it would hide a typo."""
+    parts = [part.strip() for part in str(text).split(",")]
+    if not any(parts):
+        return []
+    if not all(parts):
+        raise TicketlabError(f"{flag} {str(text)!r} has an empty item; separate the values by single commas.")
+    return parts
+
+
+def parse_int(text: Any, flag: str) -> int:
+    """``"42"`` -> 42 (digits 0-9, an optional sign); anything else is one sentence naming ``flag``."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    if not _INT_RE.fullmatch(str(text).strip()):
+        raise TicketlabError(f"Cannot read {flag} {str(text)!r}: give a whole number in the digits 0-9.")
+    return int(str(text))
+
+
+def parse_float(text: Any, flag: str) -> float:
+    """``"1e-3"`` -> 0.001 (digits 0-9; ``nan`` and ``inf`` are read, for the range checks to refuse
+    in their own words); anything else is one sentence naming ``flag``."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    if not _FLOAT_RE.fullmatch(str(text).strip()):
+        raise TicketlabError(f"Cannot read {flag} {str(text)!r}: give a number in the digits 0-9, such as 0.5 or 1e-3.")
+    return float(str(text))
 
 
 def parse_seeds(text: Any) -> tuple[int, ...]:
     """``"3"`` means three replicates (seeds 0, 1, 2); ``"0,5,7"`` lists the seeds themselves.
 
     ``text`` is what the flag was given (or a recipe's value: text or a number, never a tuple
-    for a flag that is not repeatable), so every value goes through the one path below."""
+    for a flag that is not repeatable), so every value goes through the one path below. A count
+    is bounded (`validate.MAX_REPLICATES`); listed seeds are checked by `validate.run_common`."""
+    items = split_list(text, "--seeds")
     try:
-        parts = [int(p) for p in split_list(text)]
-    except ValueError:
-        raise TicketlabError(f"Cannot read --seeds {text!r}: give a count like 3 or a list like 0,1,2.") from None
+        parts = [parse_int(p, "--seeds") for p in items]
+    except TicketlabError:
+        raise TicketlabError(f"Cannot read --seeds {str(text)!r}: give a count like 3 or a list like 0,1,2 "
+                             "(digits 0-9).") from None
     if not parts:
         raise TicketlabError("--seeds needs at least one seed.")
     if len(parts) == 1 and "," not in str(text):
         if parts[0] < 1:
             raise TicketlabError("--seeds needs at least one seed.")
+        validate.integer(parts[0], "A count of replicates --seeds", high=validate.MAX_REPLICATES)
         return tuple(range(parts[0]))
     return tuple(parts)
 
@@ -101,19 +140,49 @@ def parse_seeds(text: Any) -> tuple[int, ...]:
 def floats_parser(flag: str) -> Callable[[Any], tuple[float, ...]]:
     """A parser of ``"0.2,0.05"`` -> ``(0.2, 0.05)`` whose errors name ``flag``."""
     def parse(text: Any) -> tuple[float, ...]:
-        try:
-            values = tuple(float(p) for p in split_list(text))
-        except ValueError:
-            raise TicketlabError(f"Cannot read {flag} {text!r}: give numbers separated by commas.") from None
-        if not values:
+        items = split_list(text, flag)
+        if not items:
             raise TicketlabError(f"{flag} needs at least one value.")
-        return values
+        try:
+            return tuple(parse_float(p, flag) for p in items)
+        except TicketlabError:
+            raise TicketlabError(f"Cannot read {flag} {str(text)!r}: give numbers separated by commas "
+                                 "(digits 0-9).") from None
+    return parse
+
+
+def ints_parser(flag: str) -> Callable[[Any], tuple[int, ...]]:
+    """A parser of ``"1,8,64"`` -> ``(1, 8, 64)`` whose errors name ``flag`` (ranges are the caller's)."""
+    def parse(text: Any) -> tuple[int, ...]:
+        items = split_list(text, flag)
+        if not items:
+            raise TicketlabError(f"{flag} needs at least one value.")
+        try:
+            return tuple(parse_int(p, flag) for p in items)
+        except TicketlabError:
+            raise TicketlabError(f"Cannot read {flag} {str(text)!r}: give whole numbers like 1,8,64 "
+                                 "(digits 0-9).") from None
+    return parse
+
+
+def items_parser(flag: str) -> Callable[[Any], tuple[str, ...]]:
+    """A parser of a comma list into its items (blank: none), whose errors name ``flag``."""
+    def parse(text: Any) -> tuple[str, ...]:
+        return tuple(split_list(text, flag))
+    return parse
+
+
+def names_parser(flag: str) -> Callable[[Any], tuple[str, ...]]:
+    """A parser of a comma list of names (``none``, or blank, means none) whose errors name ``flag``."""
+    def parse(text: Any) -> tuple[str, ...]:
+        return () if str(text).strip().lower() in ("", "none") else tuple(split_list(text, flag))
     return parse
 
 
 def parse_names(text: Any) -> tuple[str, ...]:
-    """A comma list of names; ``none`` (or empty) means none."""
-    return () if str(text).strip().lower() in ("", "none") else tuple(split_list(text))
+    """A comma list of names; ``none`` (or blank, from a recipe or a script: the command line
+    refuses an empty value typed) means none (`names_parser` names the flag)."""
+    return names_parser("A list of names")(text)
 
 
 def show_list(values: Sequence[Any]) -> str:
@@ -149,5 +218,6 @@ def is_none(value: Any) -> bool:
     return value is None
 
 
-__all__ = ["Flag", "config_json", "flag_of", "floats_parser", "is_none", "json_value", "parse_names", "parse_seeds",
-           "setting", "show_list", "split_list"]
+__all__ = ["Flag", "config_json", "flag_of", "floats_parser", "ints_parser", "is_none", "items_parser", "json_value",
+           "names_parser", "parse_float", "parse_int", "parse_names", "parse_seeds", "setting", "show_list",
+           "split_list"]

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import schema
 from .errors import TicketlabError
+from .files import safetensors_shapes
 from .plotting import legend_outside, log_axis, pyplot, save, spread_label, style
 from .tables import format_columns
 from .report import line_record, load_summary, plus_minus, summary_lines
@@ -54,14 +56,20 @@ class KeptRun:
 
 def prunable_count(run_dir: Path) -> int:
     """The number of prunable weights of a run's network, from the shapes in one of its mask files
-    (read from the file header only)."""
-    from safetensors import safe_open
-
+    (read from the file header only; a regular file inside the run directory: `safetensors_shapes`)."""
     for path in sorted(run_dir.glob("seed-*/*/mask.safetensors")):
-        with safe_open(str(path), framework="pt") as handle:
-            return sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+        shapes = safetensors_shapes(path, "mask file", root=run_dir)
+        return sum(math.prod(shape) for shape in shapes.values())
     raise TicketlabError(f"Run {str(run_dir)!r} has no mask file (seed-S/…/mask.safetensors) to count its "
                          "prunable weights; finish a pruned round first.")
+
+
+#: Beyond what `load_summary` checks, the kept-weights view pairs seeds by the ``seed`` of each
+#: per-seed record (old summaries may lack it; their tables still read).
+_SEEDED = schema.dict_of(schema.record({"seed": schema.integer()}), label="seed record")
+_KEPT_SCHEMA = schema.record({"rounds": schema.list_of(schema.record(optional={
+    "seeds": _SEEDED, "controls": schema.dict_of(schema.record(optional={"seeds": _SEEDED}), label="control")}),
+    label="round entry")})
 
 
 def load_kept_run(run_dir: str | os.PathLike, label: str | None = None) -> KeptRun:
@@ -69,6 +77,7 @@ def load_kept_run(run_dir: str | os.PathLike, label: str | None = None) -> KeptR
     root = Path(run_dir)
     label = label or root.resolve().name
     summary = load_summary(root)
+    schema.validate(summary, _KEPT_SCHEMA, root / "summary.json", "a summary --at-kept can read")
     prunable = prunable_count(root)
     curves = [SeedCurve(name, _seed_points(summary["rounds"], control, prunable))
               for name, control in summary_lines(summary)]

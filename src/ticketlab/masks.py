@@ -146,9 +146,10 @@ class Mask(Mapping[str, torch.Tensor]):
         save_safetensors(path, self._tensors, meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Mask":
-        """Read a mask written by `save`; a missing, unreadable or malformed file is a TicketlabError."""
-        tensors, _ = read_safetensors(path, "mask file")
+    def load(cls, path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> "Mask":
+        """Read a mask written by `save`; a missing, unreadable or malformed file (or, with ``root``,
+        one that resolves outside that directory) is a TicketlabError."""
+        tensors, _ = read_safetensors(path, "mask file", root=root)
         bad = [n for n, t in tensors.items() if t.dtype != torch.bool]
         if bad:
             raise TicketlabError(f"Mask file {str(path)!r} holds non-boolean tensors (e.g. {bad[0]!r}).")

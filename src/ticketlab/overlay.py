@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import schema
 from .errors import TicketlabError
 from .files import read_json
 from .plotting import dense_line, legend_outside, line_with_spread, percent_axis, pyplot, save, spread_label, style
 from .tables import format_columns
-from .report import is_number, line_record, load_summary, plus_minus, summary_lines
+from .report import line_record, load_summary, plus_minus, summary_lines
 
 
 # --- several runs: curves of accuracy vs % of weights remaining ---------------------------------
@@ -57,14 +58,14 @@ def load_run(run_dir: str | os.PathLike, label: str | None = None) -> RunCurves:
     label = label or root.resolve().name
     if not root.is_dir():
         raise TicketlabError(f"Run directory {str(run_dir)!r} does not exist.")
-    if (root / "summary.json").exists():
+    if _present(root / "summary.json"):
         return _summary_curves(load_summary(root), label)
-    if (root / "compare.json").exists():
+    if _present(root / "compare.json"):
         return _compare_curves(root, label)
-    if not (root / "config.json").exists():
+    if not _present(root / "config.json"):
         raise TicketlabError(f"{str(run_dir)!r} is not a ticketlab run directory (it has no summary.json, "
                              "compare.json or config.json).")
-    config = read_json(root / "config.json")
+    config = read_json(root / "config.json", root=root)
     if isinstance(config, dict) and config.get("kind") == "compare":
         raise TicketlabError(f"{str(run_dir)!r} is a comparison that has not finished yet (no compare.json).")
     return _summary_curves(load_summary(root), label)  # raises: no round has finished there
@@ -88,15 +89,36 @@ def _summary_curves(summary: dict[str, Any], label: str) -> RunCurves:
                      len(summary.get("seeds", [0])), summary.get("dense_test_accuracy"), tuple(curves))
 
 
+def _present(path: Path) -> bool:
+    """Whether a run's file is there at all: a link counts even when broken, so that the reader
+    refuses it with a sentence rather than the directory looking like something else."""
+    return path.exists() or path.is_symlink()
+
+
+#: What an overlay reads from ``compare.json``: each row's method (a sub-directory's name), its
+#: density and accuracy, and the run's model, data and seeds.
+_COMPARE_ROW = schema.record(
+    {"method": schema.text(max_length=200), "density": schema.real(0, 1), "test_accuracy": schema.real(0, 100)},
+    {"test_accuracy_std": schema.real(0), "imp_round": schema.nullable(schema.integer()),
+     "target_density": schema.nullable(schema.real(0, 1))})
+COMPARE_SCHEMA = schema.record({
+    "rows": schema.list_of(_COMPARE_ROW, label="row"),
+    "config": schema.record(optional={"model": schema.nullable(schema.text()), "data": schema.nullable(schema.text()),
+                                      "seeds": schema.list_of(schema.integer())}),
+})
+
+
 def _compare_curves(root: Path, label: str) -> RunCurves:
     """A comparison's curves from ``compare.json``'s rows, each spread re-read from its method's
     ``summary.json`` (so it is the sample std whatever formula wrote ``compare.json``)."""
-    record = read_json(root / "compare.json")
-    rows, config = (record.get("rows"), record.get("config")) if isinstance(record, dict) else (None, None)
-    if not isinstance(rows, list) or not isinstance(config, dict) or not all(
-            isinstance(r, dict) and isinstance(r.get("method"), str) and is_number(r.get("density"))
-            and is_number(r.get("test_accuracy")) for r in rows):
-        raise TicketlabError(f"{str(root / 'compare.json')!r} is not a ticketlab comparison table.")
+    path = root / "compare.json"
+    record = schema.validate(read_json(path, root=root, finite=True), COMPARE_SCHEMA, path,
+                             "a ticketlab comparison table")
+    rows, config = record["rows"], record["config"]
+    for row in rows:
+        if not _is_name(_method_dir(row["method"])):
+            raise TicketlabError(f"{str(path)!r} is not a ticketlab comparison table (method "
+                                 f"{row['method'][:40]!r} is not the name of one of its directories).")
     rounds = {d: _method_rounds(root / d) for d in dict.fromkeys(_method_dir(r["method"]) for r in rows)}
     by_method: dict[str, list[tuple[float, float, float]]] = {}
     for row in rows:
@@ -108,6 +130,12 @@ def _compare_curves(root: Path, label: str) -> RunCurves:
         raise TicketlabError(f"Comparison {label!r} has no method rows to show.")
     return RunCurves(label, "compare", str(config.get("model")), str(config.get("data")),
                      len(config.get("seeds", [0])), dense[0][1] if dense else None, curves)
+
+
+def _is_name(name: str) -> bool:
+    """A plain directory name: not empty, no separator, not ``.`` or ``..`` (a row's method names
+    a sub-directory of the comparison; ``../x`` would read another directory)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def _method_dir(method: str) -> str:

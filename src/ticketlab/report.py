@@ -8,10 +8,12 @@ formula read the same as new ones. Several runs overlaid: `ticketlab.overlay`.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
+from . import schema
 from .errors import TicketlabError
 from .files import read_json
 from .plotting import dense_line, legend_outside, line_with_spread, percent_axis, pyplot, save, spread_label
@@ -20,13 +22,19 @@ from .units.aggregate import sample_std
 
 
 def load_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """A run directory's checked ``summary.json``, every ``<field>_std`` the sample std over seeds."""
+    """A run directory's checked ``summary.json``, every ``<field>_std`` the sample std over seeds.
+
+    Every reader of a summary (a run's report, overlays, ``--at-kept``, ``export``'s choice of
+    round) comes through here: the file must be a regular file inside ``run_dir`` (no FIFO, no
+    link elsewhere), hold no NaN or Infinity, and fit `SUMMARY_SCHEMA` (`summary_problem`), so the
+    readers may use every field it describes without further checks.
+    """
     path = Path(run_dir) / "summary.json"
     if not Path(run_dir).is_dir():
         raise TicketlabError(f"Run directory {str(run_dir)!r} does not exist.")
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise TicketlabError(f"{str(run_dir)!r} has no summary.json yet: no round has finished there.")
-    summary = read_json(path)
+    summary = read_json(path, root=run_dir, finite=True)
     problem = summary_problem(summary)
     if problem is not None:
         raise TicketlabError(f"{str(path)!r} is not a ticketlab summary ({problem}).")
@@ -44,58 +52,54 @@ def _resample_spread(entry: dict[str, Any]) -> None:
         return
     for key in [k for k in entry if k.endswith("_std")]:
         values = [r.get(key[:-4]) for r in records.values()]
-        if all(is_number(v) for v in values):
+        if all(is_number(v) and math.isfinite(v) for v in values):
             entry[key] = sample_std(values)
-
-
-_NUMBERS = ("density", "test_accuracy", "test_accuracy_std", "early_stop_iteration", "early_stop_iteration_std")
 
 
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _entry_problem(entry: Any, where: str) -> str | None:
-    if not isinstance(entry, dict):
-        return f"{where} is not an object"
-    for field in _NUMBERS:
-        if not is_number(entry.get(field)):
-            return f"{where} has no number {field!r}"
-    if not isinstance(entry.get("collapsed_layers", []), list):
-        return f"{where} has malformed 'collapsed_layers'"
-    return None
+# --- what a summary must hold: every field tables, plots, overlays and --at-kept read -------------
+_FRACTION, _ACCURACY, _NON_NEGATIVE = schema.real(0, 1), schema.real(0, 100), schema.real(0)
+#: One seed's record of a line (its unit's result.json): what ``--at-kept`` interpolates.
+_SEED_RECORD = schema.record({"density": _FRACTION, "test_accuracy": _ACCURACY}, {"seed": schema.integer()})
+#: What the record of every line holds, the run's own and each control's: means and sample stds.
+_LINE_FIELDS = {"density": _FRACTION, "test_accuracy": _ACCURACY, "test_accuracy_std": _NON_NEGATIVE,
+                "early_stop_iteration": _NON_NEGATIVE, "early_stop_iteration_std": _NON_NEGATIVE}
+_LINE_OPTIONAL = {"collapsed_layers": schema.list_of(schema.text()),
+                  "seeds": schema.dict_of(_SEED_RECORD, label="seed record")}
+_CONTROL = schema.record(_LINE_FIELDS, _LINE_OPTIONAL)
+#: Fields of a round entry that only IMP summaries have, and those only the other kinds have.
+_KIND_FIELDS = {True: {"round": schema.integer(), "winning_ticket": schema.flag()},
+                False: {"target_density": _FRACTION}}
+#: Top-level fields read besides the rounds. ``cost`` is shown only where well formed (old summaries
+#: lack it), so it is not checked.
+_TOP_OPTIONAL = {
+    "kind": schema.text(), "method": schema.nullable(schema.text()), "model": schema.nullable(schema.text()),
+    "data": schema.nullable(schema.text()), "seeds": schema.list_of(schema.integer()),
+    "controls": schema.list_of(schema.text()), "dense_test_accuracy": schema.nullable(_ACCURACY),
+    "dense_reference": schema.record(optional={"source": schema.nullable(schema.text())}),
+    "early_bird": schema.record(optional={"epsilon": schema.nullable(schema.real()), "seeds": schema.dict_of(
+        schema.record(optional={"stop_iteration": schema.nullable(schema.integer())}), label="seed")}),
+}
+
+
+def summary_schema(is_imp: bool) -> schema.Check:
+    """The schema of a summary of an IMP run (``is_imp``) or of a prune-init / sparse-train run."""
+    entry = schema.record({**_LINE_FIELDS, **_KIND_FIELDS[is_imp]},
+                          {**_LINE_OPTIONAL, "controls": schema.dict_of(_CONTROL, label="control")})
+    return schema.record({"rounds": schema.list_of(entry, label="round entry")}, _TOP_OPTIONAL)
 
 
 def summary_problem(summary: Any) -> str | None:
-    """What is wrong with a ``summary.json`` (None if it has every field tables and plots read)."""
+    """What is wrong with a ``summary.json`` (None if it has every field tables and plots read, of
+    the types and in the ranges they need: `summary_schema`)."""
     if not isinstance(summary, dict):
         return "not an object"
     if not isinstance(summary.get("rounds"), list):
         return "no list of rounds"
-    controls = summary.get("controls", [])
-    if not isinstance(controls, list) or not all(isinstance(c, str) for c in controls):
-        return "'controls' is not a list of names"
-    if not isinstance(summary.get("seeds", []), list):
-        return "'seeds' is not a list"
-    is_imp = summary.get("kind", "imp") == "imp"
-    for index, entry in enumerate(summary["rounds"]):
-        where = f"round entry {index}"
-        problem = _entry_problem(entry, where)
-        if problem is None and is_imp and not (isinstance(entry.get("winning_ticket"), bool)
-                                               and isinstance(entry.get("round"), int)):
-            problem = f"{where} has no 'round' number or 'winning_ticket'"
-        if problem is None and not is_imp and not is_number(entry.get("target_density")):
-            problem = f"{where} has no number 'target_density'"
-        if problem is None and not isinstance(entry.get("controls", {}), dict):
-            problem = f"{where} has malformed 'controls'"
-        for name, control in (entry.get("controls") or {}).items() if problem is None else ():
-            problem = problem or _entry_problem(control, f"control {name!r} of {where}")
-        if problem is not None:
-            return problem
-    dense = summary.get("dense_test_accuracy")
-    if dense is not None and not is_number(dense):
-        return "'dense_test_accuracy' is not a number"
-    return None
+    return schema.problem(summary, summary_schema(summary.get("kind", "imp") == "imp"))
 
 
 def summary_lines(summary: dict[str, Any]) -> list[tuple[str, str | None]]:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from .errors import TicketlabError
 from .validate import MAX_EPOCHS, MAX_ITERATIONS
 
-_STEP_RE = re.compile(r"^\s*(\d+)\s*(it|ep)\s*$")
+#: ASCII digits right before the unit: ``\d`` would also take other scripts' digits (``٥it``), and a
+#: space inside (``5 it``) is refused like any other unreadable step.
+_STEP_RE = re.compile(r"([0-9]+)(it|ep)")
 
 
 @dataclass(frozen=True)
@@ -45,19 +47,38 @@ class Step:
             return text
         if isinstance(text, int) and not isinstance(text, bool):
             return cls(text, "it")
-        match = _STEP_RE.match(str(text))
+        bare = str(text).strip()
+        match = _STEP_RE.fullmatch(bare)
         if match is None:
-            bare = str(text).strip()
-            if bare.isdigit() and int(bare) == 0:
+            digits = bare.isascii() and bare.isdigit()
+            if digits and int(bare) == 0:
                 return cls(0, "it")
-            if bare.isdigit():
+            if digits:
                 raise TicketlabError(
                     f"The step {bare!r} has no unit: write {bare}it for iterations or {bare}ep for epochs."
                 )
             raise TicketlabError(
-                f"Cannot read step {text!r}: write a number of iterations like '500it' or epochs like '2ep'."
+                f"Cannot read step {text!r}: write a number of iterations like '500it' or epochs like '2ep' "
+                "(digits 0-9, no space before the unit)."
             )
         return cls(int(match.group(1)), match.group(2))
+
+    def surely_not_before(self, other: "Step") -> bool:
+        """Whether this step is at or after ``other`` whatever the epoch length (an epoch is at
+        least one iteration): decidable before the data is known for ``5ep`` against ``3it``, not
+        for ``5it`` against ``1ep``."""
+        if other.count == 0:
+            return True
+        return self.count >= other.count and (self.unit == other.unit or self.unit == "ep")
+
+    def surely_after(self, other: "Step") -> bool:
+        """Whether this step is strictly after ``other`` whatever the epoch length (see
+        `surely_not_before`)."""
+        if self.count == 0:
+            return False
+        if other.count == 0:
+            return True
+        return self.count > other.count and (self.unit == other.unit or self.unit == "ep")
 
     def iterations(self, iterations_per_epoch: int) -> int:
         """This step as an iteration count, given how many iterations make one epoch."""

@@ -18,6 +18,12 @@ MAX_SEED = 2**32 - 1
 #: The most training iterations or epochs one budget may name.
 MAX_ITERATIONS = 10**9
 MAX_EPOCHS = 10**6
+#: The most replicates a count of seeds (``--seeds 3``) may ask for.
+MAX_REPLICATES = 10_000
+#: The largest learning rate accepted. Real ones are below 1 (SGD 0.1, Adam 1e-3); 10 only stops
+#: typos such as 1e3 for 1e-3, and keeps every optimiser's step (lr / Adam's bias correction,
+#: at most 10x lr) far inside float32, where a step of 1e308 cannot even be represented.
+MAX_LR = 10.0
 
 
 def _is_number(value: Any) -> bool:
@@ -56,6 +62,22 @@ def integer(value: Any, flag: str, *, low: int | None = None, high: int | None =
         raise TicketlabError(f"{flag} must be at least {low}, not {value}.")
     if high is not None and value > high:
         raise TicketlabError(f"{flag} must be at most {high:,}, not {value:,}.")
+    return value
+
+
+def learning_rate(value: Any, flag: str = "The learning rate --lr") -> float:
+    """A learning rate in ``(0, MAX_LR]`` (the two ends are two sentences, each naming its bound)."""
+    rate = real(value, flag, low=0.0, low_open=True)
+    if rate > MAX_LR:
+        raise TicketlabError(f"{flag} must be at most {MAX_LR:g}, not {rate:g}; real learning rates are below 1 "
+                             "(such as 0.1 for SGD, 1e-3 for Adam).")
+    return rate
+
+
+def text(value: Any, flag: str) -> str:
+    """``value`` as a string with something in it: an empty (or blank) string is never a default."""
+    if not isinstance(value, str) or not value.strip():
+        raise TicketlabError(f"{flag} needs a value, not {value!r}.")
     return value
 
 

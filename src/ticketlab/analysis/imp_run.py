@@ -2,7 +2,8 @@
 
 An analysis needs the run's resolved configuration (to rebuild its model, data and training
 recipe), θ0 and θk of a seed, and the mask of a round. Every missing or damaged piece is one
-`TicketlabError` sentence that names the file, raised before the analysis writes anything.
+`TicketlabError` sentence that names the file, raised before the analysis writes anything; so is a
+file that is not a regular file or that resolves (through a link) outside the run directory.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class ImpRun:
         path = Path(path)
         if not path.is_dir():
             raise TicketlabError(f"The run directory {str(path)!r} does not exist.")
-        record = read_json(path / "config.json") if (path / "config.json").is_file() else None
+        record = read_json(path / "config.json", root=path, finite=True) if (path / "config.json").is_file() else None
         if not (isinstance(record, dict) and record.get("kind") == "imp" and isinstance(record.get("config"), dict)):
             raise TicketlabError(f"{str(path)!r} is not an IMP run directory (its config.json is missing or of "
                                  "another kind).")
@@ -61,14 +62,14 @@ class ImpRun:
         path = self.mask_path(seed, round_index)
         if not path.is_file():
             raise TicketlabError(f"Round {round_index} of seed {seed} has not started yet ({str(path)!r} is missing).")
-        return Mask.load(path)
+        return Mask.load(path, root=self.path)
 
     def init_state(self, seed: int) -> dict[str, torch.Tensor]:
         """θ0 of ``seed`` (the whole state dict)."""
         path = self.seed_dir(seed) / "init.safetensors"
         if not path.is_file():
             raise TicketlabError(f"The run holds no initial weights for seed {seed} ({str(path)!r} is missing).")
-        return load_state(path)
+        return load_state(path, root=self.path)
 
     def rewind_state(self, seed: int) -> dict[str, torch.Tensor]:
         """θk of ``seed`` at the run's own rewind point (θ0 when the run rewinds to the start)."""
@@ -78,7 +79,7 @@ class ImpRun:
         if not path.is_file():
             raise TicketlabError(f"The run holds no rewind weights for seed {seed} ({str(path)!r} is missing; "
                                  "round 0 saves them when it reaches the rewind point).")
-        return load_state(path)
+        return load_state(path, root=self.path)
 
     def round_trainer(self, seed: int, round_index: int) -> str | None:
         """Which code path trained round ``round_index``'s ticket of ``seed`` (``trainer`` in its
@@ -87,7 +88,7 @@ class ImpRun:
         path = self.seed_dir(seed) / f"round-{round_index:02d}" / "result.json"
         if not path.is_file():
             return None
-        record = read_json(path)
+        record = read_json(path, root=self.path, finite=True)
         trainer = record.get("trainer") if isinstance(record, dict) else None
         if trainer is not None and trainer not in TRAINERS:
             raise TicketlabError(f"{str(path)!r} names an unknown trainer {trainer!r}.")

@@ -19,6 +19,7 @@ import click
 
 from ..errors import TicketlabError
 from ..progress import Finished
+from .options import INT
 
 def default_out(kind: str, config_json: dict[str, Any], *parts: str) -> Path:
     """``runs/KIND-PARTS-<hash of the resolved config>``: the same config always maps to the same dir."""
@@ -148,7 +149,7 @@ def run_options(func: Callable) -> Callable:
                      help="Networks trained at once as one stacked computation (a round's ticket and controls, "
                           "seeds, densities): auto (where it is faster: small networks; always on a GPU), "
                           "off, or a group size."),
-        click.option("--workers", default=1, show_default=True, type=int,
+        click.option("--workers", default=1, show_default=True, type=INT,
                      help="Local processes for the independent seeds (and comparison cells); the cores are "
                           "divided among them."),
         click.option("--cluster", default=None, metavar="ADDRESS",

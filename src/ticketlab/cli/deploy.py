@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from .. import validate
-from ..errors import TicketlabError
-from ..flags import split_list
+from ..flags import ints_parser
 from .common import trust_typed_code, user_code_options
+from .options import INT, refuse_empty_values
 
 
 def _format_bytes(n: float) -> str:
@@ -23,8 +23,8 @@ def _format_bytes(n: float) -> str:
 @click.command("export")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("--out", required=True, metavar="DIR", help="New (or empty) directory to write.")
-@click.option("--seed", default=None, type=int, help="With a run directory: the seed (default: its first).")
-@click.option("--round", "round_index", default=None, type=int,
+@click.option("--seed", default=None, type=INT, help="With a run directory: the seed (default: its first).")
+@click.option("--round", "round_index", default=None, type=INT,
               help="With a run directory: the round (IMP; default: the sparsest winning ticket) or the density "
                    "index (prune-init / sparse-train; default: the smallest density).")
 @click.option("--format", "fmt", default="compact", show_default=True, type=click.Choice(["compact", "hf"]),
@@ -54,9 +54,9 @@ def export(src: Path, out: str, seed: int | None, round_index: int | None, fmt: 
         widths = ", ".join(f"{name} {compaction['widths_before'][name]} -> {after}"
                            for name, after in compaction["widths_after"].items())
         click.echo(f"compacted: removed {compaction['removed_units']} dead units ({widths})")
-    if compaction.get("not_compacted"):
-        click.echo(f"left at full width (their outputs meet a residual addition or the network's output): "
-                   f"{', '.join(compaction['not_compacted'])}")
+    untouched = compaction.get("not_compacted") or {}
+    if untouched:
+        click.echo("left at full width: " + "; ".join(f"{name} ({why})" for name, why in untouched.items()))
     kept = compaction.get("kept_constant_units") or {}
     if kept:
         click.echo("kept constant units that feed a padded convolution (no bias can replace them): "
@@ -71,9 +71,10 @@ def export(src: Path, out: str, seed: int | None, round_index: int | None, fmt: 
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch-sizes", default="1,8,64", show_default=True, help="Comma list of batch sizes.")
-@click.option("--threads", default=None, type=int, help="CPU threads (default: torch's default for this machine).")
-@click.option("--repeats", default=20, show_default=True, type=int, help="Alternated rounds per measurement.")
-@click.option("--seqlen", default=64, show_default=True, type=int, help="Tokens per sequence (transformers).")
+@click.option("--threads", default=None, type=INT, help="CPU threads (default: torch's default for this machine).")
+@click.option("--repeats", default=20, show_default=True, type=INT, help="Alternated rounds per measurement.")
+@click.option("--seqlen", default=64, show_default=True, type=INT,
+              help="Tokens per sequence (transformers; at most the model's context length).")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-memory measurement (two child processes).")
 @click.option("--out", default=None, metavar="DIR", help="Where bench.json and bench.png go (default: MODEL_DIR).")
 @user_code_options("--model")
@@ -83,18 +84,17 @@ def bench(model_dir: Path, device: str, batch_sizes: str, threads: int | None, r
     from ..deploy.bench import bench as run_bench, check_batch_sizes, format_bench, write_outputs
     from ..deploy.kernels import kernel_status
     from ..devices import resolve_device
+    from ..outputs import check_bench_outputs
 
+    refuse_empty_values()
     trust_typed_code(user_model)
     resolve_device(device, allow_auto=False)
-    try:
-        values = [int(v) for v in split_list(batch_sizes)]
-    except ValueError:
-        raise TicketlabError(f"Cannot read --batch-sizes {batch_sizes!r}: give whole numbers like 1,8,64.") from None
-    sizes = check_batch_sizes(values)
+    sizes = check_batch_sizes(ints_parser("--batch-sizes")(batch_sizes))
     if threads is not None:
         validate.integer(threads, "--threads", low=1, high=4096)
     validate.integer(repeats, "--repeats", low=3, high=10_000)
     validate.integer(seqlen, "--seqlen", low=1, high=1 << 20)
+    check_bench_outputs(Path(out) if out else model_dir)
     status = kernel_status()
     if not status["available"] and device == "cpu":
         click.echo(f"note: {status['reason']}; using torch's sparse and dense kernels only.", err=True)

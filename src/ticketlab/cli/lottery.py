@@ -32,7 +32,8 @@ def imp(**opts) -> None:
 
     config = config_from(IMPConfig, opts, recipe_values(opts["recipe"], "imp", IMPConfig))
     opts["quiet"] = quiet_here(opts["quiet"])
-    out = opts["out"] or default_out("imp", config.to_json(), config.model, config.data)
+    out = opts["out"] if opts["out"] is not None else default_out("imp", config.to_json(), config.model,
+                                                                  config.data)
     device = resolve_device(opts["device"])
     experiment = IMPExperiment.prepare(config, out, device=device, progress=progress_from(opts), stack=opts["stack"],
                                        workers=worker_setting_from(opts), threads=opts["threads"])

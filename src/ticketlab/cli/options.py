@@ -15,9 +15,46 @@ from typing import Any
 
 import click
 
-from ..flags import Flag, flag_of, show_list
+from ..errors import TicketlabError
+from ..flags import Flag, flag_of, parse_float, parse_int, show_list
 from ..steps import Step
 from ..train.config import TrainConfig
+
+
+class Number(click.ParamType):
+    """A click type reading whole numbers (``int``) or decimals (``float``) in the digits 0-9 only
+    (`ticketlab.flags.parse_int` / `parse_float`): click's own INT and FLOAT go through Python's
+    int() and float(), which also take other scripts' digits and underscores."""
+
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+        self.name = "integer" if kind is int else "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        flag = param.opts[0] if param is not None and param.opts else "the value"
+        return parse_int(value, flag) if self.kind is int else parse_float(value, flag)
+
+
+#: The click types of the flags typed ``int`` / ``float``.
+INT, FLOAT = Number(int), Number(float)
+_NUMBER_TYPES = {int: INT, float: FLOAT}
+
+
+def refuse_empty_values() -> None:
+    """An empty (or blank) value typed for any option of the running command — ``--out ''``,
+    ``--model ''``, one of a repeated flag's values — is one sentence: an empty string is never
+    the default. (Outside a click command, nothing to check.)"""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or not param.name or not given_on_command_line(param.name):
+            continue
+        value = ctx.params.get(param.name)
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            raise TicketlabError(f"{param.opts[0]} was given an empty value; give one, or leave the flag out "
+                                 "for its default.")
 
 
 def _shown(value: Any, flag: Flag) -> Any:
@@ -53,7 +90,7 @@ def _option(f: dataclasses.Field, flag: Flag) -> Callable:
         if flag.choices is not None:
             kwargs["type"] = click.Choice(list(flag.choices()))
         elif flag.type is not None:
-            kwargs["type"] = flag.type
+            kwargs["type"] = _NUMBER_TYPES.get(flag.type, flag.type)
     if flag.required:
         kwargs["required"] = True
     return click.option(flag.flag_name(f.name), flag.key(f.name), **kwargs)
@@ -106,7 +143,9 @@ def _values(cls: type, opts: Mapping[str, Any], defaults: Mapping[str, Any]) -> 
 
 
 def config_from(cls: type, opts: Mapping[str, Any], defaults: Mapping[str, Any] | None = None, **fixed: Any) -> Any:
-    """``cls`` built from the parsed options (``fixed`` fields given by the command itself)."""
+    """``cls`` built from the parsed options (``fixed`` fields given by the command itself); an
+    empty value typed for any of the command's options is refused first (`refuse_empty_values`)."""
+    refuse_empty_values()
     defaults = defaults or {}
     values = _values(cls, opts, defaults)
     if any(f.name == "train" for f in dataclasses.fields(cls)):
@@ -122,4 +161,5 @@ def config_from(cls: type, opts: Mapping[str, Any], defaults: Mapping[str, Any] 
     return config
 
 
-__all__ = ["config_from", "config_options", "flagged_fields", "given_on_command_line"]
+__all__ = ["FLOAT", "INT", "Number", "config_from", "config_options", "flagged_fields", "given_on_command_line",
+           "refuse_empty_values"]

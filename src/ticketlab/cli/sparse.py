@@ -34,8 +34,8 @@ def _run_sparse(cls: type, opts: dict) -> None:
 
     config = config_from(cls, opts, recipe_values(opts["recipe"], cls.KIND, cls))
     opts["quiet"] = quiet_here(opts["quiet"])
-    out = Path(opts["out"]) if opts["out"] else default_out(cls.KIND, config.to_json(), config.method, config.model,
-                                                            config.data)
+    out = Path(opts["out"]) if opts["out"] is not None else default_out(cls.KIND, config.to_json(), config.method,
+                                                                        config.model, config.data)
     device = resolve_device(opts["device"])
     experiment = SparseExperiment.prepare(config, out, device=device, progress=progress_from(opts), stack=opts["stack"],
                                           workers=worker_setting_from(opts), threads=opts["threads"])
@@ -86,7 +86,8 @@ def compare(**opts) -> None:
 
     config = config_from(CompareConfig, opts)
     opts["quiet"] = quiet_here(opts["quiet"])
-    out = Path(opts["out"]) if opts["out"] else default_out("compare", config.to_json(), config.model, config.data)
+    out = Path(opts["out"]) if opts["out"] is not None else default_out("compare", config.to_json(), config.model,
+                                                                        config.data)
     device = resolve_device(opts["device"])
     experiment = CompareExperiment.prepare(config, out, device=device, progress=progress_from(opts),
                                            stack=opts["stack"], workers=worker_setting_from(opts),

@@ -12,13 +12,14 @@ import click
 
 from ..errors import TicketlabError
 from ..flags import split_list
+from .options import INT
 from .common import TerminalProgress, threads_option, trust_typed_code, user_code_options
 
 
 def _sweep(text: str | None) -> tuple[str, ...] | None:
     if text is None:
         return None
-    items = tuple(split_list(text))
+    items = tuple(split_list(text, "--rewind-sweep"))
     if not items:
         raise TicketlabError("--rewind-sweep needs at least one rewind point, e.g. 0,50it,1ep.")
     return items
@@ -26,13 +27,13 @@ def _sweep(text: str | None) -> tuple[str, ...] | None:
 
 @click.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--round", "round_index", required=True, type=int, help="The round to analyse (0: the dense network).")
-@click.option("--seed", default=None, type=int, help="Which replicate of the run (default: its first seed).")
-@click.option("--points", default=11, show_default=True, type=int,
+@click.option("--round", "round_index", required=True, type=INT, help="The round to analyse (0: the dense network).")
+@click.option("--seed", default=None, type=INT, help="Which replicate of the run (default: its first seed).")
+@click.option("--points", default=11, show_default=True, type=INT,
               help="Evenly spaced points on the path between the two copies, both ends included (at least 3).")
 @click.option("--rewind-sweep", default=None, metavar="STEPS",
               help="Comma list of rewind points k, e.g. 0,50it,100it,1ep (default: the run's own rewind point).")
-@click.option("--bn-examples", default=10_000, show_default=True, type=int,
+@click.option("--bn-examples", default=10_000, show_default=True, type=INT,
               help="Training examples from which BatchNorm statistics are recomputed at each point.")
 @click.option("--out", default=None, type=click.Path(path_type=Path),
               help="Output directory (default: RUN_DIR/stability/seed-S-round-RR).")

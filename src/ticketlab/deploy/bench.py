@@ -167,6 +167,7 @@ def bench(directory: str | Path, *, batch_sizes: Sequence[int] = (1, 8, 64), dev
     record, _ = read_package(directory)
     target = torch.device(device)
     dense = load(directory, sparse=False).to(target)
+    check_seqlen(record, dense, seqlen)
     deployed = load(directory, sparse=False).to(target)
     original = _original_architecture(record, target)
     from .execute import sparsify
@@ -265,6 +266,20 @@ def format_bench(result: dict[str, Any]) -> str:
             lines.append(f"{row['name'][:40]:<40} {row['density']:>8.4f} {row['kernel']:>16} {row['batch']:>6} "
                          f"{row['dense_ms']:>9.3f} {row['deployed_ms']:>12.3f}")
     return "\n".join(lines)
+
+
+def check_seqlen(record: dict[str, Any], model: nn.Module, seqlen: int) -> None:
+    """A transformer's ``seqlen`` must fit its context length (``max_position_embeddings`` or the
+    equivalent in its config): beyond it, learned position embeddings fail and rotary ones run on
+    (attention grows with the square of ``seqlen``) for as long as a user waits."""
+    if record["kind"] != "hf":
+        return
+    from ..llm.adapters import context_length
+
+    context = context_length(model)
+    if context is not None and seqlen > context:
+        raise TicketlabError(f"--seqlen {seqlen} is beyond the model's context length of {context} tokens "
+                             f"(max_position_embeddings or its equivalent in the config); give at most {context}.")
 
 
 def check_batch_sizes(values: Sequence[int]) -> tuple[int, ...]:

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import TicketlabError
 from ..models import create_model
+from ..outputs import check_output_directory
 from .compact import compact_model
 from .package import write_package
 from .sources import Source, resolve_source
@@ -70,7 +71,13 @@ def _compacted(source: Source) -> tuple[dict[str, torch.Tensor], dict[str, Any] 
 
 def export(src: str | Path, out: str | Path, *, seed: int | None = None, round_index: int | None = None,
            fmt: str = "compact", compact: bool = True) -> dict[str, Any]:
-    """Export ``src`` to the new directory ``out``; returns the record written as ``ticketlab.json``."""
+    """Export ``src`` to the new directory ``out``; returns the record written as ``ticketlab.json``.
+
+    ``out`` must lie outside ``src`` and outside every run and export directory
+    (`check_output_directory`); it is written atomically, and a rerun after a kill finds nothing or
+    the complete directory (`write_package`).
+    """
+    check_output_directory(Path(out), [Path(src)])
     source = resolve_source(src, seed=seed, round_index=round_index)
     state, compaction = source.state, None
     if source.kind == "vision" and compact:

@@ -21,6 +21,9 @@ leaves them) are recorded in an extra ``negzero`` part (1 bit per such zero, LZM
 when there are any, so decoding is bit-identical in every case; ticketlab's own masks write
 ``+0.0`` and never need it. Every encoded tensor carries the SHA-256 of its parts, so a tampered file
 is refused rather than decoded into wrong weights, and every part's size is checked before use.
+The table is checked by schema before any tensor is decoded, and the bytes its shapes declare
+against the bytes stored (`ticketlab.schema.check_declared`): a small file whose LZMA part claims
+gigabytes of mask is refused before anything is decompressed or allocated.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 import torch
 
 from ..bits import pack_bits, unpack_bits
+from .. import schema
 from ..errors import TicketlabError
 
 FORMAT = "ticketlab-compact"
@@ -256,9 +260,10 @@ def decode_tensor(parts: dict[str, torch.Tensor], info: dict[str, Any], where: s
     if encoding not in ENCODINGS:
         raise TicketlabError(f"{where} uses an unknown encoding {encoding!r}.")
     shape = info.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+    if schema.problem(shape, _SHAPE) is not None:
         raise TicketlabError(f"{where} has an invalid shape.")
     dtype = dtype_from_name(str(info.get("dtype")), where)
+    schema.check_declared(decoded_bytes(info), _stored_bytes(parts), where, "a tensor")
     if info.get("sha256") != _digest(parts):
         raise TicketlabError(f"{where} does not match its checksum (the file is corrupt or was tampered with).")
     if encoding == "dense":
@@ -332,6 +337,9 @@ def decode_state(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], whe
     infos = metadata.get("tensors")
     if not isinstance(infos, dict):
         raise TicketlabError(f"{where} has no tensor table.")
+    problem = schema.problem(infos, _TABLE)
+    if problem is not None:
+        raise TicketlabError(f"{where} has a malformed tensor table ({problem}).")
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         name, _, part = key.rpartition(_SEP)
@@ -339,6 +347,8 @@ def decode_state(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], whe
     unknown = sorted(set(parts) - set(infos))
     if unknown:
         raise TicketlabError(f"{where} holds tensor {unknown[0]!r}, which its table does not describe.")
+    schema.check_declared(sum(decoded_bytes(info) for info in infos.values()), _stored_bytes(tensors), where,
+                          "tensors")
     state = {}
     for name, info in infos.items():
         if not isinstance(info, dict) or name not in parts:
@@ -348,6 +358,30 @@ def decode_state(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], whe
             raise TicketlabError(f"{where} has the wrong parts for tensor {name!r}.")
         state[name] = decode_tensor(parts[name], info, f"Tensor {name!r} of {where}")
     return state
+
+
+#: A declared shape: at most 32 dimensions (torch's own limit is 64), none beyond 2**48.
+_SHAPE = schema.list_of(schema.integer(0, 2**48), max_items=32)
+#: The fields of each tensor's entry that are used before its parts are checked. Encoding and
+#: dtype are plain strings here: `decode_tensor` names an unknown one in its own sentence.
+_TABLE = schema.dict_of(schema.record(
+    {"encoding": schema.text(max_length=100), "shape": _SHAPE, "dtype": schema.text(max_length=100)},
+    {"sha256": schema.text(max_length=100), **{k: schema.integer(0, 64) for k in ("n", "m", "axis", "word_bytes",
+                                                                                  "per_word")}}), label="tensor")
+
+
+def decoded_bytes(info: dict[str, Any]) -> int:
+    """Bytes of the tensor an entry declares (its shape times its dtype's size; an unknown dtype
+    counts 8 bytes per element), computed without building anything."""
+    name = info.get("dtype")
+    dtype = _STRING_DTYPES.get(name) if isinstance(name, str) else None
+    size = torch.empty((), dtype=dtype).element_size() if dtype is not None else 8
+    return math.prod(info["shape"]) * size
+
+
+def _stored_bytes(parts: dict[str, torch.Tensor]) -> int:
+    """Bytes the stored parts really hold (what was read from the file)."""
+    return sum(t.numel() * t.element_size() for t in parts.values())
 
 
 def _expected_parts(encoding: Any) -> set[str]:

@@ -11,28 +11,40 @@ from torch import nn
 from ..errors import TicketlabError
 from .compact import resize_to_state
 from .export import build_vision_model, example_batch
-from .package import read_package
+from .package import SPEC_FILE, read_package
+from .sources import fit_vision_spec, vision_spec
 
 
-def _vision_model(record: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> nn.Module:
-    """The registered architecture, resized to the (compacted) weights, checked on one input."""
-    spec = record["spec"]
-    if not (isinstance(spec.get("model"), str) and isinstance(spec.get("input_shape"), list)
-            and isinstance(spec.get("num_classes"), int)):
-        raise TicketlabError(f"The ticketlab.json in {where} has a malformed model spec.")
-    model = resize_to_state(build_vision_model(spec), state)
-    try:
+def _vision_model(record: dict[str, Any], state: dict[str, torch.Tensor], directory: Path) -> nn.Module:
+    """The registered architecture, resized to the (compacted) weights, checked on one input.
+
+    The network is laid out on the meta device and its sizes checked against the weights first
+    (`fit_vision_spec`); the weights are then assigned in place of the meta tensors, so building
+    it allocates nothing beyond the weights themselves, whatever the spec declares.
+    """
+    where = repr(str(directory))
+    spec_where = repr(str(directory / SPEC_FILE))
+    spec = vision_spec(record["spec"], spec_where)
+    compacted = bool((record.get("compaction") or {}).get("removed_units"))
+    model = fit_vision_spec(spec, state, spec_where, where, compacted=compacted)
+    model.load_state_dict(state, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # a buffer kept out of the state dict
+        model = resize_to_state(build_vision_model(spec), state)
         model.load_state_dict(state)
+    try:
         with torch.no_grad():
-            model.eval()(example_batch(spec, 1))
+            out = model.eval()(example_batch(spec, 1))
     except RuntimeError:
-        raise TicketlabError(f"The weights in {where} do not fit the model its ticketlab.json names.") from None
+        out = None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, spec["num_classes"]):
+        raise TicketlabError(f"The weights in {where} do not fit the model its ticketlab.json names.")
     return model
 
 
 def _hf_model(directory: Path, state: dict[str, torch.Tensor]) -> nn.Module:
-    """A transformers model built from the directory's config, with the decoded weights."""
-    from ..llm.io import _transformers, kind_from_config, quiet_transformers, refuse_remote_code
+    """A transformers model built from the directory's config, with the decoded weights (the
+    config's sizes checked against the weights first: `check_config_fits`)."""
+    from ..llm.io import _transformers, check_config_fits, kind_from_config, quiet_transformers, refuse_remote_code
 
     refuse_remote_code(directory)
     transformers = _transformers()
@@ -42,7 +54,10 @@ def _hf_model(directory: Path, state: dict[str, torch.Tensor]) -> nn.Module:
                                                              trust_remote_code=False)
     except Exception as err:  # noqa: BLE001 - transformers raises many types for a broken config
         raise TicketlabError(f"Cannot read the config in {str(directory)!r} ({type(err).__name__}).") from None
-    auto = transformers.AutoModelForCausalLM if kind_from_config(config) == "causal" else transformers.AutoModel
+    kind = kind_from_config(config)
+    check_config_fits(config, kind, sum(t.numel() * t.element_size() for t in state.values()),
+                      repr(str(directory / "config.json")))
+    auto = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModel
     with quiet_transformers():
         model = auto.from_config(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -65,7 +80,7 @@ def load(directory: str | Path, *, sparse: bool = True, **sparsify_options: Any)
     directory = Path(directory)
     record, state = read_package(directory)
     if record["kind"] == "vision":
-        model = _vision_model(record, state, repr(str(directory)))
+        model = _vision_model(record, state, directory)
     else:
         model = _hf_model(directory, state)
     if sparse:

@@ -23,8 +23,10 @@ from typing import Any
 
 import torch
 
+from .. import schema
 from ..errors import TicketlabError
-from ..files import METADATA_KEY, atomic_directory, read_json, read_safetensors, write_json
+from ..files import METADATA_KEY, atomic_directory, check_tree, read_json, read_safetensors, write_json
+from ..outputs import same_files, scratch_sibling
 from .format import decode_state, encode_state
 from .sources import Source
 
@@ -70,29 +72,57 @@ def _copy_files(source: Source, target: Path) -> None:
 
 def write_package(source: Source, out: Path, *, fmt: str = "compact", state: dict[str, torch.Tensor] | None = None,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``source`` (or ``state``, e.g. compacted weights) to the new directory ``out``; return the record."""
-    from safetensors.torch import save_file
+    """Write ``source`` (or ``state``, e.g. compacted weights) to the new directory ``out``; return the record.
 
+    The directory is built under a temporary sibling name and renamed into place at the end
+    (`atomic_directory`), so a kill at any instant leaves nothing or the complete directory. If
+    ``out`` already holds a complete export (the same command, killed after its rename), the
+    package is built again beside it and ``out`` is accepted, unchanged, only if it holds the
+    same files byte for byte; any other non-empty ``out`` is refused.
+    """
     if fmt not in FORMATS:
         raise TicketlabError(f"Unknown export format {fmt!r}; choose {' or '.join(FORMATS)}.")
     if fmt == "hf" and source.kind != "hf":
         raise TicketlabError("--format hf writes a Hugging Face directory; this source is a ticketlab vision model.")
     state = source.state if state is None else state
-    tensors, table = encode_state(state) if fmt == "compact" else ({}, {})
+    if (out / SPEC_FILE).is_file():
+        return _confirm_package(source, out, fmt, state, extra)
     with atomic_directory(out) as tmp:
-        _copy_files(source, tmp)
-        if fmt == "compact":
-            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={METADATA_KEY: json.dumps(table, sort_keys=True)})
-        else:
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
-                      metadata={"format": "pt"})
-        weights = tmp / (WEIGHTS_FILE if fmt == "compact" else "model.safetensors")
-        sizes = _sizes(source.state, state, table, weights.stat().st_size if fmt == "compact" else None)
-        record = {"format": PACKAGE_FORMAT, "version": PACKAGE_VERSION, "kind": source.kind, "layout": fmt,
-                  "spec": source.spec, "source": {"path": str(source.path), "description": source.description,
-                                                  **source.origin},
-                  "sizes": sizes.to_json(), **(extra or {})}
-        write_json(tmp / SPEC_FILE, record)
+        record = _write_files(source, tmp, fmt, state, extra)
+    return record
+
+
+def _confirm_package(source: Source, out: Path, fmt: str, state: dict[str, torch.Tensor],
+                     extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The record of the export ``out`` already holds, if it is the one this call writes (byte for
+    byte, checked against a fresh build in a temporary sibling); a TicketlabError otherwise."""
+    with scratch_sibling(out) as tmp:
+        record = _write_files(source, tmp, fmt, state, extra)
+        if same_files(tmp, out):
+            return record
+    raise TicketlabError(f"--out {str(out)!r} already holds a different export; choose a new directory so "
+                         "nothing is overwritten.")
+
+
+def _write_files(source: Source, target: Path, fmt: str, state: dict[str, torch.Tensor],
+                 extra: dict[str, Any] | None) -> dict[str, Any]:
+    """Write every file of the package into the existing directory ``target``; return the record."""
+    from safetensors.torch import save_file
+
+    tensors, table = encode_state(state) if fmt == "compact" else ({}, {})
+    _copy_files(source, target)
+    if fmt == "compact":
+        save_file(tensors, str(target / WEIGHTS_FILE), metadata={METADATA_KEY: json.dumps(table, sort_keys=True)})
+    else:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(target / "model.safetensors"),
+                  metadata={"format": "pt"})
+    weights = target / (WEIGHTS_FILE if fmt == "compact" else "model.safetensors")
+    sizes = _sizes(source.state, state, table, weights.stat().st_size if fmt == "compact" else None)
+    record = {"format": PACKAGE_FORMAT, "version": PACKAGE_VERSION, "kind": source.kind, "layout": fmt,
+              "spec": source.spec, "source": {"path": str(source.path), "description": source.description,
+                                              **source.origin},
+              "sizes": sizes.to_json(), **(extra or {})}
+    write_json(target / SPEC_FILE, record)
     return record
 
 
@@ -112,24 +142,46 @@ def _encoded_bytes(table: dict[str, Any], name: str, tensor: torch.Tensor) -> in
     return int(table["tensors"][name]["nbytes"])
 
 
+_COUNT, _RATIO = schema.integer(0, 2**62), schema.real(0)
+#: What the readers of an exported directory use from its ``ticketlab.json`` (`load`, ``bench``):
+#: the kind and layout, the model spec (checked in full against the weights by `load`), the
+#: file sizes, and the compaction record.
+RECORD_SCHEMA = schema.record(
+    {"kind": schema.one_of("vision", "hf"), "spec": schema.dict_of(schema.anything()),
+     "sizes": schema.record({"dense_file": _COUNT, "compact_file": _COUNT, "file_ratio": _RATIO,
+                             "dense_pruned_tensors": _COUNT, "compact_pruned_tensors": _COUNT,
+                             "pruned_tensor_ratio": _RATIO})},
+    {"layout": schema.one_of(*FORMATS),
+     "source": schema.record(optional={"description": schema.text()}),
+     "compaction": schema.nullable(schema.record(optional={
+         "removed_units": _COUNT, "max_relative_difference": _RATIO, "skipped": schema.text(),
+         "widths_before": schema.dict_of(_COUNT), "widths_after": schema.dict_of(_COUNT),
+         "kept_constant_units": schema.dict_of(_COUNT), "not_compacted": schema.anything()}))})
+
+
 def read_package(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The record and the decoded state dict of an exported directory; one sentence if anything is off."""
+    """The record and the decoded state dict of an exported directory; one sentence if anything is off.
+
+    The directory must hold only regular files and directories, none a link to outside it
+    (`check_tree`); ``ticketlab.json`` must fit `RECORD_SCHEMA` (no NaN), and the weights are
+    decoded only after their table and declared sizes are checked (`decode_state`).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise TicketlabError(f"{str(directory)!r} is not a directory exported by ticketlab export.")
     spec_path = directory / SPEC_FILE
-    if not spec_path.is_file():
+    if not (spec_path.exists() or spec_path.is_symlink()):
         raise TicketlabError(f"{str(directory)!r} has no {SPEC_FILE}; it was not written by ticketlab export.")
-    record = read_json(spec_path)
+    check_tree(directory, "exported directory")
+    record = read_json(spec_path, root=directory, finite=True)
     if not isinstance(record, dict) or record.get("format") != PACKAGE_FORMAT:
         raise TicketlabError(f"{str(spec_path)!r} does not describe a ticketlab export.")
     if record.get("version") != PACKAGE_VERSION:
-        raise TicketlabError(f"{str(directory)!r} has export format version {record.get('version')!r}; this "
-                             f"ticketlab reads version {PACKAGE_VERSION}.")
-    if record.get("kind") not in ("vision", "hf") or not isinstance(record.get("spec"), dict):
-        raise TicketlabError(f"{str(spec_path)!r} is damaged.")
+        raise TicketlabError(f"{str(directory)!r} has export format version {repr(record.get('version'))[:40]}; "
+                             f"this ticketlab reads version {PACKAGE_VERSION}.")
+    schema.validate(record, RECORD_SCHEMA, spec_path, "a ticketlab export record")
     if record.get("layout") == "hf":
-        tensors, _ = read_safetensors(directory / "model.safetensors", "weights file")
+        tensors, _ = read_safetensors(directory / "model.safetensors", "weights file", root=directory)
         return record, tensors
-    tensors, table = read_safetensors(directory / WEIGHTS_FILE, "compact weights file")
+    tensors, table = read_safetensors(directory / WEIGHTS_FILE, "compact weights file", root=directory)
     return record, decode_state(tensors, table, f"{str(directory / WEIGHTS_FILE)!r}")

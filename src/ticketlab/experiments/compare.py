@@ -29,13 +29,18 @@ from ..densities import DISTRIBUTIONS
 from ..errors import TicketlabError
 from ..flops import network_cost
 from ..lottery import IMPConfig, IMPExperiment
+from ..groups import GroupLayout
 from ..lottery.imp import layer_rates
+from ..lottery.schedules import planned_densities
 from ..masks import Mask
 from ..files import atomic_path, write_json
-from ..flags import config_json, floats_parser, parse_names, setting
+from ..flags import config_json, floats_parser, names_parser, setting
 from ..run_config import RunConfig
 from ..select import keep_counts_after_pruning
+from ..structure.granularity import HELP as GRANULARITY_HELP
+from ..structure.granularity import Granularity, is_unstructured
 from ..targets import prunable_parameters
+from ..units.base import layout_for
 from .sparse import (DST_FLAGS, DST_METHODS, PAI_METHODS, PruneInitConfig, SparseExperiment, SparseTrainConfig,
                      density_label)
 from ..units import Experiment, ProgressFactory, WorkerSetting
@@ -49,12 +54,17 @@ GLOBAL_SCORERS: tuple[str, ...] = ("snip", "grasp", "synflow", "magnitude")
 class CompareConfig(RunConfig):
     """Which methods, at which densities, on which model and data, with one training recipe."""
 
-    methods: tuple[str, ...] = setting(("imp", "snip", "grasp", "synflow", "random", "rigl", "set"), parse=parse_names, help="Comma list of methods to compare.")
+    methods: tuple[str, ...] = setting(("imp", "snip", "grasp", "synflow", "random", "rigl", "set"),
+                                       parse=names_parser("--methods"), help="Comma list of methods to compare.")
     densities: tuple[float, ...] = setting((0.2, 0.05, 0.01), name="--density", parse=floats_parser("--density"),
                                            help="Comma list of target densities (fractions of the weights kept).")
     distribution: str = setting("erk", choices=lambda: DISTRIBUTIONS,
                                 help="Layer-wise densities for random, RigL and SET (the PaI scorers rank globally).")
     imp_rate: float = setting(0.2, name="--rate", type=float, help="IMP's pruning rate per round.")
+    granularity: Granularity = setting(Granularity(), parse=Granularity.parse, shown="unstructured",
+                                       omit=is_unstructured,
+                                       help=f"{GRANULARITY_HELP} For the static methods (imp and the prune-init "
+                                            "scorers); --density still counts weights.")
     update_every: str = setting("100it", **DST_FLAGS["update_every"])
     alpha: float = setting(0.3, **DST_FLAGS["alpha"])
     end_fraction: float = setting(0.75, **DST_FLAGS["end_fraction"])
@@ -62,6 +72,7 @@ class CompareConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "granularity", Granularity.parse(self.granularity))
         object.__setattr__(self, "densities", tuple(sorted((float(d) for d in self.densities), reverse=True)))
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
@@ -83,16 +94,17 @@ class CompareConfig(RunConfig):
         out: dict[str, Any] = {}
         for method in self.methods:
             if method == "imp":
-                out[method] = IMPConfig(rate=self.imp_rate, controls=(), rounds=0, **common)
+                out[method] = IMPConfig(rate=self.imp_rate, controls=(), rounds=0, granularity=self.granularity,
+                                        **common)
             elif method in DST_METHODS:
                 out[method] = SparseTrainConfig(method=method, densities=self.densities, distribution=self.distribution,
                                                 update_every=self.update_every, alpha=self.alpha,
-                                                end_fraction=self.end_fraction, **common)
+                                                end_fraction=self.end_fraction, granularity=self.granularity, **common)
             else:
                 scope = "global" if method in GLOBAL_SCORERS else "layer"
-                out[method] = PruneInitConfig(method=method, densities=self.densities, scope=scope,
-                                              distribution="uniform" if scope == "global" else self.distribution,
-                                              allow_collapse=True, **common)
+                spread = "uniform" if scope == "global" or self.granularity.coupled else self.distribution
+                out[method] = PruneInitConfig(method=method, densities=self.densities, scope=scope, distribution=spread,
+                                              allow_collapse=True, granularity=self.granularity, **common)
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -100,8 +112,12 @@ class CompareConfig(RunConfig):
         return config_json(self, leave_out=() if dst else ("update_every", "alpha", "end_fraction"))
 
 
-def imp_round_densities(config: IMPConfig, model: torch.nn.Module, smallest: float, limit: int = 200) -> list[float]:
-    """Overall density after each IMP round (index = round) until it falls to ``smallest`` or below."""
+def imp_round_densities(config: IMPConfig, model: torch.nn.Module, smallest: float, limit: int = 200,
+                        layout: GroupLayout | None = None) -> list[float]:
+    """Overall density after each IMP round (index = round) until it falls to ``smallest`` or below
+    (with a ``layout`` of groups: or until the next round would empty a layer)."""
+    if layout is not None:
+        return _group_round_densities(config, model, smallest, limit, layout)
     params = prunable_parameters(model, ignore=config.ignore)
     mask = Mask.ones_like(params)
     names = list(mask)
@@ -114,6 +130,22 @@ def imp_round_densities(config: IMPConfig, model: torch.nn.Module, smallest: flo
         current = Mask({n: torch.arange(t.numel()).view(t.shape) < counts[n] for n, t in mask.items()})
         counts = keep_counts_after_pruning(current, rates)
         densities.append(sum(counts.values()) / total)
+    return densities
+
+
+def _group_round_densities(config: IMPConfig, model: torch.nn.Module, smallest: float, limit: int,
+                           layout: GroupLayout) -> list[float]:
+    names = list(prunable_parameters(model, ignore=config.ignore))
+    densities = [1.0]
+    while densities[-1] > smallest and len(densities) <= limit:
+        try:
+            plan = planned_densities(config, model, names, [config.rate] * len(densities), layout)
+        except TicketlabError:   # one more round would empty a layer: the sparsest IMP gets
+            break
+        if plan is None:    # global scope: the split over layers is known only after training
+            raise TicketlabError("compare runs IMP with --scope layer; at this granularity a global IMP round's "
+                                 "density is known only after training.")
+        densities.append(plan[-1])
     return densities
 
 
@@ -146,7 +178,8 @@ class CompareExperiment(Experiment):
     def imp_config(self) -> IMPConfig:
         base = self.config.sub_configs()["imp"]
         model = self.new_model(0)
-        rounds = len(imp_round_densities(base, model, min(self.config.densities))) - 1
+        rounds = len(imp_round_densities(base, model, min(self.config.densities),
+                                         layout=layout_for(base, self.data, model))) - 1
         return IMPConfig(**{**base.__dict__, "rounds": rounds})
 
     #: The independent parts of a comparison: its (method, seed) cells.

@@ -37,14 +37,18 @@ from ..methods.dynamic import DST_METHODS, DSTConfig, check_update_count
 from ..methods.updaters import make_updater
 from ..methods.pai import PAI_METHODS
 from ..files import read_json, write_json
-from ..flags import config_json, floats_parser, parse_names, setting
+from ..flags import config_json, floats_parser, names_parser, setting
 from ..run_config import RunConfig
-from ..seeding import derive_seed, generator
+from ..seeding import derive_seed
 from ..targets import prunable_parameters
 from ..train import iterations_per_epoch
 from ..train.config import MAX_BATCH
 from ..units.aggregate import write_summary_files
+from ..lottery.controls import shuffled_mask
+from ..structure.granularity import HELP as GRANULARITY_HELP
+from ..structure.granularity import Granularity, is_unstructured
 from ..units import Experiment, ProgressFactory, UnitJob, WorkerSetting, aggregate_units, load_state, save_state
+from ..units.base import layout_for
 from .scoring import MaskKey, MaskScorer, ScoredMask
 
 KINDS: tuple[str, ...] = ("prune-init", "sparse-train")
@@ -125,6 +129,33 @@ class _SparseRun(RunConfig):
         return {"kind": self.KIND, **config_json(self)}
 
 
+def check_static_granularity(value: Any, densities: tuple[float, ...], scope: str, distribution: str) -> Granularity:
+    """A static mask's granularity, parsed and checked against its densities and spread: N:M keeps
+    exactly N/M of the weights; channels spread their density as one common fraction per layer."""
+    granularity = Granularity.parse(value)
+    if granularity.kind == "nm":
+        wanted = granularity.n / granularity.m
+        wrong = [d for d in densities if abs(d - wanted) > 1e-9]
+        if wrong:
+            raise TicketlabError(f"--granularity {granularity} keeps {granularity.n} of every {granularity.m} weights, "
+                                 f"so --density must be {wanted:g}, not {wrong[0]:g}.")
+    if granularity.coupled and scope == "layer" and distribution != "uniform":
+        raise TicketlabError(f"--distribution {distribution} spreads single weights; with --granularity {granularity} "
+                             "the layer scope keeps one common fraction of every layer's channels (--distribution "
+                             "uniform).")
+    return granularity
+
+
+def refuse_dynamic_granularity(value: Any, method: str) -> Granularity:
+    """RigL and SET move single weights: any other granularity is one sentence."""
+    granularity = Granularity.parse(value)
+    if not granularity.is_unstructured:
+        raise TicketlabError(f"{method} drops and grows single weights, so it cannot take --granularity "
+                             f"{granularity}; use --granularity unstructured, or prune-init / imp for "
+                             f"{granularity} sparsity.")
+    return granularity
+
+
 @dataclass(frozen=True)
 class PruneInitConfig(_SparseRun):
     """Pruning at initialisation: score the network at θ0 with ``method``, keep each density, train
@@ -142,16 +173,21 @@ class PruneInitConfig(_SparseRun):
                          help="Rank all layers together (as the SNIP, GraSP and SynFlow papers do), or give each layer "
                               "its density from --distribution.")
     distribution: str = setting("uniform", choices=lambda: DISTRIBUTIONS, help="Layer-wise densities for --scope layer.")
-    controls: tuple[str, ...] = setting((), parse=parse_names, shown="none",
+    controls: tuple[str, ...] = setting((), parse=names_parser("--controls"), shown="none",
                                         help="Comma list of sanity checks: shuffle, reinit, invert; or none.")
     allow_collapse: bool = setting(False, is_flag=True, help="Train masks that prune a whole layer (otherwise refused).")
     score_batches: int = setting(1, type=int, help="Batches SNIP / GraSP score on.")
     score_batch_size: int = setting(256, type=int, help="Examples per scoring batch.")
     synflow_iterations: int = setting(100, type=int, help="SynFlow's scoring iterations.")
     synflow_double: bool = setting(False, is_flag=True, help="Score SynFlow in float64 (deep nets overflow float32).")
+    granularity: Granularity = setting(Granularity(), parse=Granularity.parse, shown="unstructured",
+                                       omit=is_unstructured,
+                                       help=f"{GRANULARITY_HELP} --density still counts weights (N:M: it must be N/M).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        object.__setattr__(self, "granularity", check_static_granularity(self.granularity, self.densities,
+                                                                         self.scope, self.distribution))
         validate.integer(self.score_batches, "--score-batches", low=1, high=10_000)
         validate.integer(self.score_batch_size, "--score-batch-size", low=1, high=MAX_BATCH)
         validate.integer(self.synflow_iterations, "--synflow-iterations", low=1, high=100_000)
@@ -170,14 +206,18 @@ class SparseTrainConfig(_SparseRun):
     scope: str = "layer"
     distribution: str = setting("erk", choices=lambda: DISTRIBUTIONS,
                                 help="Layer-wise densities of the initial random mask (kept constant during training).")
-    controls: tuple[str, ...] = setting((), parse=parse_names, shown="none",
+    controls: tuple[str, ...] = setting((), parse=names_parser("--controls"), shown="none",
                                         help="static (the initial mask, never updated), or none.")
     update_every: str = setting("100it", **DST_FLAGS["update_every"])
     alpha: float = setting(0.3, **DST_FLAGS["alpha"])
     end_fraction: float = setting(0.75, **DST_FLAGS["end_fraction"])
+    granularity: Granularity = setting(Granularity(), parse=Granularity.parse, shown="unstructured",
+                                       omit=is_unstructured,
+                                       help="unstructured only: RigL and SET drop and grow single weights.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        object.__setattr__(self, "granularity", refuse_dynamic_granularity(self.granularity, self.method))
         if self.scope != "layer":
             raise TicketlabError("Dynamic sparse training keeps every layer's density fixed: use --scope layer.")
         self.dst_config()  # validates update_every, alpha, end_fraction
@@ -219,13 +259,19 @@ class SparseExperiment(Experiment):
     def kind_of(cls, config: SparseRunConfig) -> str:
         return config.kind
 
+    @property
+    def granularity(self) -> Granularity:
+        return Granularity.parse(getattr(self.config, "granularity", None))
+
     @classmethod
     def check(cls, config: SparseRunConfig, data: DataSplits, model: torch.nn.Module) -> None:
-        """The ignore patterns must leave ``model`` (the `probe`) something to prune, and DST must
-        make enough mask updates."""
+        """The ignore patterns must leave ``model`` (the `probe`) something to prune, the warm-up and
+        LR drops must lie inside the training budget, and DST must make enough mask updates."""
         prunable_parameters(model, ignore=config.ignore)
+        layout_for(config, data, model)   # a model whose groups cannot be found is refused here
+        ipe = iterations_per_epoch(data, config.train.batch_size)
+        config.train.check_budget(ipe)
         if config.kind == "sparse-train":
-            ipe = iterations_per_epoch(data, config.train.batch_size)
             check_update_count(config.dst_config(), config.train.steps.iterations(ipe), ipe)
 
     @classmethod
@@ -313,7 +359,8 @@ class SparseExperiment(Experiment):
             directory = unit / "controls" / control
             start, control_mask, control_extra = self.theta0_builder(seed), mask, dict(extra)
             if control == "shuffle":
-                control_mask = mask.shuffled(generator(seed, "shuffle", density))
+                control_mask = shuffled_mask(mask, seed, "shuffle", density, layout=self.group_layout(),
+                                             pattern=self.granularity.pattern)
             elif control == "reinit":
                 start = self.state_builder(derive_seed(seed, "reinit", density))
             elif control == "invert":

@@ -8,6 +8,7 @@ with a contradictory request. The command line maps its flags one-to-one onto th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,9 @@ from ..errors import TicketlabError
 from ..flags import setting, split_list
 from ..methods.oneshot import ONE_SHOT_METHODS as _REGISTRY
 from ..select import NMPattern
+from ..structure.granularity import HELP as GRANULARITY_HELP
+from ..structure.granularity import Granularity, is_unstructured
+from .structured import RECONSTRUCTIONS
 
 #: The one-shot methods the engine knows (the registry `ticketlab.methods.oneshot.ONE_SHOT_METHODS`).
 ONE_SHOT_METHODS: tuple[str, ...] = tuple(_REGISTRY)
@@ -23,11 +27,21 @@ MAGNITUDE_SCOPES: tuple[str, ...] = ("layer", "row")
 LAYER_SPARSITIES: tuple[str, ...] = ("uniform", "owl")
 
 
-def _patterns(values: Any) -> tuple[str, ...]:
-    """Repeated ``--targets`` / ``--exclude`` values, each a comma list, as one tuple of patterns."""
-    if isinstance(values, str):
-        values = (values,)
-    return tuple(part for value in values for part in split_list(value))
+def _patterns_parser(flag: str) -> Callable[[Any], tuple[str, ...]]:
+    """A parser of the repeated ``flag`` (``--targets`` / ``--exclude``), each value a comma list,
+    into one tuple of patterns. A value with no pattern (``''``, ``','``) or an empty item
+    (``'q_proj,'``) is refused: ``--targets ''`` must not mean every layer."""
+    def parse(values: Any) -> tuple[str, ...]:
+        if isinstance(values, str):
+            values = (values,)
+        out: list[str] = []
+        for value in values:
+            parts = split_list(value, flag)
+            if not parts:
+                raise TicketlabError(f"{flag} {str(value)!r} names no pattern; give a module name, suffix or regex.")
+            out += parts
+        return tuple(out)
+    return parse
 
 
 @dataclass(frozen=True)
@@ -57,10 +71,12 @@ class OneShotConfig:
                           help=f"One-shot method (required): {', '.join(ONE_SHOT_METHODS)}.")
     sparsity: float | None = setting(None, type=float, help="Fraction of each target layer's weights to zero, e.g. 0.5.")
     pattern: str | None = setting(None, metavar="N:M", help="Semi-structured pattern, e.g. 2:4 or 4:8.")
-    targets: tuple[str, ...] = setting(default_factory=tuple, multiple=True, metavar="PATTERNS", parse=_patterns,
+    targets: tuple[str, ...] = setting(default_factory=tuple, multiple=True, metavar="PATTERNS",
+                                       parse=_patterns_parser("--targets"),
                                        help="Modules to prune (exact name, suffix or regex; comma list, repeatable). "
                                             "Default: every linear layer in the blocks.")
-    exclude: tuple[str, ...] = setting(default_factory=tuple, multiple=True, metavar="PATTERNS", parse=_patterns,
+    exclude: tuple[str, ...] = setting(default_factory=tuple, multiple=True, metavar="PATTERNS",
+                                       parse=_patterns_parser("--exclude"),
                                        help="Modules to leave dense (same syntax).")
     magnitude_scope: str = setting("layer", choices=lambda: MAGNITUDE_SCOPES,
                                    help="Comparison group of magnitude pruning.")
@@ -73,6 +89,15 @@ class OneShotConfig:
                                    help="OWL: a score is an outlier above this many times its block's mean score (M).")
     owl_lambda: float = setting(0.08, type=float,
                                 help="OWL: block sparsities span [S - lambda, S + lambda] before centring.")
+    granularity: Granularity = setting(Granularity(), parse=Granularity.parse, shown="unstructured",
+                                       omit=is_unstructured,
+                                       help=f"{GRANULARITY_HELP} N:M is --pattern; channel / head remove MLP channels "
+                                            "and attention heads (grouped-query: a key/value head with its query "
+                                            "heads), --sparsity of them per block.")
+    reconstruct: str = setting("lsq", choices=lambda: RECONSTRUCTIONS, omit=lambda value: value == "lsq",
+                               help="With --granularity channel / head: refit the layer reading the removed heads "
+                                    "or channels (o_proj, down_proj) by least squares on the calibration inputs "
+                                    "(lsq), or keep its weights (none).")
 
     def __post_init__(self) -> None:
         # Lists from a CLI or JSON config are accepted and frozen into tuples.
@@ -87,6 +112,7 @@ class OneShotConfig:
             raise TicketlabError(
                 f"Unknown one-shot pruning method {self.method!r}; choose one of {', '.join(ONE_SHOT_METHODS)}."
             )
+        self._resolve_granularity()
         if self.sparsity is None and self.pattern is None:
             raise TicketlabError("Give either a sparsity (e.g. 0.5) or an N:M pattern (e.g. 2:4) to prune to.")
         if self.sparsity is not None:
@@ -128,6 +154,34 @@ class OneShotConfig:
         object.__setattr__(self, "owl_lambda", validate.real(self.owl_lambda, "--owl-lambda", low=0.0, high=0.5,
                                                               high_open=True))
 
+    def _resolve_granularity(self) -> None:
+        """``--granularity N:M`` is ``--pattern N:M``; coarse groups take a sparsity, a method that
+        chooses (not reconstructs) single weights, and a known reconstruction."""
+        granularity = Granularity.parse(self.granularity)
+        object.__setattr__(self, "granularity", granularity)
+        if granularity.kind == "nm":
+            if self.pattern is not None and NMPattern.parse(str(self.pattern)) != granularity.pattern:
+                raise TicketlabError(f"--pattern {self.pattern} contradicts --granularity {granularity}; give one.")
+            object.__setattr__(self, "pattern", str(granularity))
+        if self.reconstruct not in RECONSTRUCTIONS:
+            raise TicketlabError(f"Unknown --reconstruct {self.reconstruct!r}; choose one of {', '.join(RECONSTRUCTIONS)}.")
+        if not granularity.grouped:
+            return
+        if self.pattern is not None:
+            raise TicketlabError(f"--granularity {granularity} and an N:M --pattern are two granularities; give one.")
+        if self.method == "sparsegpt":
+            raise TicketlabError(f"sparsegpt reconstructs single weights inside its column sweep, so it cannot take "
+                                 f"--granularity {granularity}; use wanda or magnitude (with --reconstruct lsq the "
+                                 "reading layer is refit on the calibration inputs).")
+        if self.sparsity is None:
+            raise TicketlabError(f"--granularity {granularity} needs --sparsity (the fraction of each block's "
+                                 "groups, and so of their weights, to remove).")
+
+    @property
+    def structured(self) -> bool:
+        """Whole groups (blocks, heads, MLP channels) rather than single weights or N:M."""
+        return self.granularity.grouped
+
     @property
     def nm_pattern(self) -> NMPattern | None:
         """The parsed N:M pattern, or None for unstructured sparsity."""
@@ -143,4 +197,11 @@ class OneShotConfig:
         """Short human label, e.g. ``"wanda 2:4"``, ``"sparsegpt 50%"`` or ``"wanda 70% (OWL)"``."""
         if self.pattern:
             return f"{self.method} {self.pattern}"
-        return f"{self.method} {self.sparsity:.0%}" + (" (OWL)" if self.layer_sparsity == "owl" else "")
+        return f"{self.method} {self.sparsity:.0%}{self._what()}" + (" (OWL)" if self.layer_sparsity == "owl" else "")
+
+    def _what(self) -> str:
+        granularity = self.granularity
+        if granularity.kind == "block":
+            return f" in {granularity.rows}x{granularity.cols} blocks"
+        names = {"channel": "MLP channels", "head": "heads"}
+        return " of " + " and ".join(names[u] for u in granularity.units) if granularity.coupled else ""

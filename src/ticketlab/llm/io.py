@@ -4,7 +4,11 @@ A model directory is what ``save_pretrained`` writes: ``config.json``, the weigh
 PyTorch files, possibly sharded) and the tokenizer files. `load_pretrained` checks each of these
 and turns every way a directory can be wrong into one `TicketlabError` sentence, decides whether the
 model is a causal (decoder) LM or an encoder from a small table, and loads it in float32 on the
-CPU. A directory that ships its own Python code is refused (ticketlab never runs it). Outputs are
+CPU. A directory that ships its own Python code is refused (ticketlab never runs it), so is one
+holding a FIFO or device (transformers would block reading it), and so is a config whose sizes
+(``hidden_size``, ``vocab_size``, layers) describe a model far larger than the weights stored
+(`check_config_fits`: the model is laid out on the meta device first, so nothing is allocated).
+Outputs are
 written with `ticketlab.files.atomic_directory`, so a failure never leaves a half-written one.
 """
 
@@ -12,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +25,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .. import schema
 from ..errors import TicketlabError, first_line
-from ..files import remove_stale_siblings
+from ..files import check_tree, read_json, regular_file, remove_stale_siblings
 
 ModelKind = Literal["causal", "encoder"]
 MODEL_KINDS: tuple[str, ...] = ("causal", "encoder")
@@ -119,6 +123,7 @@ def check_model_dir(path: str | os.PathLike) -> Path:
             f"{str(path)!r} holds its weights only as pickles (pytorch_model.bin), which can run code when loaded; "
             "ticketlab loads safetensors weights only (convert them with save_pretrained where you trust the file)."
         )
+    check_tree(path, "model directory", confined=False)  # links may point into a Hugging Face cache
     refuse_remote_code(path)
     return path
 
@@ -128,17 +133,58 @@ def refuse_remote_code(path: Path) -> None:
     runs code from a model directory, whatever transformers would ask."""
     for name in ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json"):
         file = path / name
-        if not file.is_file():
+        if not file.exists():
             continue
-        try:
-            data = json.loads(file.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            raise TicketlabError(f"Cannot read {str(file)!r} as JSON.") from None
+        data = read_json(file)
         if isinstance(data, dict) and "auto_map" in data:
             raise TicketlabError(
                 f"{str(path)!r} ships its own Python code ('auto_map' in {name}), and ticketlab never runs code "
                 "from a model directory; use a model of a type transformers supports natively."
             )
+
+
+#: The weight index of a sharded model: which shard file holds each tensor.
+_INDEX_SCHEMA = schema.record({"weight_map": schema.dict_of(schema.text(max_length=255), label="tensor")})
+
+
+def weight_files(path: Path, *, root: Path | None = None) -> list[Path]:
+    """The safetensors files of a model directory: ``model.safetensors``, else the shards its
+    ``model.safetensors.index.json`` names (plain file names in the directory, each a regular
+    file: `regular_file`; inside ``root`` when given)."""
+    single = path / "model.safetensors"
+    if single.exists() or single.is_symlink():
+        return [regular_file(single, "weights file", root=root)]
+    index_path = path / "model.safetensors.index.json"
+    if not (index_path.exists() or index_path.is_symlink()):
+        raise TicketlabError(f"{str(path)!r} has no safetensors weights (model.safetensors).")
+    index = schema.validate(read_json(index_path, root=root), _INDEX_SCHEMA, index_path, "a weight index")
+    shards = sorted(set(index["weight_map"].values()))
+    if not shards or any("/" in s or "\\" in s or s.startswith(".") for s in shards):
+        raise TicketlabError(f"{str(index_path)!r} is damaged (it names no shard, or a shard outside the directory).")
+    return [regular_file(path / shard, "weights shard", root=root) for shard in shards]
+
+
+def check_config_fits(config: Any, kind: ModelKind, stored_bytes: int, where: str,
+                      dtype: torch.dtype = torch.float32) -> None:
+    """Refuse a config that describes a model far larger than the ``stored_bytes`` of its weights.
+
+    The model is laid out on the meta device (shapes only, nothing allocated) and its parameters
+    and buffers, in ``dtype``, may take at most 4x the stored bytes (a float16 checkpoint loads as
+    float32 at twice its size; a head transformers initialises afresh adds some) plus
+    `ticketlab.schema.FLOOR_BYTES`. A ``hidden_size`` or ``vocab_size`` of 10**12 would otherwise
+    be allocated, or overflow, before any weight is compared.
+    """
+    transformers = _transformers()
+    auto = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModel
+    try:
+        with quiet_transformers(), torch.device("meta"):
+            skeleton = auto.from_config(config, trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - sizes torch cannot lay out raise several types
+        raise TicketlabError(f"{where} describes a model that cannot be built ({type(err).__name__}: "
+                             f"{first_line(err)}).") from None
+    elements = sum(p.numel() for p in skeleton.parameters()) + sum(b.numel() for b in skeleton.buffers())
+    size = torch.empty((), dtype=dtype, device="meta").element_size()
+    schema.check_declared(elements * size, stored_bytes, where, "a model", expansion=4)
 
 
 def kind_from_config(config: Any) -> ModelKind:
@@ -187,6 +233,8 @@ def load_pretrained(path: str | os.PathLike | None = None, *, kind: ModelKind | 
     except Exception as err:
         raise TicketlabError(f"Cannot read the config in {str(path)!r} ({type(err).__name__}: {first_line(err)}).") from None
     kind = kind or kind_from_config(config)
+    stored = sum(file.stat().st_size for file in weight_files(path))
+    check_config_fits(config, kind, stored, repr(str(path / "config.json")), dtype)
     tokenizer = load_tokenizer(path)
     auto = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModel
     try:

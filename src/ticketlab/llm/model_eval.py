@@ -8,6 +8,7 @@ sentence before a model is loaded. The command line builds it from its flags and
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ class ModelEvalConfig:
     device: str = setting("cpu", help="cpu, cuda or cuda:N.")
 
     def __post_init__(self) -> None:
+        for name in ("model", "text", "reference"):   # None is the default; an empty string is not
+            if getattr(self, name) is not None:
+                validate.text(getattr(self, name), f"--{name}")
+        if self.reference is not None:
+            check_reference_dir(self.reference)
         check_evaluation_settings(self.part, self.max_windows)
         for name in ("max_sentences", "batch_size"):
             if getattr(self, name) is not None:
@@ -53,6 +59,31 @@ class ModelEvalConfig:
         if self.seqlen is not None:
             validate.integer(self.seqlen, "--seqlen", low=2, high=1 << 20)
         resolve_device(self.device, allow_auto=False)
+
+
+def _is_ticketlab_run(directory: Path) -> bool:
+    """Whether ``directory``'s config.json is a ticketlab run's (``{"kind": ..., "config": {...}}``)."""
+    try:
+        record = json.loads((directory / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(record, dict) and "kind" in record and isinstance(record.get("config"), dict)
+
+
+def check_reference_dir(path: str) -> Path:
+    """``--reference`` as a Hugging Face model directory (the dense model an encoder is compared
+    with); a missing path, a file or a ticketlab run directory is one sentence naming the flag."""
+    from .io import check_model_dir
+
+    directory = Path(path)
+    if not directory.exists():
+        raise TicketlabError(f"The --reference directory {path!r} does not exist.")
+    if not directory.is_dir():
+        raise TicketlabError(f"--reference {path!r} is a file; give the dense model's Hugging Face directory.")
+    if _is_ticketlab_run(directory):
+        raise TicketlabError(f"--reference {path!r} is a ticketlab run directory; give the dense model's Hugging "
+                             "Face directory (the one that was pruned).")
+    return check_model_dir(directory)
 
 
 @dataclass(frozen=True)
@@ -79,6 +110,9 @@ def evaluate_model(config: ModelEvalConfig, progress: Progress | None = None,
     text = read_text(config.text) if config.text else packaged_text()
     model_dir = Path(config.model) if config.model else default_model_path()
     loaded = load_pretrained(model_dir, device=config.device)
+    if loaded.kind == "causal" and config.reference is not None:
+        raise TicketlabError(f"--reference applies to encoders (their embeddings are compared with it); "
+                             f"{str(model_dir)!r} is a causal LM, evaluated by its perplexity alone.")
     use_threads(threads, token_step_macs(loaded.model, _tokens_per_forward(config, loaded)))
     if loaded.kind == "causal":
         record = _perplexity_record(config, loaded, text, progress)
@@ -122,4 +156,4 @@ def _fidelity_record(config: ModelEvalConfig, loaded: Any, text: Any, model_dir:
     return {"kind": "encoder", "metric": "embedding_fidelity", "reference": str(reference_dir), **result.to_json()}
 
 
-__all__ = ["ModelEvalConfig", "ModelEvaluation", "evaluate_model"]
+__all__ = ["ModelEvalConfig", "ModelEvaluation", "check_reference_dir", "evaluate_model"]

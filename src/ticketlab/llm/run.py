@@ -19,7 +19,7 @@ import torch
 from .. import validate
 from ..devices import resolve_device
 from ..errors import TicketlabError
-from ..flags import setting
+from ..flags import json_value, setting
 from ..progress import Progress
 from ..threads import resolve_threads, token_step_macs, use_threads
 from ..memory import current_rss_bytes, peak_rss_bytes, return_freed_memory_promptly
@@ -54,6 +54,7 @@ class CalibrationConfig:
                                           "free memory holds].")
 
     def __post_init__(self) -> None:
+        _refuse_blank(self.text, "--calib")
         if self.part not in ("train", "all"):
             raise TicketlabError(f"The calibration part must be train or all, not {self.part!r}.")
         if self.nsamples is not None:
@@ -63,6 +64,13 @@ class CalibrationConfig:
         validate.seed(self.seed, "--seed")
         if self.batch_size is not None:
             validate.integer(self.batch_size, "--calib-batch-size", low=1, high=4096)
+
+
+def _refuse_blank(value: str | None, flag: str, *, optional: bool = True) -> None:
+    """An empty path is never "the default" (None is): one sentence naming ``flag``."""
+    if value is not None and not str(value).strip():
+        rest = f", or leave {flag} out for the default" if optional else ""
+        raise TicketlabError(f"{flag} is empty; give a path{rest}.")
 
 
 #: The parts of an evaluation text: ``heldout`` (its last 10%, never calibrated or trained on) or ``all``.
@@ -96,6 +104,7 @@ class EvaluationConfig:
     max_windows: int | None = setting(None, type=int, help="Evaluate on at most this many windows (causal LMs).")
 
     def __post_init__(self) -> None:
+        _refuse_blank(self.text, "--eval-text")
         check_evaluation_settings(self.part, self.max_windows)
 
 
@@ -124,6 +133,8 @@ class OneShotRun:
     def __post_init__(self) -> None:
         if not isinstance(self.method, OneShotConfig):
             raise TicketlabError("OneShotRun.method must be a OneShotConfig.")
+        _refuse_blank(self.model, "--model")
+        _refuse_blank(self.out, "--out", optional=False)
         if self.stream and self.evaluation is not None:
             raise TicketlabError("Evaluation needs the whole model in memory; with --stream, evaluate the output "
                                  "afterwards with ticketlab llm eval.")
@@ -232,8 +243,8 @@ def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dty
     from ..files import atomic_directory, write_json
     from .adapters import find_blocks, find_targets
     from .engine import check_targets, prune_model
-    from .io import (LoadedModel, check_model_dir, copy_sentence_transformers_files, kind_from_config,
-                     load_tokenizer, quiet_transformers)
+    from .io import (LoadedModel, check_config_fits, check_model_dir, copy_sentence_transformers_files,
+                     kind_from_config, load_tokenizer, quiet_transformers)
     from .stream import ShardIndex, ShardLoader, build_skeleton, check_room_for_blocks
 
     return_freed_memory_promptly()
@@ -241,6 +252,7 @@ def _run_streaming(run: OneShotRun, out: Path, model_dir: Path, dtype: torch.dty
     index = ShardIndex(model_dir)
     skeleton_config = _config_of(model_dir)
     kind = kind_from_config(skeleton_config)
+    check_config_fits(skeleton_config, kind, index.total_bytes(), repr(str(model_dir / "config.json")), dtype)
     model = build_skeleton(model_dir, kind, dtype)
     loaded = LoadedModel(model=model, tokenizer=load_tokenizer(model_dir), kind=kind, path=model_dir)
     check_targets(model, run.method)
@@ -328,7 +340,7 @@ def _calibration(run: OneShotRun, loaded: Any, text: Any) -> Any:
 
 def _record(run: OneShotRun, model_dir: Path, kind: str, dtype: torch.dtype, device: torch.device, calibration: Any,
             report: PruningReport, evaluation: dict[str, Any]) -> dict[str, Any]:
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(run.method).items()}
+    config = {k: json_value(v) for k, v in vars(run.method).items()}
     record = {"model": str(model_dir), "model_kind": kind, "config": config, "dtype": _name(dtype),
               "calibration": {**calibration.to_json(),
                               "reuse": calibration.nsamples * calibration.seqlen / max(1, calibration.text_tokens)},

@@ -72,7 +72,7 @@ class TinyLMConfig:
             validate.integer(self.intermediate, "--intermediate", low=1, high=1 << 20)
         if not isinstance(self.vocab_size, int) or not 258 <= self.vocab_size <= 65536:
             raise TicketlabError(f"--vocab-size must be between 258 and 65536, not {self.vocab_size}.")
-        validate.real(self.lr, "--lr", low=0.0, low_open=True)
+        validate.learning_rate(self.lr, "--lr")   # AdamW's first step is 10x lr, in float32 weights
         validate.fraction(self.min_lr_ratio, "The minimum LR ratio", closed_low=True, closed_high=True)
         validate.integer(self.warmup, "The warm-up", low=0, high=10**8)
         validate.real(self.weight_decay, "The weight decay", low=0.0)

@@ -7,9 +7,11 @@ from typing import Any
 
 from .. import validate
 from ..errors import TicketlabError
-from ..flags import config_json, floats_parser, is_none, parse_names, setting
+from ..flags import config_json, floats_parser, is_none, names_parser, setting
 from ..run_config import RunConfig
 from ..steps import Step
+from ..structure.granularity import HELP as GRANULARITY_HELP
+from ..structure.granularity import Granularity, is_unstructured
 from ..train.config import TrainConfig
 
 CONTROLS: tuple[str, ...] = ("reinit", "random", "shuffle")
@@ -101,11 +103,14 @@ class IMPConfig(RunConfig):
     scope: str = setting("layer", choices=lambda: IMP_SCOPES,
                          help="Rank weights within each layer (the LTH paper's LeNet and Conv recipes) or across all "
                               "layers (its deep networks).")
+    granularity: Granularity = setting(Granularity(), parse=Granularity.parse, shown="unstructured",
+                                       omit=is_unstructured,
+                                       help=f"{GRANULARITY_HELP} A round prunes --rate of the remaining groups.")
     ignore: tuple[str, ...] = setting((), multiple=True, parse=tuple, metavar="PATTERN",
                                       help="Parameters never pruned; repeatable.")
     rewind: Step = setting(Step(0, "it"), shown="0",
                            help="Rewind point: 0 for theta_0, or a step such as 500it / 1ep (late rewinding).")
-    controls: tuple[str, ...] = setting(("reinit",), parse=parse_names,
+    controls: tuple[str, ...] = setting(("reinit",), parse=names_parser("--controls"),
                                         help="Comma list of controls: reinit, random, shuffle; or 'none'.")
     tolerance: float = setting(0.5, type=float,
                                help="A round is a winning ticket if its test accuracy is within this many points of dense.")
@@ -138,8 +143,15 @@ class IMPConfig(RunConfig):
         object.__setattr__(self, "rate", _resolve_rate(self.rate, self.target_density, self.rounds))
         if self.scope not in IMP_SCOPES:
             raise TicketlabError(f"Unknown scope {self.scope!r}; choose one of {', '.join(IMP_SCOPES)}.")
+        object.__setattr__(self, "granularity", Granularity.parse(self.granularity))
+        if self.granularity.kind == "nm":
+            raise TicketlabError(f"--granularity {self.granularity} fixes the density at {self.granularity.n}/"
+                                 f"{self.granularity.m}, so IMP cannot prune it a fraction per round; use prune-init "
+                                 "--granularity N:M, or blocks or channels here.")
         if self.layer_rates is None and isinstance(self.rate, float):  # one rate: the default is stored resolved
-            default = (("output", self.rate / 2),) if self.scope == "layer" else ()
+            # the output layer's half rate; at channel granularity its units are the classes, never pruned
+            halved = self.scope == "layer" and not self.granularity.coupled
+            default = (("output", self.rate / 2),) if halved else ()
             object.__setattr__(self, "layer_rates", default)
         if self.layer_rates is not None:
             object.__setattr__(self, "layer_rates", tuple((str(p), float(r)) for p, r in self.layer_rates))
@@ -189,6 +201,8 @@ class IMPConfig(RunConfig):
             fields["layer_rates"] = tuple(tuple(pair) for pair in fields["layer_rates"])
         if isinstance(fields.get("rate"), list):
             fields["rate"] = tuple(fields["rate"])
+        if "granularity" in fields:
+            fields["granularity"] = Granularity.parse(fields["granularity"])
         for name in ("ignore", "controls", "seeds"):
             fields[name] = tuple(fields[name])
         return cls(**fields)

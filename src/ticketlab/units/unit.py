@@ -47,9 +47,10 @@ def save_state(model: nn.Module, path: Path) -> None:
     save_safetensors(path, {k: v.clone() for k, v in model.state_dict().items()})
 
 
-def load_state(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict written by `save_state` (a TicketlabError naming the file if unreadable)."""
-    return read_safetensors(path, "weights file")[0]
+def load_state(path: Path, *, root: Path | None = None) -> dict[str, torch.Tensor]:
+    """A state dict written by `save_state` (a TicketlabError naming the file if unreadable, or, with
+    ``root``, if it resolves outside that directory)."""
+    return read_safetensors(path, "weights file", root=root)[0]
 
 
 def claim_for_process(out: str | Path, config: Mapping[str, Any], *, kind: str,

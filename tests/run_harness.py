@@ -1,6 +1,7 @@
 """Run a small experiment in a child process, optionally killed (SIGKILL) at a chosen write.
 
-Used by test_reliability.py as ``python run_harness.py KIND OUT [--kill POINT] [--hold DIR]``:
+Used by the tests as ``python run_harness.py KIND OUT [--kill POINT] [--hold DIR]``, or `main` in a
+forked child (`children.harness`):
 
 * ``KIND`` is one of `EXPERIMENTS` (tiny configs on generated data, seconds each);
 * ``--kill WHAT:NAME:N`` kills the process at the N-th event WHAT on a file called NAME (a shell
@@ -52,7 +53,8 @@ EXPERIMENTS = {
 }
 
 
-def _install_kill(point: str) -> None:
+def install_kill(point: str) -> None:
+    """Make this process SIGKILL itself at the kill point ``WHAT:NAME:N`` (see the module docstring)."""
     what, name, nth = point.split(":")
     nth = int(nth)
     seen = {"n": 0}
@@ -134,20 +136,26 @@ def run(kind: str, out: Path, hold: Path | None = None):
     return experiment.run()
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> int:
+    """``KIND OUT [--kill POINT] [--hold DIR]`` (see the module docstring); the exit code."""
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=sorted(EXPERIMENTS))
     parser.add_argument("out")
     parser.add_argument("--kill", default=None)
     parser.add_argument("--hold", default=None)
-    ARGS = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if ARGS.kill:
-        _install_kill(ARGS.kill)
+    if args.kill:
+        install_kill(args.kill)
     from ticketlab.errors import TicketlabError
 
     try:
-        run(ARGS.kind, Path(ARGS.out), Path(ARGS.hold) if ARGS.hold else None)
+        run(args.kind, Path(args.out), Path(args.hold) if args.hold else None)
     except TicketlabError as err:
         print(f"refused: {err}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from ticketlab.masks import Mask
 
-from torchrun_launch import torchrun_ticketlab  # noqa: E402
+from torchrun_launch import torchrun_sequence  # noqa: E402
 
 TIMEOUT_S = 180
 COMMON = ["--data", "digits", "--steps", "12it", "--batch-size", "60", "--eval-every", "6it", "--quiet",
@@ -22,14 +22,19 @@ COMMANDS = {
 }
 
 
-def _torchrun(out: Path, argv: list[str]) -> None:
-    torchrun_ticketlab([*argv, *COMMON, "--out", str(out)], TIMEOUT_S)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """Every command of `COMMANDS` on 2 ranks, in one torchrun job (`torchrun_sequence`): ``ROOT/NAME``."""
+    root = tmp_path_factory.mktemp("torchrun")
+    commands = [[*argv, *COMMON, "--out", str(root / name)] for name, argv in COMMANDS.items()]
+    codes, output = torchrun_sequence(commands, root / "plan.json", TIMEOUT_S)
+    assert codes == [[0] * len(COMMANDS)] * 2, output[-4000:]
+    return root
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
-def test_ranks_write_identical_runs(tmp_path, name):
-    out = tmp_path / name
-    _torchrun(out, COMMANDS[name])
+def test_ranks_write_identical_runs(runs, name):
+    out = runs / name
     replica = out / ".rank-1"
     assert (out / "summary.json").exists() and (replica / "summary.json").exists()
     masks = sorted(p.relative_to(out) for p in out.rglob("*mask.safetensors") if ".rank-1" not in p.parts)

@@ -96,7 +96,7 @@ def test_a_truncated_shard_header_is_refused(tmp_path):
         ShardIndex(tmp_path)
 
 
-MEMORY_LIMIT = 700 * 2**20   # private memory (RLIMIT_DATA) of the pruning process
+MEMORY_LIMIT = 560 * 2**20   # private memory (RLIMIT_DATA) of the pruning process
 LIMITED_RUNNER = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_DATA, (int(sys.argv[1]), int(sys.argv[1])))
@@ -106,10 +106,10 @@ sys.exit(main(sys.argv[2:]))
 
 
 def _write_big_llama(directory: Path, tokenizer) -> int:
-    """A LLaMA-shaped model of ~1 GB written shard by shard (never whole in memory); returns its bytes."""
+    """A LLaMA-shaped model of ~0.8 GB written shard by shard (never whole in memory); returns its bytes."""
     from safetensors.torch import save_file
 
-    config = transformers.LlamaConfig(vocab_size=512, hidden_size=1024, intermediate_size=4096, num_hidden_layers=15,
+    config = transformers.LlamaConfig(vocab_size=512, hidden_size=1024, intermediate_size=4096, num_hidden_layers=12,
                                       num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=64)
     with torch.device("meta"):
         shapes = {n: tuple(t.shape) for n, t in transformers.LlamaForCausalLM(config).state_dict().items()}
@@ -117,6 +117,7 @@ def _write_big_llama(directory: Path, tokenizer) -> int:
     config.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     generator = torch.Generator().manual_seed(0)
+    drawn: dict[tuple[int, ...], torch.Tensor] = {}   # one draw per shape: the 15 blocks share theirs (fast to write)
     weight_map, shard, size, index = {}, {}, 0, 0
 
     def flush():
@@ -127,7 +128,9 @@ def _write_big_llama(directory: Path, tokenizer) -> int:
         shard, size, index = {}, 0, index + 1
 
     for name, shape in shapes.items():
-        value = torch.ones(shape) if name.endswith("norm.weight") else torch.randn(shape, generator=generator) * 0.02
+        if shape not in drawn:
+            drawn[shape] = torch.randn(shape, generator=generator) * 0.02
+        value = torch.ones(shape) if name.endswith("norm.weight") else drawn[shape].clone()
         shard[name] = value
         size += value.numel() * 4
         if size > 200 * 2**20:
@@ -160,11 +163,15 @@ def test_a_model_larger_than_the_memory_limit_is_pruned_under_it(llm_assets, tmp
     assert block == 4 * (4 * 1024 * 1024 + 3 * 4096 * 1024 + 2 * 1024)      # 7 linear layers, 2 norms
     if streaming["rss_before_blocks_bytes"] is not None:
         assert streaming["peak_rss_bytes"] - streaming["rss_before_blocks_bytes"] < 3 * block
-    assert main([*argv, "--out", str(tmp_path / "memory")]) == 0     # the in-memory path, no limit
-    capsys.readouterr()
-    memory, stream = _tensors(tmp_path / "memory"), _tensors(tmp_path / "stream")
-    assert set(memory) == set(stream)
-    assert all(torch.equal(memory[n], stream[n]) for n in memory)
+    # what was written is the pruned model: every target at 50%, the rest as stored (bit-for-bit equality
+    # with the in-memory path is `test_streaming_equals_the_in_memory_path_bit_for_bit`, on a smaller model)
+    stream, original = _tensors(tmp_path / "stream"), _tensors(model)
+    assert set(stream) == set(original)
+    for name, value in stream.items():
+        if name.endswith("proj.weight"):
+            assert int((value == 0).sum()) == value.numel() // 2, name
+        else:
+            assert torch.equal(value, original[name]), name
 
 
 def test_a_memory_limit_below_two_blocks_is_one_sentence(sharded_llama, llm_assets, tmp_path, monkeypatch, capsys):

@@ -3,16 +3,13 @@ export killed at any instant leaves nothing or the complete directory, which a r
 
 * ``report --png``: only a PNG file may be replaced, and inside a run only its own report*.png;
 * ``export --out``: never inside its source or any run, and built under a temporary sibling name,
-  so a SIGKILL at a chosen write (`run_harness` kill points, in a child process) followed by a
-  rerun gives the bytes of an uninterrupted export, with no temporaries left.
+  so a SIGKILL at a chosen write (`run_harness` kill points, in a forked child: `children`)
+  followed by a rerun gives the bytes of an uninterrupted export, with no temporaries left.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,12 +18,9 @@ from ticketlab.cli import main
 from ticketlab.files import is_temporary
 from ticketlab.outputs import PNG_SIGNATURE
 
+import children
 import run_harness
 
-TESTS = Path(__file__).parent
-#: A child that SIGKILLs itself at a `run_harness` kill point (argv[1]) while running the CLI on argv[2:].
-KILLED_CLI = ("import sys, run_harness; run_harness._install_kill(sys.argv[1]); "
-              "from ticketlab.cli import main; sys.exit(main(sys.argv[2:]))")
 
 
 @pytest.fixture(scope="module")
@@ -161,12 +155,9 @@ EXPORT_KILLS = ["after-mkdir:.out.*.tmp:1", "before-replace:ticketlab.json:1", "
                 "after-replace:out:1"]
 
 
-def killed_export(point: str, src: Path, out: Path) -> subprocess.CompletedProcess:
+def killed_export(point: str, src: Path, out: Path) -> children.Completed:
     """``ticketlab export SRC --out OUT`` in a child that SIGKILLs itself at ``point``."""
-    path = os.pathsep.join([str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
-    return subprocess.run([sys.executable, "-c", KILLED_CLI, point, "export", str(src), "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=120)
+    return children.run(children.cli_killed_at, point, ["export", str(src), "--out", str(out)], timeout=120)
 
 
 def test_an_export_killed_at_any_write_then_rerun_equals_an_uninterrupted_one(run, reference, tmp_path):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,18 +20,16 @@ import torch
 from ticketlab.errors import TicketlabError
 from ticketlab.files import current_umask, is_temporary
 
+import children
 import run_harness
 
-HARNESS = Path(__file__).parent / "run_harness.py"
 TIMING_FIELDS = ("wall_time", "scoring_time")
 
 
-def _child(kind: str, out: Path, *extra: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, str(HARNESS), kind, str(out), *extra]
-    if not wait:
-        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+def _child(kind: str, out: Path, *extra: str, wait: bool = True) -> children.Child | children.Completed:
+    """`run_harness` KIND OUT EXTRA in a forked child (`children`): finished, or running (``wait=False``)."""
+    child = children.start(children.harness, [kind, str(out), *extra], env={"OMP_NUM_THREADS": "1"})
+    return child.wait() if wait else child
 
 
 def _strip_timing(node):
@@ -114,7 +110,7 @@ def test_a_second_process_on_a_held_directory_is_refused(tmp_path, references):
         deadline = time.monotonic() + 60
         while not (hold / "claimed").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert (hold / "claimed").exists(), first.stderr.read() if first.poll() is not None else "no claim"
+        assert (hold / "claimed").exists(), first.wait().stderr if first.poll() is not None else "no claim"
         with pytest.raises(TicketlabError, match=rf"in use by another ticketlab run \(PID {first.pid}\)"):
             run_harness.run("imp", out)  # the same command again
         for kind in ("imp-lr2", "prune-init"):  # another configuration, another kind
@@ -122,8 +118,8 @@ def test_a_second_process_on_a_held_directory_is_refused(tmp_path, references):
                 run_harness.run(kind, out)
     finally:
         (hold / "go").write_text("")
-        first.wait(timeout=120)
-    assert first.returncode == 0, first.stderr.read()
+        done = first.wait(timeout=120)
+    assert done.returncode == 0, done.stderr
     assert_same_run(out, references("imp"))
 
 
@@ -132,8 +128,8 @@ def test_a_second_process_on_a_held_directory_is_refused(tmp_path, references):
 def test_two_processes_started_together_never_mix(kinds, tmp_path, references):
     out = tmp_path / "run"
     procs = [_child(kind, out, wait=False) for kind in kinds]
-    codes = [p.wait(timeout=180) for p in procs]
-    errors = [p.stderr.read() for p in procs]
+    done = [p.wait(timeout=180) for p in procs]
+    codes, errors = [d.returncode for d in done], [d.stderr for d in done]
     config = json.loads((out / "config.json").read_text())
     winner = next(k for k in kinds if run_harness.EXPERIMENTS[k][1].to_json() == config["config"])
     if kinds[0] == kinds[1]:  # the same command twice: one resumes or waits out the other, never duplicates
@@ -196,20 +192,9 @@ def test_a_hugging_face_directory_as_out_is_named_as_such(tmp_path):
 
 
 # --- a full disk, refused runs that claim nothing, results that cannot be silently wrong ------------
-FSIZE_RUNNER = """
-import resource, signal, sys
-limit = int(sys.argv[1])
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG instead
-resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-from ticketlab.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
-def _with_file_size_limit(limit: int, argv: list[str]) -> subprocess.CompletedProcess:
+def _with_file_size_limit(limit: int, argv: list[str]) -> children.Completed:
     """``ticketlab ARGV`` in a child whose files cannot grow beyond ``limit`` bytes (a full disk)."""
-    return subprocess.run([sys.executable, "-c", FSIZE_RUNNER, str(limit), *argv], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return children.run(children.cli_with_file_limit, limit, argv, env={"OMP_NUM_THREADS": "1"}, timeout=300)
 
 
 def test_a_full_disk_during_training_is_one_sentence_and_the_run_resumes(tmp_path, capsys):
@@ -269,17 +254,6 @@ def test_divergence_is_one_sentence_without_warnings(toy_splits, recwarn):
 
 from llm_assets import llm_assets  # noqa: E402,F401
 
-KILL_AT_RENAME = """
-import os, signal, sys
-real_replace = os.replace
-def replace(src, dst, *args, **kwargs):
-    if os.path.basename(str(dst)) == "out":
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real_replace(src, dst, *args, **kwargs)
-os.replace = replace
-from ticketlab.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def test_llm_prune_killed_before_its_final_rename_leaves_nothing_for_long(llm_assets, tmp_path, capsys):
@@ -288,7 +262,7 @@ def test_llm_prune_killed_before_its_final_rename_leaves_nothing_for_long(llm_as
     out = tmp_path / "out"
     argv = ["llm", "prune", "--model", str(llm_assets.llama_dir), "--method", "wanda", "--sparsity", "0.5",
             "--calib", str(llm_assets.text_path), "--nsamples", "2", "--seqlen", "16", "--quiet", "--out", str(out)]
-    killed = subprocess.run([sys.executable, "-c", KILL_AT_RENAME, *argv], capture_output=True, text=True, timeout=300)
+    killed = children.run(children.cli_killed_at, "before-replace:out:1", argv, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
     assert leftovers and not out.exists()

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 import struct
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,9 @@ from ticketlab.errors import TicketlabError
 from ticketlab.files import save_safetensors, save_tree
 from ticketlab.train.checkpoint import CHECKPOINT_NAME
 
+import children
 import run_harness
 
-HARNESS = Path(__file__).parent / "run_harness.py"
 
 
 class _Payload:
@@ -37,14 +36,22 @@ def _malicious_pickle(path: Path, marker: Path) -> None:
     path.write_bytes(pickle.dumps({"model": {}, "payload": _Payload(marker)}))
 
 
-@pytest.fixture
-def interrupted_run(tmp_path) -> Path:
-    """An IMP run killed after round 0's first checkpoint (so round 0 resumes from it)."""
-    out = tmp_path / "run"
-    killed = subprocess.run([sys.executable, str(HARNESS), "imp", str(out), "--kill",
-                             "after-replace:checkpoint.safetensors:1"], capture_output=True, text=True, timeout=120)
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory) -> Path:
+    """An IMP run killed after round 0's first checkpoint (so round 0 resumes from it), made once."""
+    out = tmp_path_factory.mktemp("killed") / "run"
+    killed = children.run(children.harness, ["imp", str(out), "--kill", "after-replace:checkpoint.safetensors:1"],
+                          timeout=120)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (out / "seed-0" / "round-00" / CHECKPOINT_NAME).exists()
+    return out
+
+
+@pytest.fixture
+def interrupted_run(killed_run, tmp_path) -> Path:
+    """A fresh copy of `killed_run` for one test to plant files in (the lock file, held by nobody, goes along)."""
+    out = tmp_path / "run"
+    shutil.copytree(killed_run, out)
     return out
 
 

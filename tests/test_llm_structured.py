@@ -117,3 +117,42 @@ def test_a_library_config_refuses_a_structured_pattern():
 
     with pytest.raises(TicketlabError, match="contradicts"):
         OneShotConfig(method="wanda", pattern="2:4", granularity="4:8")
+
+
+def test_a_wanda_group_score_is_the_sum_of_its_weights_wanda_scores_by_hand():
+    """One MLP channel of a tiny LLaMA block: its gate and up rows scored with the block input's norms,
+    its down column with the channel's own norm, summed (what `structured` states)."""
+    from types import SimpleNamespace
+
+    from ticketlab.llm.adapters import find_blocks, find_targets
+    from ticketlab.llm.structured import group_scores
+    from llm_assets import make_llama
+
+    model = make_llama(64)
+    path, blocks = find_blocks(model)
+    layers = [t for t in find_targets(model, path, blocks) if t.block == 0]
+    g = torch.Generator().manual_seed(0)
+    norms = {t.name: torch.rand(t.in_features, generator=g) + 0.5 for t in layers}     # Σ_t x_tj² per input
+    hooks = SimpleNamespace(accumulators={t.name: SimpleNamespace(statistics=lambda n=norms[t.name]: SimpleNamespace(
+        norms=lambda: n)) for t in layers})
+    scores = group_scores(layers, hooks, "wanda")
+    layout = transformer_layout(model, ("channel",), [t.parameter for t in layers])
+    mlp = layout.families["model.layers.0.mlp"]
+    modules = {t.name.rsplit(".", 1)[1]: t for t in layers}
+    c, w = 5, {name: t.module.weight.detach() for name, t in modules.items()}
+    by_hand = sum(float((w[n][c].abs() * norms[modules[n].name].sqrt()).sum()) for n in ("gate_proj", "up_proj"))
+    by_hand += float((w["down_proj"][:, c].abs() * norms[modules["down_proj"].name][c].sqrt()).sum())
+    assert float(mlp.scores(scores, "sum")[c]) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_owl_gives_each_block_its_own_share_of_heads_and_channels(llm_assets, tmp_path):
+    report = _prune(llm_assets, tmp_path / "owl", "--sparsity", "0.5", "--granularity", "channel",
+                    "--layer-sparsity", "owl", "--owl-lambda", "0.2")
+    per_block = {}
+    for layer in report["layers"]:
+        if layer["name"].endswith("down_proj"):
+            per_block[layer["block"]] = layer["target_sparsity"]
+    assert len(set(per_block.values())) == 2 and sum(per_block.values()) / 2 == pytest.approx(0.5, abs=1e-6)
+    alive, _ = _alive(tmp_path / "owl", ("channel",))
+    for block, sparsity in per_block.items():
+        assert alive[f"model.layers.{block}.mlp"] == round((1 - sparsity) * 64)

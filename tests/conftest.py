@@ -48,6 +48,20 @@ def assert_close_states(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Ten
         torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda text, name=name: f"{name}: {text}")
 
 
+def randomise_biases_and_norms(model: nn.Module, generator: torch.Generator) -> None:
+    """Random biases and BatchNorm statistics (in place), so units that compaction removes or folds
+    emit non-zero constants: a removed channel mishandled would show in the outputs."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and module.bias is not None:
+                module.bias.normal_(0, 0.3, generator=generator)
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.3, generator=generator)
+                module.running_var.uniform_(0.5, 1.5, generator=generator)
+                module.weight.normal_(1, 0.2, generator=generator)
+                module.bias.normal_(0, 0.3, generator=generator)
+
+
 def strip_times(node):
     """A summary / record with every ``wall_time*`` field dropped (timings differ run to run)."""
     if isinstance(node, dict):

@@ -12,6 +12,8 @@ from ticketlab.masks import Mask
 from ticketlab.models import create_model, list_models
 from ticketlab.targets import prunable_parameters
 
+from conftest import randomise_biases_and_norms
+
 SHAPES = {"lenet300": (1, 28, 28), "mlp1d": (40,), "conv2": (3, 16, 16), "conv4": (3, 16, 16),
           "conv6": (3, 16, 16), "resnet20": (3, 16, 16), "vgg16": (3, 16, 16)}
 
@@ -24,15 +26,7 @@ def _ticket(name: str, density_fc: float, density_conv: float, seed: int = 0) ->
     params = prunable_parameters(model)
     Mask({n: torch.rand(p.shape, generator=g) < (density_fc if p.dim() == 2 else density_conv)
           for n, p in params.items()}).apply_(model)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)) and module.bias is not None:
-                module.bias.normal_(0, 0.3, generator=g)
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.3, generator=g)
-                module.running_var.uniform_(0.5, 1.5, generator=g)
-                module.weight.normal_(1, 0.2, generator=g)
-                module.bias.normal_(0, 0.3, generator=g)
+    randomise_biases_and_norms(model, g)
     return model
 
 

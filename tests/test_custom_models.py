@@ -21,10 +21,14 @@ from conftest import strip_times
 
 MODELS = '''
 import math
+import torch
 from torch import nn
 
 def tiny_mlp(input_shape, num_classes):
-    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 32), nn.ReLU(), nn.Linear(32, num_classes))
+    # sized with tensor maths on purpose: export lays models out on the meta device, where such a
+    # builder fails, so user code is built on the CPU instead
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(input_shape).prod()), 32), nn.ReLU(),
+                         nn.Linear(32, num_classes))
 
 def broken(input_shape, num_classes):
     raise ValueError("no such layer size")

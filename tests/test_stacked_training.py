@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
@@ -342,3 +343,25 @@ def test_a_cuda_graphed_run_resumes_and_its_checkpoints_resume_on_the_cpu(tmp_pa
     alone = _jobs(tiny_mlp, 2)[1]   # the graphed checkpoint holds a plain optimiser state
     train(alone.model, data, config, data_seed=alone.data_seed, mask=alone.mask, checkpoint_path=cpu_copy)
     assert_close_states(alone.model.state_dict(), whole[1].model.state_dict(), rtol=1e-4, atol=1e-5)
+
+
+class _OwnFlatten(nn.Module):
+    """A user model that flattens in its own forward: stacked, it would mix the networks."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(12, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x.flatten(1))))
+
+
+def test_a_model_whose_forward_reshapes_its_input_trains_alone():
+    from ticketlab.train.stacking import StackingUnsupported, check_stackable
+
+    data, config = make_splits(), TrainConfig(batch_size=16, steps="4it")
+    with pytest.raises(StackingUnsupported, match="stacked forward fails"):
+        check_stackable(_OwnFlatten(), data.input_shape)
+    assert group_size(StackSetting("auto"), _OwnFlatten(), data, config, torch.device("cpu")) == 1
+    check_stackable(tiny_mlp(0), data.input_shape)      # the registry's layouts stack and agree
+    assert group_size(StackSetting("auto"), tiny_mlp(0), data, config, torch.device("cpu")) > 1

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .. import schema
+from ..user_code import is_user_code
 from ..errors import TicketlabError, first_line
 from ..files import check_inside, check_tree, read_json, read_safetensors
 
@@ -122,21 +123,13 @@ def fit_vision_spec(spec: dict[str, Any], state: dict[str, torch.Tensor], where:
     (resized when ``compacted``), ready for ``load_state_dict(state, assign=True)``.
     """
     from .compact import resize_to_state
-    from .export import build_vision_model
 
     present = _state_bytes(state)
     schema.check_declared(4 * math.prod(spec["input_shape"]), present, where, "an input")
     if spec["num_classes"] > sum(t.numel() for t in state.values()):
         raise TicketlabError(f"{where} declares {spec['num_classes']:,} classes, more than the weights it holds "
                              "could classify; it is damaged or crafted, and nothing was built from it.")
-    try:
-        with torch.device("meta"):
-            model = build_vision_model(spec)
-    except TicketlabError:
-        raise
-    except Exception as err:  # noqa: BLE001 - a builder given sizes it cannot lay out
-        raise TicketlabError(f"{where} names a model that cannot be built ({type(err).__name__}: "
-                             f"{first_line(err)}).") from None
+    model = _laid_out(spec, where)
     declared = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     schema.check_declared(declared, present, where, "a network")
     if compacted:
@@ -148,6 +141,27 @@ def fit_vision_spec(spec: dict[str, Any], state: dict[str, torch.Tensor], where:
         differing = sorted(set(expected) ^ set(stored)) or [n for n in expected if expected[n] != stored[n]]
         raise TicketlabError(f"The weights in {weights} do not fit the model {where} names (e.g. {differing[0]!r}).")
     return model
+
+
+def _laid_out(spec: dict[str, Any], where: str) -> nn.Module:
+    """``spec``'s network on the meta device; a user builder that computes with tensors (which meta
+    tensors cannot give values for, e.g. ``int(torch.tensor(shape).prod())``) is built on the CPU
+    instead — it is code the user typed on this command line, and the sizes it is given were
+    bounded by the weights' bytes before (`fit_vision_spec`)."""
+    from .export import build_vision_model
+
+    user = is_user_code(spec.get("model"))
+    try:
+        with torch.device("meta"):
+            return build_vision_model(spec)
+    except TicketlabError:
+        if not user:
+            raise
+    except Exception as err:  # noqa: BLE001 - a builder given sizes it cannot lay out
+        if not user:
+            raise TicketlabError(f"{where} names a model that cannot be built ({type(err).__name__}: "
+                                 f"{first_line(err)}).") from None
+    return build_vision_model(spec)   # the user's own builder, on the CPU (a real failure says so again)
 
 
 # --- runs --------------------------------------------------------------------------------------------

@@ -227,5 +227,33 @@ def stack_networks(models: Sequence[nn.Module]) -> StackedNetwork:
     return stacked
 
 
-__all__ = ["StackedBatchNorm2d", "StackedConv2d", "StackedFlatten", "StackedLinear", "StackedNetwork",
-           "StackingUnsupported", "stack_networks"]
+#: How far a stacked network's outputs may lie from the network's own (relative to the largest
+#: output) for `check_stackable` to accept it: float reassociation is ~1e-7, a wrong layout ~1.
+STACKING_TOLERANCE = 1e-4
+
+
+@torch.no_grad()
+def check_stackable(model: nn.Module, input_shape: Sequence[int]) -> None:
+    """Raise `StackingUnsupported` unless ``model`` stacks *and* its stacked forward computes what
+    the model computes, on a seeded batch of ``input_shape`` (eval mode, on a copy).
+
+    The module types alone cannot tell: a user model whose forward reshapes its input in its own
+    code (``x.flatten(1)``, ``x.view(len(x), -1)``) sees the stacked layout and mixes networks, or
+    fails. One forward of two copies settles it, for the price of one small batch."""
+    probe = copy.deepcopy(model).eval()
+    try:
+        stacked = stack_networks([probe, probe]).eval()
+        x = torch.randn(2, 3, *input_shape, generator=torch.Generator().manual_seed(0))
+        device = next((p.device for p in probe.parameters()), torch.device("cpu"))
+        together, alone = stacked(x.to(device)), probe(x[0].to(device))
+    except StackingUnsupported:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure of the stacked layout means: train alone
+        raise StackingUnsupported(f"the stacked forward fails ({type(err).__name__})") from None
+    scale = float(alone.abs().max()) or 1.0
+    if together.shape[1:] != alone.shape or float((together[0] - alone).abs().max()) > STACKING_TOLERANCE * scale:
+        raise StackingUnsupported("the model's own forward does not keep the networks apart when stacked")
+
+
+__all__ = ["STACKING_TOLERANCE", "StackedBatchNorm2d", "StackedConv2d", "StackedFlatten", "StackedLinear",
+           "StackedNetwork", "StackingUnsupported", "check_stackable", "stack_networks"]

@@ -30,7 +30,7 @@ from ..train import TrainConfig, iterations_per_epoch
 from ..train.checkpoint import CHECKPOINT_NAME
 from ..train.distributed import is_distributed
 from ..train.stacked import StackedJob, resume_iteration, train_stacked
-from ..train.stacking import StackingUnsupported, stack_networks
+from ..train.stacking import StackingUnsupported, check_stackable
 from .unit import STACKED, ProgressFactory, finished_record, store_result, train_unit
 
 #: The most networks one stacked group holds on a CPU and on a GPU.
@@ -97,12 +97,13 @@ def group_size(setting: StackSetting, model: nn.Module, data: DataSplits, config
     Deterministic, so a resumed run groups as the interrupted one did: ``off`` -> 1, a number ->
     that number; ``auto`` -> the device's `MAX_GROUP` where one network's step is small enough to
     be bound by per-step overheads (`CPU_STACK_MAX_STEP_MACS`, `GPU_STACK_MAX_STEP_MACS`), else 1.
-    Models with a layer `stack_networks` cannot stack, and torchrun, always give 1.
+    Models with a layer `stack_networks` cannot stack, or whose stacked forward differs from their own
+    (`check_stackable`: a user model reshaping its input in its forward), and torchrun, always give 1.
     """
     if setting.value == "off" or is_distributed():
         return 1
     try:
-        stack_networks([model])
+        check_stackable(model, data.input_shape)
     except StackingUnsupported:
         return 1
     if isinstance(setting.value, int):

@@ -31,6 +31,6 @@ for run in $OUT/*/; do
   [ -f $OUT/export-$name/ticketlab.json ] || [[ $name == export-* ]] || ticketlab export $run --out $OUT/export-$name
 done
 for dir in $OUT/export-*/; do
-  [ -f $dir/bench.json ] || ticketlab bench $dir --batch-sizes 1,8 --repeats 10 --no-memory > /dev/null
+  [ -f $dir/bench.json ] || ticketlab bench $dir --batch-sizes 1,8 --repeats 10 --no-memory --threads 1 > /dev/null
 done
 echo "done: $OUT"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from ticketlab.cli import main
 from ticketlab.deploy import load
@@ -274,3 +275,22 @@ def test_onnx_without_onnxruntime_is_one_sentence(channel_run, tmp_path, capsys,
     out = tmp_path / "onnx"
     _refused(["export", str(channel_run), "--round", "1", "--format", "onnx", "--out", str(out)],
              "pip install 'ticketlab[onnx]'", capsys, out)
+
+
+def test_a_deployed_resnet_channel_ticket_folds_its_batchnorms(tmp_path, capsys):
+    """`load` folds each BatchNorm into the convolution before it: none is left, the outputs are the
+    masked network's to float rounding, and the pruned channels stay removed."""
+    from ticketlab.deploy import load
+
+    run, out = tmp_path / "run", tmp_path / "deploy"
+    assert main(["imp", "--data", "digits", "--model", "resnet20", "--granularity", "channel", "--rounds", "1",
+                 "--rate", "0.5", "--steps", "3it", "--quiet", "--controls", "none", "--out", str(run)]) == 0
+    assert main(["export", str(run), "--round", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    deployed, plain = load(out), load(out, sparse=False)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    source, masked = _vision_reference(run / "seed-0" / "round-01")
+    x = torch.randn(5, *source.spec["input_shape"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert _close(masked(x), deployed(x)) and _close(masked(x), plain(x))

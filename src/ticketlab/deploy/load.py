@@ -12,6 +12,7 @@ widths load too.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,25 @@ def load(directory: str | Path, *, sparse: bool = True, **sparsify_options: Any)
         from .execute import sparsify
 
         if record["kind"] == "vision":
+            model = fold_batchnorm(model)
             sparsify_options.setdefault("example", example_batch(record["spec"], 1))
         model = sparsify(model, **sparsify_options)
     return model
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` (eval mode) with every BatchNorm that follows a convolution folded into that
+    convolution's weights and bias (torch.fx's ``fuse``): the same function up to float rounding,
+    one elementwise pass fewer per layer, which is a large share of a compacted ticket's time once
+    its convolutions are small. Zero weights stay zero (folding scales rows). A model torch.fx
+    cannot trace is returned as it is."""
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return model
+    with warnings.catch_warnings():   # the module imports torch.jit helpers that warn of their deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(model.eval())
+    except Exception:  # noqa: BLE001 - untraceable models simply keep their BatchNorms
+        return model
